@@ -1,0 +1,180 @@
+"""What the operator declares: hosts, VMs and cluster settings.
+
+These are validated pydantic models. They are immutable: a change is a new spec written to the store.
+Units: memory in MiB, times in seconds.
+"""
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DesiredState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class MigrationKind(StrEnum):
+    LIVE = "live"  # memory copied while the guest runs; no visible outage
+    QUICK = "quick"  # save state to shared storage, restore on the target
+    COLD = "cold"  # stop, then boot on the target
+
+
+class PlacementPolicy(StrEnum):
+    SPREAD = "spread"  # prefer the least loaded host
+    PACK = "pack"  # prefer the most loaded host that still fits
+
+
+class CpuVendor(StrEnum):
+    INTEL = "intel"
+    AMD = "amd"
+    OTHER = "other"
+
+
+class HostSpec(Frozen):
+    """A physical host: static facts, registered once."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    address: str = Field(min_length=1, description="management address (migration traffic)")
+    vcpus: int = Field(gt=0, le=4096)
+    memory_mib: int = Field(gt=0)
+    cpu_vendor: CpuVendor = CpuVendor.INTEL
+    cpu_models: tuple[str, ...] = Field(
+        default=("x86-64-v2",), description="CPU models this host can present to a guest"
+    )
+    pools: tuple[str, ...] = Field(default=("shared",), description="storage pools it reaches")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Disk(Frozen):
+    pool: str = Field(min_length=1)
+    size_mib: int = Field(default=64, gt=0)
+    file: str | None = Field(default=None, description="image path inside the pool; default <vm>-<n>.qcow2")
+
+
+class Nic(Frozen):
+    network: str = Field(default="vmnet", min_length=1)
+    mac: str
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        value = value.lower()
+        if not MAC_PATTERN.match(value):
+            raise ValueError("must look like 52:54:00:12:34:56")
+        return value
+
+
+class RestartPolicy(Frozen):
+    max_restarts: int = Field(default=3, ge=0, description="automatic restarts allowed within the window")
+    window_s: float = Field(default=600.0, gt=0)
+
+
+class VmSpec(Frozen):
+    """A virtual machine as the operator wants it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    vcpus: int = Field(default=1, gt=0, le=512)
+    memory_mib: int = Field(default=128, ge=72, description="72 MiB is the smallest guest that boots")
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    cpu_model: str = "x86-64-v2"
+    priority: int = Field(default=2, ge=0, le=3, description="0 = never auto-start, 3 = recover first")
+    preferred_hosts: tuple[str, ...] = ()
+    anti_affinity_group: str | None = None
+    restart: RestartPolicy = RestartPolicy()
+    migratable: bool = Field(default=True, description="false: never live-migrate (quick migration only)")
+    desired: DesiredState = DesiredState.RUNNING
+    kernel_args: str = Field(default="", description="extra guest kernel arguments (lab guests)")
+
+    @property
+    def ha(self) -> bool:
+        """An HA VM is restarted automatically after a failure."""
+        return self.priority > 0
+
+    @property
+    def pools(self) -> frozenset[str]:
+        return frozenset(d.pool for d in self.disks)
+
+
+class Settings(Frozen):
+    """Cluster-wide knobs. Defaults follow DESIGN.md section 4."""
+
+    lease_ttl_s: float = Field(default=2.0, ge=1.0, le=60.0)
+    renew_interval_s: float | None = Field(default=None, gt=0, description="default: TTL / 4")
+    self_fence_margin_s: float = Field(default=0.5, gt=0)
+    fence_grace_s: float = Field(default=0.3, ge=0)
+    manager_tick_s: float = Field(default=0.25, gt=0)
+    agent_tick_s: float = Field(default=0.25, gt=0)
+    host_settle_s: float = Field(default=5.0, ge=0, description="a host back from lost gets no VMs before this")
+    vcpu_overcommit: float = Field(default=4.0, ge=1.0)
+    memory_reserve_mib: int = Field(default=256, ge=0, description="kept free on every host for itself")
+    host_failures_to_tolerate: int = Field(default=1, ge=0)
+    placement_policy: PlacementPolicy = PlacementPolicy.SPREAD
+    balance: bool = False
+    balance_threshold: float = Field(default=0.2, gt=0, le=1.0, description="memory load above the mean")
+    balance_max_moves: int = Field(default=2, ge=1)
+    max_parallel_migrations: int = Field(default=2, ge=1, description="per source host")
+    failback: bool = Field(default=False, description="move VMs back when a preferred host returns")
+    migration_timeout_s: float = Field(default=60.0, gt=0)
+    start_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    event_log_size: int = Field(default=1000, ge=10)
+
+    @property
+    def renew_interval(self) -> float:
+        return self.renew_interval_s or self.lease_ttl_s / 4
+
+    @property
+    def self_fence_after_s(self) -> float:
+        """Seconds after the send time of the last good renewal at which a host kills its VMs."""
+        return self.lease_ttl_s - self.self_fence_margin_s
+
+    @model_validator(mode="after")
+    def _timings(self) -> Settings:
+        if self.self_fence_margin_s >= self.lease_ttl_s:
+            raise ValueError("self_fence_margin_s must be smaller than lease_ttl_s")
+        if self.renew_interval >= self.self_fence_after_s:
+            raise ValueError("renew_interval_s must be shorter than lease_ttl_s - self_fence_margin_s")
+        return self
+
+
+class ClusterConfig(Frozen):
+    """A whole cluster declaration, as loaded from YAML."""
+
+    name: str = Field(default="demo", pattern=NAME_PATTERN)
+    settings: Settings = Settings()
+    hosts: tuple[HostSpec, ...] = ()
+    vms: tuple[VmSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> ClusterConfig:
+        problems: list[str] = []
+        for kind, items in (("host", self.hosts), ("vm", self.vms)):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    problems.append(f"{kind} name {item.name!r} is used twice")
+                seen.add(item.name)
+        host_names = {h.name for h in self.hosts}
+        macs: dict[str, str] = {}
+        for vm in self.vms:
+            for pref in vm.preferred_hosts:
+                if pref not in host_names:
+                    problems.append(f"vm {vm.name}: preferred host {pref!r} is not a declared host")
+            for nic in vm.nics:
+                if nic.mac in macs:
+                    problems.append(f"vm {vm.name}: MAC {nic.mac} is already used by vm {macs[nic.mac]}")
+                macs[nic.mac] = vm.name
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,145 @@
+"""What the cluster is doing: records written by the manager and the agents, and the snapshot
+(`ClusterView`) the manager decides on.
+
+Every record is an immutable pydantic model stored as JSON in the coordination store
+(DESIGN.md section 6). Times are seconds on the writer's clock.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from haven.model.spec import HostSpec, MigrationKind, Settings, VmSpec
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HostState(StrEnum):
+    ONLINE = "online"
+    MAINTENANCE = "maintenance"  # draining or drained on the operator's request
+    LOST = "lost"  # lease gone, waiting fence_grace (or a power-fence confirmation)
+    FENCED = "fenced"  # certainly not running anything: its VMs may be restarted elsewhere
+    OFFLINE = "offline"  # declared but not up, and nothing of ours runs there
+
+
+class VmState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    MIGRATING = "migrating"
+    RECOVERING = "recovering"  # its host is lost: waiting for the fence
+    ERROR = "error"  # restart limit hit, or cannot be placed; needs an operator
+
+
+class LocalState(StrEnum):
+    """What one host's hypervisor reports for one VM."""
+
+    STARTING = "starting"  # process up, guest booting
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped cleanly on request
+    CRASHED = "crashed"  # process died unasked
+    FAILED = "failed"  # could not start
+    INCOMING = "incoming"  # target of a live migration, waiting for memory, CPUs not running
+    MIGRATING_OUT = "migrating_out"  # source of a live migration in progress
+    MIGRATED = "migrated"  # source after a completed live migration: paused for good
+    SAVING = "saving"  # quick migration: writing state to the shared pool
+    SAVED = "saved"  # quick migration: state saved, process gone
+
+
+# Local states in which the guest's CPUs may execute (and so write to its disks).
+ACTIVE_LOCAL_STATES = frozenset({LocalState.STARTING, LocalState.RUNNING, LocalState.MIGRATING_OUT,
+                                 LocalState.SAVING})
+
+
+class Migration(Record):
+    kind: MigrationKind
+    source: str
+    target: str
+    generation: int  # the generation the VM gets on the target
+    started: float
+    reason: str = "operator request"
+
+
+class Placement(Record):
+    """The manager's decision for one VM. `generation` is the fencing token: an agent starts
+    the VM only for the current generation, on `host`."""
+
+    vm: str
+    state: VmState
+    host: str | None = None
+    generation: int = 0
+    since: float = 0.0
+    migration: Migration | None = None
+    restore_from: str | None = None  # quick migration: start from this saved state
+    restarts: tuple[float, ...] = ()  # times of automatic restarts after crashes / failed starts
+    reason: str = ""
+    request_id: str = ""  # the last operator request handled
+
+
+class VmStatus(Record):
+    """An agent's report for one VM on its host; bound to the host's lease."""
+
+    vm: str
+    host: str
+    generation: int
+    state: LocalState
+    since: float = 0.0
+    detail: str = ""
+
+
+class HostRecord(Record):
+    """The manager's view of a host's state; survives manager failover."""
+
+    host: str
+    state: HostState
+    since: float = 0.0
+    reason: str = ""
+
+
+class HostAdmin(Record):
+    """Operator intent for a host."""
+
+    maintenance: bool = False
+    request_id: str = ""
+
+
+class RequestAction(StrEnum):
+    MIGRATE = "migrate"
+    ACKNOWLEDGE = "acknowledge"  # clear an error and try again
+
+
+class VmRequest(Record):
+    """Operator intent for a VM, beyond its desired state."""
+
+    id: str
+    action: RequestAction
+    kind: MigrationKind = MigrationKind.LIVE
+    target: str | None = None  # None: the best host
+
+
+class HostView(Record):
+    spec: HostSpec
+    alive: bool  # its lease key exists
+    record: HostRecord | None = None
+    admin: HostAdmin = HostAdmin()
+    fence_confirmed: bool = False  # a power fence reported it off
+
+
+class VmView(Record):
+    spec: VmSpec
+    placement: Placement | None = None
+    statuses: dict[str, VmStatus] = {}  # by host
+    request: VmRequest | None = None
+
+
+class ClusterView(Record):
+    """One immutable snapshot of everything the manager reads in one iteration."""
+
+    settings: Settings
+    hosts: dict[str, HostView]
+    vms: dict[str, VmView]
+    manager_since: float = 0.0  # when the current manager took office (its clock)

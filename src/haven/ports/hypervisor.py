@@ -1,0 +1,62 @@
+"""The hypervisor port: one host's VMs (QEMU over QMP in production, `sim.hypervisor` in the
+simulator).
+
+Calls return quickly. Long operations (boot, migration, save) run in the background; their
+progress and outcome appear in `list()` as the VM's `LocalState`, which the agent reads on its next
+iteration. A VM that died, failed or was saved stays listed until it is started again or `forget`
+is called, so the agent can report what happened.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from haven.model.spec import VmSpec
+from haven.model.state import LocalState
+
+
+class HypervisorError(Exception):
+    """The hypervisor refused or failed an operation; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalVm:
+    name: str
+    generation: int
+    state: LocalState
+    detail: str = ""
+    since: float = 0.0
+
+
+class Hypervisor(Protocol):
+    def list(self) -> dict[str, LocalVm]:
+        """Every VM this host knows of, by name."""
+
+    def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
+        """Boot the VM (or restore it from a saved state file and continue it)."""
+
+    def stop(self, name: str) -> None:
+        """Ask the guest to shut down; it is killed after the stop timeout."""
+
+    def kill(self, name: str) -> None:
+        """Terminate at once (self-fence, stale copy). Idempotent."""
+
+    def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
+        """Start a paused target for a live migration; state INCOMING once it listens."""
+
+    def migrate_live(self, name: str, target_host: str, target_address: str) -> None:
+        """Send the running VM to the prepared target. Ends MIGRATED, or back to RUNNING on failure
+        (detail says why)."""
+
+    def cancel_migration(self, name: str) -> None:
+        """Abort an outgoing live migration; the source keeps running."""
+
+    def save(self, name: str, path: str) -> None:
+        """Quick migration: pause, write the state to `path` on shared storage, quit. Ends SAVED,
+        or back to RUNNING on failure."""
+
+    def forget(self, name: str) -> None:
+        """Drop the record of a VM that is no longer running here."""
+
+    def state_path(self, spec: VmSpec, generation: int) -> str:
+        """Where a quick migration of this VM saves its state (shared storage)."""
