@@ -1,0 +1,25 @@
+"""The `haven` command: one entry point, one sub-module per area."""
+from __future__ import annotations
+
+import click
+
+from haven.cli import lab, node, ops, plan, sim
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="haven")
+def cli() -> None:
+    """haven keeps your virtual machines running across a cluster of KVM/QEMU hosts.
+
+    Try it without root: `haven sim run tests/scenarios/host-power-off` prints a simulated
+    host failure and the recovery; `haven sim serve ...` runs a simulated cluster with the API
+    and dashboard.
+    """
+
+
+for module in (ops, sim, plan, node, lab):
+    module.register(cli)
+
+
+def main() -> None:
+    cli()
