@@ -1,0 +1,154 @@
+"""The cluster's protection level: the mood of the dashboard's pet.
+
+- ``ill`` / ``down``: a desired-running HA VM (priority > 0) is not running;
+- ``worried`` / ``degraded``: every HA VM runs, but the cluster could not restart all of them after
+  losing ``settings.host_failures_to_tolerate`` hosts;
+- ``content`` / ``protected``: otherwise.
+
+Pure: no I/O, no clock. The failure check is a simple memory bin-packing (first fit, largest VM
+first) of the lost hosts' HA VMs into the free memory of the remaining usable hosts, each keeping
+``settings.memory_reserve_mib``. The scheduler may replace `can_survive` with its own check; keep
+`assess(view) -> Protection` stable.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal
+
+from haven.model.spec import DesiredState
+from haven.model.state import ClusterView, HostState, HostView, VmState, VmView
+
+Level = Literal["protected", "degraded", "down"]
+Mood = Literal["content", "worried", "ill"]
+
+# VM states in which the guest is up from the operator's point of view (a migration keeps it up,
+# or down for about a second for a quick one).
+UP_STATES = frozenset({VmState.RUNNING, VmState.MIGRATING})
+# Placement states that hold memory on their host.
+HOLDING_STATES = frozenset({VmState.STARTING, VmState.RUNNING, VmState.MIGRATING, VmState.STOPPING})
+# Beyond this many combinations of failed hosts, check only the hosts carrying the most HA memory.
+MAX_COMBINATIONS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    level: Level
+    mood: Mood
+    reason: str
+
+
+def host_state(host: HostView) -> HostState:
+    """The host's state as the operator should see it: the manager's record, corrected by the
+    lease (a host without a lease is never online) and by a pending maintenance request."""
+    state = host.record.state if host.record else (HostState.ONLINE if host.alive else HostState.OFFLINE)
+    if state == HostState.ONLINE and not host.alive:
+        return HostState.LOST
+    if state == HostState.ONLINE and host.admin.maintenance:
+        return HostState.MAINTENANCE
+    return state
+
+
+def usable(host: HostView) -> bool:
+    """Can this host take VMs after a failure?"""
+    return host_state(host) == HostState.ONLINE
+
+
+def _names(items: Iterable[str], limit: int = 3) -> str:
+    items = sorted(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _protected_vms(view: ClusterView) -> list[VmView]:
+    return [vm for name, vm in sorted(view.vms.items())
+            if vm.spec.ha and vm.spec.desired == DesiredState.RUNNING]
+
+
+def memory_used(view: ClusterView) -> dict[str, int]:
+    """MiB held by placed VMs on each host (a migrating VM counts on source and target)."""
+    used = {name: 0 for name in view.hosts}
+    for vm in view.vms.values():
+        p = vm.placement
+        if p is None or p.state not in HOLDING_STATES:
+            continue
+        for host in {p.host, p.migration.target if p.migration else None}:
+            if host in used:
+                used[host] += vm.spec.memory_mib
+    return used
+
+
+def _fits(sizes: Sequence[int], free: Sequence[int]) -> bool:
+    """First fit decreasing: can every size be placed in the free bins?"""
+    bins = sorted(free, reverse=True)
+    for size in sorted(sizes, reverse=True):
+        for i, room in enumerate(bins):
+            if room >= size:
+                bins[i] = room - size
+                break
+        else:
+            return False
+    return True
+
+
+def can_survive(view: ClusterView, failures: int) -> tuple[bool, str]:
+    """Can every running HA VM restart somewhere if `failures` usable hosts die?
+    Returns (True, "") or (False, a reason naming the hosts)."""
+    if failures <= 0:
+        return True, ""
+    reserve = view.settings.memory_reserve_mib
+    used = memory_used(view)
+    hosts = [name for name, host in sorted(view.hosts.items()) if usable(host)]
+    ha_on: dict[str, list[int]] = {name: [] for name in hosts}
+    for vm in _protected_vms(view):
+        p = vm.placement
+        if p is not None and p.host in ha_on and p.state in HOLDING_STATES:
+            ha_on[p.host].append(vm.spec.memory_mib)
+    if not any(ha_on.values()):
+        return True, ""
+    if len(hosts) <= failures:
+        return False, (f"only {len(hosts)} usable host(s) ({_names(hosts) or 'none'}): cannot "
+                       f"survive {failures} host failure(s)")
+    free = {name: view.hosts[name].spec.memory_mib - reserve - used[name] for name in hosts}
+    candidates = [h for h in hosts if ha_on[h]]
+    n_combos = 1
+    for i in range(failures):
+        n_combos = n_combos * (len(hosts) - i) // (i + 1)
+    if n_combos > MAX_COMBINATIONS:
+        heaviest = sorted(candidates, key=lambda h: (-sum(ha_on[h]), h))[:failures]
+        scenarios: Iterable[tuple[str, ...]] = [tuple(sorted(heaviest))]
+    else:
+        scenarios = combinations(hosts, failures)
+    for lost in scenarios:
+        sizes = [size for h in lost for size in ha_on[h]]
+        rest = [max(0, free[h]) for h in hosts if h not in lost]
+        if not _fits(sizes, rest):
+            return False, (f"losing {_names(lost)} would leave {sum(sizes)} MiB of HA VMs without "
+                           f"room ({sum(rest)} MiB free elsewhere)")
+    return True, ""
+
+
+def assess(view: ClusterView) -> Protection:
+    """The cluster's protection level, mood and a one-line reason."""
+    vms = _protected_vms(view)
+    down = {vm.spec.name: vm for vm in vms
+            if vm.placement is None or vm.placement.state not in UP_STATES}
+    if down:
+        details = []
+        for name, vm in list(down.items())[:3]:
+            state = vm.placement.state.value if vm.placement else "not placed"
+            details.append(f"{name} ({state})")
+        more = f" and {len(down) - 3} more" if len(down) > 3 else ""
+        verb = "is" if len(down) == 1 else "are"
+        return Protection("down", "ill", f"HA VM{'s' if len(down) > 1 else ''} "
+                          f"{', '.join(details)}{more} {verb} not running")
+    failures = view.settings.host_failures_to_tolerate
+    ok, why = can_survive(view, failures)
+    if not ok:
+        return Protection("degraded", "worried", f"all {len(vms)} HA VMs run, but {why}")
+    if not vms:
+        return Protection("protected", "content", "no HA VMs to protect")
+    tolerate = f"survives {failures} host failure{'s' if failures != 1 else ''}" if failures else \
+        "no host failures to tolerate configured"
+    return Protection("protected", "content", f"all {len(vms)} HA VMs run; the cluster {tolerate}")
