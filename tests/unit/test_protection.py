@@ -68,7 +68,7 @@ def test_memory_reserve_is_kept_free() -> None:
     hosts = [host("h1"), host("h2")]
     vms = [vm("a", "h1", 2048), vm("b", "h2", 1024)]
     assert assess(view(hosts, vms, memory_reserve_mib=0)).mood == "content"
-    assert assess(view(hosts, vms, memory_reserve_mib=1024)).mood == "worried"
+    assert assess(view(hosts, vms, memory_reserve_mib=1536)).mood == "worried"
 
 
 def test_bin_packing_not_just_the_total() -> None:
