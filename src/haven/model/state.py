@@ -63,6 +63,11 @@ class Migration(Record):
     started: float
     reason: str = "operator request"
 
+    @property
+    def attempt(self) -> str:
+        """Names this attempt, so a failure report of an earlier one is not mistaken for it."""
+        return f"{self.kind.value}:{self.target}:{self.generation}:{self.started:.6f}"
+
 
 class Placement(Record):
     """The manager's decision for one VM. `generation` is the fencing token: an agent starts
@@ -89,6 +94,7 @@ class VmStatus(Record):
     state: LocalState
     since: float = 0.0
     detail: str = ""
+    failed_migration: str = ""  # attempt id of the last outgoing migration that failed here
 
 
 class HostRecord(Record):

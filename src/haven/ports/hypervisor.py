@@ -26,6 +26,7 @@ class LocalVm:
     state: LocalState
     detail: str = ""
     since: float = 0.0
+    failed_migration: str = ""  # `attempt` of the last outgoing migration or save that failed
 
 
 class Hypervisor(Protocol):
@@ -44,16 +45,16 @@ class Hypervisor(Protocol):
     def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
         """Start a paused target for a live migration; state INCOMING once it listens."""
 
-    def migrate_live(self, name: str, target_host: str, target_address: str) -> None:
+    def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str) -> None:
         """Send the running VM to the prepared target. Ends MIGRATED, or back to RUNNING on failure
-        (detail says why)."""
+        with `failed_migration = attempt` and `detail` saying why."""
 
     def cancel_migration(self, name: str) -> None:
         """Abort an outgoing live migration; the source keeps running."""
 
-    def save(self, name: str, path: str) -> None:
-        """Quick migration: pause, write the state to `path` on shared storage, quit. Ends SAVED,
-        or back to RUNNING on failure."""
+    def save(self, name: str, path: str, attempt: str) -> None:
+        """Quick migration: pause, write the state to `path` on shared storage, quit. Ends SAVED
+        (detail = path), or back to RUNNING on failure with `failed_migration = attempt`."""
 
     def forget(self, name: str) -> None:
         """Drop the record of a VM that is no longer running here."""
