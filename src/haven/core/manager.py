@@ -1,0 +1,480 @@
+"""The manager's decisions: `decide(view, now) -> Decision`, pure.
+
+One iteration walks the hosts (is anyone lost? fenced? back?), then every VM in priority order
+(highest first, then name) through its state machine, then proposes balancing moves. Every state
+change is one event. A VM leaves a host that stopped answering only once that host is fenced:
+its lease is gone and `fence_grace` has passed (or a power fence confirmed it), so its agent has
+killed its VMs (DESIGN.md section 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from haven.core.decision import Decision, Event
+from haven.core.scheduler import (HostLoad, Selection, admission_problem, build_loads, occupied_hosts,
+                                  plan_balance, select_host, why_not)
+from haven.model.spec import DesiredState, MigrationKind, Settings, VmSpec
+from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Migration,
+                               Placement, RequestAction, VmState, VmStatus, VmView)
+
+GONE = frozenset({HostState.FENCED, HostState.OFFLINE})
+UP = frozenset({HostState.ONLINE, HostState.MAINTENANCE})
+
+
+def decide(view: ClusterView, now: float) -> Decision:
+    decision = Decision()
+    records = {name: _next_host_record(host, view, now, decision) for name, host in view.hosts.items()}
+    usable = [name for name, record in records.items()
+              if record.state is HostState.ONLINE and now >= record.since + _settle(record, view.settings)]
+    specs = {name: vm.spec for name, vm in view.vms.items()}
+    placements = [vm.placement for vm in view.vms.values() if vm.placement]
+    loads = build_loads({n: h.spec for n, h in view.hosts.items()}, usable, specs, placements)
+    round_ = _Round(view, now, view.settings, records, loads, specs, decision)
+    for vm in sorted(view.vms.values(), key=lambda v: (-v.spec.priority, v.spec.name)):
+        _VmStep(round_, vm).run()
+    if view.settings.balance:
+        _balance(round_)
+    _retire_fenced_hosts(round_)
+    return decision
+
+
+def _settle(record: HostRecord, settings: Settings) -> float:
+    return settings.host_settle_s if record.reason == "rejoined" else 0.0
+
+
+# --- hosts ---
+
+def _next_host_record(host: HostView, view: ClusterView, now: float, decision: Decision) -> HostRecord:
+    name, record = host.spec.name, host.record
+    want_maintenance = host.admin.maintenance
+    new: tuple[HostState, str] | None = None
+    if record is None:
+        if host.alive:
+            new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "registered")
+        elif _has_vms(view, name):
+            new = (HostState.LOST, "no lease when this manager started")
+        else:
+            new = (HostState.OFFLINE, "not running")
+    elif record.state in UP:
+        if not host.alive:
+            new = (HostState.LOST, "lease expired")
+            decision.fence_hosts.append(name)
+        elif want_maintenance and record.state is HostState.ONLINE:
+            new = (HostState.MAINTENANCE, "drain requested")
+        elif not want_maintenance and record.state is HostState.MAINTENANCE:
+            new = (HostState.ONLINE, "resumed")
+    elif record.state is HostState.LOST:
+        # The grace runs on this manager's clock: a new manager starts it afresh.
+        waited = now - max(record.since, view.manager_since)
+        if host.alive:
+            new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "rejoined")
+        elif host.fence_confirmed:
+            new = (HostState.FENCED, "power fence confirmed")
+        elif waited >= view.settings.fence_grace_s:
+            new = (HostState.FENCED, f"grace {view.settings.fence_grace_s:g} s")
+    elif host.alive:  # fenced or offline, now back
+        new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "rejoined")
+    if new is None:
+        assert record is not None
+        return record
+    state, reason = new
+    updated = HostRecord(host=name, state=state, since=now, reason=reason)
+    decision.host_records[name] = updated
+    before = record.state.value if record else "unknown"
+    decision.events.append(Event(now, "manager", f"host {name}", f"{before} -> {state.value} ({reason})"))
+    return updated
+
+
+def _has_vms(view: ClusterView, host: str) -> bool:
+    return any(vm.placement and (vm.placement.host == host or
+                                 (vm.placement.migration and vm.placement.migration.target == host))
+               for vm in view.vms.values())
+
+
+def _retire_fenced_hosts(r: _Round) -> None:
+    """A fenced host with nothing left on it is simply offline."""
+    for name, record in r.records.items():
+        if record.state is HostState.FENCED and not any(
+                name in (p.host, p.migration.target if p.migration else None) for p in r.current.values()):
+            r.decision.host_records[name] = HostRecord(host=name, state=HostState.OFFLINE, since=r.now,
+                                                       reason="no VMs left")
+            r.decision.events.append(Event(r.now, "manager", f"host {name}", "fenced -> offline (no VMs left)"))
+
+
+# --- VMs ---
+
+@dataclass
+class _Round:
+    view: ClusterView
+    now: float
+    settings: Settings
+    records: dict[str, HostRecord]
+    loads: dict[str, HostLoad]
+    specs: dict[str, VmSpec]
+    decision: Decision
+    current: dict[str, Placement] = field(default_factory=dict)  # placements after this round
+
+    def host_state(self, host: str | None) -> HostState | None:
+        record = self.records.get(host) if host else None
+        return record.state if record else None
+
+    def migrations_from(self, host: str) -> int:
+        return sum(1 for p in self.current.values() if p.migration and p.migration.source == host)
+
+
+class _VmStep:
+    """One VM's turn in one iteration."""
+
+    def __init__(self, r: _Round, vm: VmView) -> None:
+        self.r = r
+        self.vm = vm
+        self.spec = vm.spec
+        self.p = r.current.get(vm.spec.name) or vm.placement or Placement(
+            vm=vm.spec.name, state=VmState.STOPPED, since=r.now)
+        self.r.current[self.spec.name] = self.p
+
+    # -- bookkeeping --
+
+    def status(self, host: str | None, generation: int | None = None) -> VmStatus | None:
+        status = self.vm.statuses.get(host) if host else None
+        if status and generation is not None and status.generation != generation:
+            return None
+        return status
+
+    def change(self, message: str | None = None, **fields: object) -> None:
+        """Write a new placement; log `message` (a state change) if given."""
+        old = self.p
+        new = old.model_copy(update=fields)
+        if new.state != old.state or new.host != old.host or new.generation != old.generation:
+            new = new.model_copy(update={"since": self.r.now})
+        self.p = new
+        self.r.current[self.spec.name] = new
+        self.r.decision.placements[self.spec.name] = new
+        for host in occupied_hosts(old):
+            if host in self.r.loads:
+                self.r.loads[host].remove(self.spec)
+        for host in occupied_hosts(new):
+            if host in self.r.loads:
+                self.r.loads[host].add(self.spec)
+        if message:
+            self.event(message)
+
+    def event(self, message: str) -> None:
+        self.r.decision.events.append(Event(self.r.now, "manager", f"vm {self.spec.name}", message))
+
+    def note(self, reason: str) -> None:
+        """Record why the VM waits, logging it only when the reason changes."""
+        if reason != self.p.reason:
+            self.change(f"{self.p.state.value}: {reason}", reason=reason)
+
+    def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection:
+        return select_host(self.spec, self.r.loads, self.r.settings, exclude, prefer)
+
+    # -- the state machine --
+
+    def run(self) -> None:
+        if self.vm.request and self.vm.request.id != self.p.request_id:
+            self.handle_request()
+        getattr(self, f"on_{self.p.state.value}")()
+
+    def handle_request(self) -> None:
+        request = self.vm.request
+        assert request is not None
+        self.r.decision.done_requests.append(self.spec.name)
+        self.p = self.p.model_copy(update={"request_id": request.id})
+        self.r.decision.placements[self.spec.name] = self.p
+        self.r.current[self.spec.name] = self.p
+        if request.action is RequestAction.ACKNOWLEDGE:
+            if self.p.state is VmState.ERROR:
+                self.change("error -> stopped (acknowledged)", state=VmState.STOPPED, host=None,
+                            restarts=(), reason="")
+            return
+        refusal = self.migration_refusal(request.kind, request.target)
+        if refusal:
+            self.event(f"{request.kind.value} migration refused: {refusal}")
+            return
+        target = request.target or self.select(exclude=(self.p.host or "",)).host
+        assert target is not None
+        self.begin_migration(request.kind, target, "operator request")
+
+    def migration_refusal(self, kind: MigrationKind, target: str | None) -> str | None:
+        if self.p.state is not VmState.RUNNING or self.p.host is None:
+            return f"VM is {self.p.state.value}, not running"
+        if kind is MigrationKind.LIVE and not self.spec.migratable:
+            return "VM is not live-migratable (use quick)"
+        if target == self.p.host:
+            return f"already on {target}"
+        if target is not None:
+            if target not in self.r.loads:
+                return f"unknown host {target}"
+            reason = why_not(self.spec, self.r.loads[target], self.r.settings)
+            return f"{target}: {reason}" if reason else None
+        choice = self.select(exclude=(self.p.host,))
+        return None if choice else choice.reason
+
+    def begin_migration(self, kind: MigrationKind, target: str, reason: str) -> None:
+        assert self.p.host is not None
+        migration = Migration(kind=kind, source=self.p.host, target=target,
+                              generation=self.p.generation + 1, started=self.r.now, reason=reason)
+        self.change(f"running -> migrating ({kind.value} {self.p.host} -> {target}, {reason})",
+                    state=VmState.MIGRATING, migration=migration, reason="")
+
+    def on_stopped(self) -> None:
+        if self.spec.desired is not DesiredState.RUNNING:
+            return
+        choice = self.select()
+        if not choice:
+            self.note(f"cannot start: {choice.reason}")
+            return
+        assert choice.host is not None
+        problem = admission_problem(self.spec, choice.host, self.r.loads, self.r.specs, self.r.settings)
+        if problem:
+            self.note(problem)
+            return
+        self.start_on(choice.host, "stopped", "start requested")
+
+    def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None) -> None:
+        generation = self.p.generation + 1
+        self.change(f"{before} -> starting on {host} (generation {generation}, priority "
+                    f"{self.spec.priority}, {why})", state=VmState.STARTING, host=host,
+                    generation=generation, migration=None, restore_from=None, reason="",
+                    restarts=self.p.restarts if restarts is None else restarts)
+
+    def host_trouble(self) -> bool:
+        """Handle a lost or fenced host; True if the VM's step is over."""
+        state = self.r.host_state(self.p.host)
+        if state is HostState.LOST:
+            self.change(f"{self.p.state.value} -> recovering (host {self.p.host} lost)",
+                        state=VmState.RECOVERING, migration=None, restore_from=None)
+            return True
+        if state in GONE or state is None:
+            self.p = self.p.model_copy(update={"state": VmState.RECOVERING})
+            self.recover(f"host {self.p.host} {state.value if state else 'unknown'}")
+            return True
+        return False
+
+    def recover(self, why: str) -> None:
+        before = self.vm.placement.state.value if self.vm.placement else "stopped"
+        if self.spec.desired is not DesiredState.RUNNING:
+            self.change(f"{before} -> stopped ({why})", state=VmState.STOPPED, host=None, migration=None)
+            return
+        if not self.spec.ha:
+            self.change(f"{before} -> error ({why}; priority 0 VMs are not restarted automatically: "
+                        f"acknowledge to start it)", state=VmState.ERROR, host=None, migration=None,
+                        reason=f"{why}; priority 0")
+            return
+        choice = self.select(exclude=tuple(h for h in (self.p.host,) if h))
+        if not choice:
+            if self.p.host is not None or self.p.state is not VmState.RECOVERING:
+                self.change(f"{before} -> recovering ({why}; waiting: {choice.reason})",
+                            state=VmState.RECOVERING, host=None, migration=None, restore_from=None,
+                            reason=choice.reason)
+            else:
+                self.note(f"waiting: {choice.reason}")
+            return
+        assert choice.host is not None
+        self.start_on(choice.host, "recovering" if before != "stopped" else before, why)
+
+    def restart(self, why: str, failed_host: str, prefer_same: bool) -> None:
+        window = self.spec.restart.window_s
+        recent = tuple(t for t in self.p.restarts if self.r.now - t < window) + (self.r.now,)
+        before = self.p.state.value
+        if len(recent) > self.spec.restart.max_restarts:
+            self.change(f"{before} -> error ({why}; restart limit {self.spec.restart.max_restarts} "
+                        f"in {window:g} s reached)", state=VmState.ERROR, host=None, migration=None,
+                        restore_from=None, restarts=recent, reason=f"restart limit reached: {why}")
+            return
+        if not self.spec.ha or self.spec.desired is not DesiredState.RUNNING:
+            self.change(f"{before} -> stopped ({why})", state=VmState.STOPPED, host=None,
+                        migration=None, restore_from=None, restarts=recent)
+            return
+        choice = self.select(prefer=failed_host) if prefer_same else self.select(exclude=(failed_host,))
+        if not choice and not prefer_same:
+            choice = self.select()
+        if not choice:
+            self.change(f"{before} -> recovering ({why}; waiting: {choice.reason})",
+                        state=VmState.RECOVERING, host=None, migration=None, restore_from=None,
+                        restarts=recent, reason=choice.reason)
+            return
+        assert choice.host is not None
+        self.start_on(choice.host, before, f"{why}, restart {len(recent)} of "
+                      f"{self.spec.restart.max_restarts}", restarts=recent)
+
+    def on_starting(self) -> None:
+        if self.host_trouble():
+            return
+        host = self.p.host
+        status = self.status(host, self.p.generation)
+        if self.spec.desired is DesiredState.STOPPED:
+            self.change("starting -> stopping (stop requested)", state=VmState.STOPPING)
+        elif status and status.state is LocalState.RUNNING:
+            self.change(f"starting -> running on {host}", state=VmState.RUNNING, restore_from=None)
+        elif status and status.state in (LocalState.FAILED, LocalState.CRASHED):
+            self.restart(f"start failed on {host}: {status.detail or status.state.value}", host or "", False)
+        elif self.r.now - self.p.since > self.r.settings.start_timeout_s:
+            self.restart(f"not running on {host} after {self.r.settings.start_timeout_s:g} s", host or "", False)
+
+    def on_running(self) -> None:
+        if self.host_trouble():
+            return
+        host = self.p.host
+        assert host is not None
+        status = self.status(host, self.p.generation)
+        if self.spec.desired is DesiredState.STOPPED:
+            self.change("running -> stopping (stop requested)", state=VmState.STOPPING)
+        elif status and status.state in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED):
+            self.restart(f"{status.state.value} on {host}", host, True)
+        elif self.r.host_state(host) is HostState.MAINTENANCE:
+            self.leave_draining_host(host)
+        elif self.r.settings.failback:
+            self.fail_back(host)
+
+    def leave_draining_host(self, host: str) -> None:
+        if self.r.migrations_from(host) >= self.r.settings.max_parallel_migrations:
+            return
+        choice = self.select(exclude=(host,))
+        if not choice:
+            if self.spec.ha:
+                self.note(f"cannot leave {host}: {choice.reason}")
+            else:
+                self.change(f"running -> stopping (drain of {host}: {choice.reason}; priority 0)",
+                            state=VmState.STOPPING)
+            return
+        assert choice.host is not None
+        kind = MigrationKind.LIVE if self.spec.migratable else MigrationKind.QUICK
+        self.begin_migration(kind, choice.host, f"drain {host}")
+
+    def fail_back(self, host: str) -> None:
+        preferred = self.spec.preferred_hosts
+        rank = preferred.index(host) if host in preferred else len(preferred)
+        if rank == 0 or self.r.migrations_from(host) >= self.r.settings.max_parallel_migrations:
+            return
+        for better in preferred[:rank]:
+            load = self.r.loads.get(better)
+            if load and why_not(self.spec, load, self.r.settings) is None:
+                kind = MigrationKind.LIVE if self.spec.migratable else MigrationKind.QUICK
+                self.begin_migration(kind, better, f"failback to preferred host {better}")
+                return
+
+    def on_stopping(self) -> None:
+        state = self.r.host_state(self.p.host)
+        status = self.status(self.p.host, self.p.generation)
+        if state in GONE:
+            self.change(f"stopping -> stopped (host {self.p.host} {state.value})", state=VmState.STOPPED, host=None)
+        elif state is HostState.LOST:
+            return  # wait for the fence: the VM may still run until then
+        elif status is None or status.state not in (LocalState.RUNNING, LocalState.STARTING):
+            self.change(f"stopping -> stopped on {self.p.host}", state=VmState.STOPPED, host=None)
+
+    def on_recovering(self) -> None:
+        host = self.p.host
+        state = self.r.host_state(host)
+        if host is not None and state is HostState.LOST:
+            return
+        if host is not None and state in UP:
+            # Back before the fence: its agent killed the VM when its lease ran out; start afresh.
+            if self.spec.desired is DesiredState.RUNNING and self.spec.ha:
+                self.start_on(host, "recovering", f"host {host} back before the fence")
+            else:
+                self.recover(f"host {host} rejoined")
+            return
+        self.recover(f"host {host} {state.value}" if host and state else "room available")
+
+    def on_error(self) -> None:
+        pass
+
+    def on_migrating(self) -> None:
+        m = self.p.migration
+        if m is None:  # cannot happen in records we write; heal it
+            self.change("migrating -> running (no migration recorded)", state=VmState.RUNNING)
+            return
+        if m.kind is MigrationKind.LIVE:
+            self.live_migration(m)
+        elif m.kind is MigrationKind.QUICK:
+            self.quick_migration(m)
+        else:
+            self.cold_migration(m)
+
+    def finish_migration(self, m: Migration) -> None:
+        took = self.r.now - m.started
+        self.change(f"migrating -> running on {m.target} ({m.kind.value} from {m.source}, {took:.3f} s)",
+                    state=VmState.RUNNING, host=m.target, generation=m.generation, migration=None,
+                    restore_from=None, reason="")
+
+    def abort_migration(self, m: Migration, why: str) -> None:
+        self.change(f"migrating -> running on {m.source} ({m.kind.value} migration to {m.target} "
+                    f"aborted: {why})", state=VmState.RUNNING, migration=None, reason="")
+
+    def live_migration(self, m: Migration) -> None:
+        source = self.status(m.source, self.p.generation)
+        target = self.status(m.target, m.generation)
+        target_state = self.r.host_state(m.target)
+        if target and target.state is LocalState.RUNNING and target_state in UP:
+            self.finish_migration(m)
+        elif source and source.state is LocalState.MIGRATED:
+            # The source handed over: the VM lives on the target now, whatever became of it.
+            self.p = self.p.model_copy(update={"host": m.target, "generation": m.generation})
+            if target_state in UP and target and target.state in (LocalState.CRASHED, LocalState.FAILED):
+                self.restart(f"crashed on {m.target} after live migration", m.target, False)
+            elif target_state not in UP:
+                self.change(f"migrating -> recovering (target {m.target} lost after handover)",
+                            state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
+        elif self.host_trouble():
+            return
+        elif target_state not in UP:
+            self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
+        elif target and target.state in (LocalState.CRASHED, LocalState.FAILED):
+            self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
+        elif source and source.failed_migration == m.attempt:
+            self.abort_migration(m, source.detail or "failed on the source")
+        elif self.r.now - m.started > self.r.settings.migration_timeout_s:
+            self.abort_migration(m, f"timeout after {self.r.settings.migration_timeout_s:g} s")
+
+    def quick_migration(self, m: Migration) -> None:
+        if self.p.host == m.target:  # phase 2: restoring on the target
+            if self.host_trouble():
+                return
+            status = self.status(m.target, m.generation)
+            if status and status.state is LocalState.RUNNING:
+                self.finish_migration(m)
+            elif status and status.state in (LocalState.FAILED, LocalState.CRASHED):
+                self.restart(f"restore failed on {m.target}: {status.detail or status.state.value}",
+                             m.target, False)
+            return
+        if self.host_trouble():
+            return
+        source = self.status(m.source, self.p.generation)
+        if source and source.state is LocalState.SAVED:
+            target = m.target
+            if self.r.host_state(target) not in UP:
+                choice = self.select(exclude=(m.source, target))
+                if not choice:
+                    self.restart(f"saved on {m.source} but no target: {choice.reason}", m.source, True)
+                    return
+                assert choice.host is not None
+                target = choice.host
+            moved = m.model_copy(update={"target": target})
+            self.change(f"migrating: saved on {m.source}, restoring on {target} (generation {m.generation})",
+                        host=target, generation=m.generation, migration=moved, restore_from=source.detail)
+        elif source and source.state is LocalState.RUNNING and source.failed_migration == m.attempt:
+            self.abort_migration(m, source.detail or "save failed")
+        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
+            self.restart(f"crashed on {m.source} while saving", m.source, True)
+
+    def cold_migration(self, m: Migration) -> None:
+        if self.host_trouble():
+            return
+        source = self.status(m.source, self.p.generation)
+        if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED):
+            target = m.target if self.r.host_state(m.target) in UP else None
+            target = target or self.select(exclude=(m.source,)).host or m.source
+            self.start_on(target, "migrating", f"cold migration from {m.source}")
+
+
+def _balance(r: _Round) -> None:
+    if any(p.state is VmState.MIGRATING for p in r.current.values()):
+        return
+    movable = [name for name, p in r.current.items()
+               if p.state is VmState.RUNNING and r.specs[name].migratable and r.specs[name].ha]
+    for move in plan_balance(r.loads, r.specs, movable, r.settings):
+        _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")
