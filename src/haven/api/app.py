@@ -1,0 +1,106 @@
+"""The API application: routes, error answers, the dashboard's static files."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from haven.api import health, metrics, routes_read, routes_sim, routes_stream, routes_write
+from haven.api.context import ApiContext, ApiProblem, SimControl, first_line
+from haven.api.schemas import FaultIn, MigrateIn
+from haven.model.spec import VmSpec
+from haven.ports.store import Store, StoreError
+from haven.runtime.layout import Layout
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+BODY_MODELS = (VmSpec, MigrateIn, FaultIn)  # bodies read by api.bodies, documented by hand
+
+
+def _problem(status: int, detail: str, problems: list[str] | None = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "problems": problems or []}, status_code=status,
+                        headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("query", "path", "header", "body", "cookie") \
+        else [str(p) for p in loc]
+    return ".".join(parts) or "(request)"
+
+
+def _install_error_handlers(app: FastAPI, ctx: ApiContext) -> None:
+    @app.exception_handler(ApiProblem)
+    async def api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail), exc.problems, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail), None, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        n = len(problems)
+        return _problem(422, f"the request is not valid ({n} problem{'s' if n != 1 else ''})", problems)
+
+    @app.exception_handler(StoreError)
+    async def store_problem(request: Request, exc: StoreError) -> JSONResponse:
+        ctx.count_store_error()
+        return _problem(503, f"the coordination store cannot be used: {first_line(exc)}; "
+                             "retry when it is reachable again")
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _, extra = models_json_schema([(m, "validation") for m in BODY_MODELS],
+                                          ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in extra.get("$defs", {}).items():
+                components.setdefault(name, definition)
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            app.openapi_schema = schema
+        return app.openapi_schema
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: str,
+               clock: Callable[[], float], on_write: Callable[[], None] | None = None,
+               sim_control: SimControl | None = None) -> FastAPI:
+    """The haven API over `store`. It reads the store and writes intent only.
+
+    `clock` gives the time shown in the summary (virtual time in a simulation); `on_write` is
+    called after every accepted write (e.g. to wake a loop); `sim_control` adds `/api/v1/sim/...`.
+    """
+    if not admin_token:
+        raise ValueError("admin_token must not be empty")
+    ctx = ApiContext(store=store, layout=layout, clock=clock, admin_token=admin_token,
+                     read_token=read_token, on_write=on_write, sim_control=sim_control)
+    app = FastAPI(title="haven", version="1", description="High-availability cluster manager for "
+                  "KVM/QEMU VMs. Reads need a bearer token (read-only or admin); writes need the "
+                  "admin token. Writes record intent; the cluster's manager acts on it.")
+    app.state.haven = ctx
+    app.state.registry = metrics.make_registry(ctx)
+    _install_error_handlers(app, ctx)
+    for module in (health, routes_read, routes_stream, routes_write, metrics):
+        app.include_router(module.router)
+    if sim_control is not None:
+        app.include_router(routes_sim.router)
+    _install_openapi(app)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    return app

@@ -1,0 +1,122 @@
+"""`GET /metrics`: Prometheus text, from a collector that reads the store at each scrape.
+
+Gauges come from the snapshot; counters and histograms the runtime does not export are derived
+from the event log (`api.event_stats` says how). `haven_store_errors_total{source="api"}` counts
+the store failures this API process met.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from haven.api import views
+from haven.api.auth import require_read
+from haven.api.context import ApiContext, context
+from haven.api.event_stats import EventStats, Histogram
+from haven.api.schemas import ERRORS
+from haven.core.protection import assess, host_state
+from haven.model.state import HostState, VmState
+from haven.ports.store import StoreError
+from haven.runtime.layout import Snapshot
+
+router = APIRouter(dependencies=[Depends(require_read)], responses=ERRORS)
+
+LEVELS = {"protected": 0, "degraded": 1, "down": 2}
+
+
+def _histogram(name: str, doc: str, labels: list[str],
+               series: list[tuple[list[str], Histogram]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in series:
+        family.add_metric(values, hist.cumulative(), hist.total)
+    return family
+
+
+class HavenCollector(Collector):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.stats = EventStats()
+
+    def collect(self) -> Iterator[Metric]:
+        ctx = self.ctx
+        up = GaugeMetricFamily("haven_store_up", "1 if the API could read the store at this scrape")
+        try:
+            snap = ctx.snapshot()
+            prefix = ctx.layout.events()
+            self.stats.update(views.events_from(ctx.get_prefix(prefix), prefix))
+        except StoreError:
+            ctx.count_store_error()
+            snap = None
+        up.add_metric([], 1 if snap is not None else 0)
+        yield up
+        if snap is not None:
+            yield from self._gauges(snap)
+        yield from self._derived()
+
+    def _gauges(self, snap: Snapshot) -> Iterator[Metric]:
+        view = snap.view()
+        hosts = GaugeMetricFamily("haven_hosts", "hosts by state", labels=["state"])
+        by_state = Counter(host_state(h).value for h in view.hosts.values())
+        for state in HostState:
+            hosts.add_metric([state.value], by_state.get(state.value, 0))
+        yield hosts
+        vms = GaugeMetricFamily("haven_vms", "VMs by state ('pending': not placed yet)", labels=["state"])
+        by_vm_state = Counter(views.vm_state(snap, name) for name in snap.specs)
+        for state in [*(s.value for s in VmState), views.PENDING]:
+            vms.add_metric([state], by_vm_state.get(state, 0))
+        yield vms
+        protection = assess(view)
+        level = GaugeMetricFamily("haven_protection_level",
+                                  "0 protected (content), 1 degraded (worried), 2 down (ill)")
+        level.add_metric([], LEVELS[protection.level])
+        yield level
+        manager = GaugeMetricFamily("haven_manager_active", "1 if a manager holds the leader key")
+        manager.add_metric([], 1 if snap.manager else 0)
+        yield manager
+
+    def _derived(self) -> Iterator[Metric]:
+        s = self.stats
+        with s.lock:
+            failovers = CounterMetricFamily("haven_failovers", "VM restarts after a host failure "
+                                            "(from the event log)")
+            failovers.add_metric([], s.failovers)
+            yield failovers
+            yield _histogram("haven_recovery_seconds", "from recovering to running again, per VM "
+                             "(from the event log)", [], [([], s.recovery)])
+            migrations = CounterMetricFamily("haven_migrations", "finished migrations (from the "
+                                             "event log)", labels=["kind", "result"])
+            for (kind, result), n in sorted(s.migrations.items()):
+                migrations.add_metric([kind, result], n)
+            yield migrations
+            yield _histogram("haven_migration_downtime_seconds", "guest pause during a migration, as "
+                             "reported in the event log", ["kind"],
+                             [([kind], h) for kind, h in sorted(s.downtime.items())])
+            changes = CounterMetricFamily("haven_manager_changes", "managers taking office "
+                                          "(from the event log)")
+            changes.add_metric([], s.manager_changes)
+            yield changes
+            errors = CounterMetricFamily("haven_store_errors", "store failures: met by this API, or "
+                                         "reported in the event log", labels=["source"])
+            errors.add_metric(["api"], self.ctx.store_errors)
+            errors.add_metric(["cluster"], s.store_errors)
+            yield errors
+
+
+def make_registry(ctx: ApiContext) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HavenCollector(ctx))
+    return registry
+
+
+@router.get("/metrics", tags=["read"], response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+def metrics(request: Request, ctx: ApiContext = Depends(context)) -> Response:
+    """Prometheus metrics (scrape with the read-only token as a bearer token)."""
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

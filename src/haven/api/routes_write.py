@@ -1,0 +1,237 @@
+"""Write routes: they validate, then write intent in one transaction; the manager acts on it.
+
+- create / update a VM: put `vms/<vm>/spec`; delete: delete it (only once the VM is stopped);
+- start / stop: put the spec with `desired` changed;
+- migrate / acknowledge: put `vms/<vm>/request` (a `VmRequest` with a fresh id);
+- drain / resume: put `hostadmin/<host>` (`HostAdmin`).
+
+Every transaction is guarded by the mod revisions read while validating, so a concurrent change
+gives 409 instead of a decision taken on stale facts.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from haven.api import views
+from haven.api.auth import require_admin
+from haven.api.bodies import documented, model_body, parse, raw_mapping
+from haven.api.context import ApiContext, conflict, context, invalid, not_found, revision_of
+from haven.api.schemas import CONFLICT, ERRORS, INVALID, NOT_FOUND, Accepted, MigrateIn
+from haven.api.spec_checks import cluster_problems
+from haven.core.protection import host_state
+from haven.model.spec import DesiredState, MigrationKind, VmSpec
+from haven.model.state import HostAdmin, HostState, RequestAction, VmRequest, VmState
+from haven.ports.store import Compare, Delete, Put
+from haven.runtime.layout import Snapshot
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)],
+                   responses={**ERRORS, **INVALID})
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _require_vm(snap: Snapshot, name: str) -> VmSpec:
+    if name not in snap.specs:
+        raise not_found("VM", name)
+    return snap.specs[name]
+
+
+def _vm_spec(ctx: ApiContext, snap: Snapshot, data: Any, name: str | None) -> VmSpec:
+    if isinstance(data, dict) and name is not None:
+        if data.get("name", name) != name:
+            raise invalid("the spec's name differs from the URL",
+                          [f"name: must be {name!r} (the VM in the URL), got {data.get('name')!r}"])
+        data = {**data, "name": name}
+    spec = parse(VmSpec, data, "VM spec")
+    problems = cluster_problems(snap, spec)
+    if problems:
+        n = len(problems)
+        raise invalid(f"the VM spec does not fit this cluster ({n} problem{'s' if n != 1 else ''})",
+                      problems)
+    return spec
+
+
+def _accepted_vm(ctx: ApiContext, name: str, message: str, request_id: str | None = None) -> Accepted:
+    snap = ctx.snapshot()
+    vm = views.vm_out(snap, name) if name in snap.specs else None
+    return Accepted(message=message, request_id=request_id, vm=vm)
+
+
+@router.post("/vms", status_code=201, response_model=Accepted, responses=CONFLICT, tags=["write"],
+             openapi_extra=documented(VmSpec, yaml=True))
+def create_vm(ctx: ApiContext = Depends(context), data: Any = Depends(raw_mapping("VM spec"))) -> Accepted:
+    """Declare a new VM (JSON or YAML body). The manager places and starts it if `desired` is
+    running."""
+    snap = ctx.snapshot()
+    spec = _vm_spec(ctx, snap, data, None)
+    if spec.name in snap.specs:
+        raise conflict(f"VM {spec.name!r} already exists: use PUT /api/v1/vms/{spec.name} to change it")
+    key = ctx.layout.vm_spec(spec.name)
+    ctx.commit([Compare(key, mod_revision=0)], [Put(key, spec.model_dump_json())], f"VM {spec.name!r}")
+    return _accepted_vm(ctx, spec.name, f"VM {spec.name} declared")
+
+
+@router.put("/vms/{name}", response_model=Accepted, responses={**NOT_FOUND, **CONFLICT}, tags=["write"],
+            openapi_extra=documented(VmSpec, yaml=True))
+def update_vm(name: str, ctx: ApiContext = Depends(context),
+              data: Any = Depends(raw_mapping("VM spec"))) -> Accepted:
+    """Replace an existing VM's spec (its `name` may be left out)."""
+    snap = ctx.snapshot()
+    _require_vm(snap, name)
+    spec = _vm_spec(ctx, snap, data, name)
+    key = ctx.layout.vm_spec(name)
+    ctx.commit([Compare(key, mod_revision=revision_of(ctx.get(key)))], [Put(key, spec.model_dump_json())],
+               f"VM {name!r}")
+    return _accepted_vm(ctx, name, f"VM {name} updated")
+
+
+@router.delete("/vms/{name}", response_model=Accepted, responses={**NOT_FOUND, **CONFLICT}, tags=["write"])
+def delete_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Forget a stopped VM. A VM that still runs must be stopped first (POST .../stop)."""
+    spec_key, placement_key = ctx.layout.vm_spec(name), ctx.layout.placement(name)
+    spec_kv, placement_kv = ctx.get(spec_key), ctx.get(placement_key)
+    if spec_kv is None:
+        raise not_found("VM", name)
+    snap = ctx.snapshot()
+    placement = snap.placements.get(name)
+    if placement is not None and placement.state != VmState.STOPPED:
+        where = f" on {placement.host}" if placement.host else ""
+        raise conflict(f"VM {name} is {placement.state.value}{where}: stop it first "
+                       f"(POST /api/v1/vms/{name}/stop), then delete it once it is stopped")
+    ctx.commit([Compare(spec_key, mod_revision=spec_kv.mod_revision),
+                Compare(placement_key, mod_revision=revision_of(placement_kv))],
+               [Delete(spec_key), Delete(ctx.layout.request(name))], f"VM {name!r}")
+    return Accepted(message=f"VM {name} deleted")
+
+
+def _set_desired(ctx: ApiContext, name: str, desired: DesiredState) -> Accepted:
+    key = ctx.layout.vm_spec(name)
+    kv = ctx.get(key)
+    snap = ctx.snapshot()
+    if kv is None or name not in snap.specs:
+        raise not_found("VM", name)
+    spec = snap.specs[name]
+    if spec.desired == desired:
+        return _accepted_vm(ctx, name, f"VM {name} is already meant to be {desired.value}")
+    changed = spec.model_copy(update={"desired": desired})
+    ctx.commit([Compare(key, mod_revision=kv.mod_revision)], [Put(key, changed.model_dump_json())],
+               f"VM {name!r}")
+    verb = "start" if desired == DesiredState.RUNNING else "stop"
+    return _accepted_vm(ctx, name, f"VM {name}: {verb} requested")
+
+
+@router.post("/vms/{name}/start", status_code=202, response_model=Accepted, responses=NOT_FOUND,
+             tags=["write"])
+def start_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Set `desired: running`."""
+    return _set_desired(ctx, name, DesiredState.RUNNING)
+
+
+@router.post("/vms/{name}/stop", status_code=202, response_model=Accepted, responses=NOT_FOUND,
+             tags=["write"])
+def stop_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Set `desired: stopped` (an HA VM is then no longer restarted)."""
+    return _set_desired(ctx, name, DesiredState.STOPPED)
+
+
+def _put_request(ctx: ApiContext, snap: Snapshot, name: str, request: VmRequest) -> None:
+    key = ctx.layout.request(name)
+    placement_key = ctx.layout.placement(name)
+    pending = snap.requests.get(name)
+    if pending is not None:
+        raise conflict(f"VM {name} already has a pending {pending.action.value} request "
+                       f"({pending.id}): wait until the manager has handled it")
+    ctx.commit([Compare(key, mod_revision=0),
+                Compare(ctx.layout.vm_spec(name), mod_revision=revision_of(ctx.get(ctx.layout.vm_spec(name)))),
+                Compare(placement_key, mod_revision=revision_of(ctx.get(placement_key)))],
+               [Put(key, request.model_dump_json())], f"VM {name!r}")
+
+
+def _check_migration(snap: Snapshot, name: str, body: MigrateIn) -> None:
+    spec = snap.specs[name]
+    placement = snap.placements.get(name)
+    view = snap.view()
+    if body.target is not None and body.target not in snap.hosts:
+        raise invalid(f"target host {body.target!r} does not exist",
+                      [f"target: host {body.target!r} does not exist (hosts: {', '.join(sorted(snap.hosts))})"])
+    if body.kind == MigrationKind.LIVE and not spec.migratable:
+        raise invalid(f"VM {name} may not be live-migrated",
+                      [f"kind: VM {name} has migratable: false; use quick or cold"])
+    if placement is None or placement.state != VmState.RUNNING:
+        state = placement.state.value if placement else "not placed yet"
+        raise conflict(f"VM {name} is {state}: only a running VM can be migrated")
+    if body.target == placement.host:
+        raise invalid(f"VM {name} already runs on {body.target}",
+                      [f"target: VM {name} already runs on {body.target}; pick another host"])
+    if body.target is not None:
+        state = host_state(view.hosts[body.target])
+        if state != HostState.ONLINE:
+            raise conflict(f"target host {body.target} is {state.value}: it takes no VMs now")
+    elif not any(host_state(h) == HostState.ONLINE for n, h in view.hosts.items() if n != placement.host):
+        raise conflict(f"no other host is online: VM {name} has nowhere to go")
+
+
+@router.post("/vms/{name}/migrate", status_code=202, response_model=Accepted,
+             responses={**NOT_FOUND, **CONFLICT}, tags=["write"],
+             openapi_extra=documented(MigrateIn, required=False))
+def migrate_vm(name: str, ctx: ApiContext = Depends(context),
+               body: MigrateIn = Depends(model_body(MigrateIn, "migration request", optional=True))) -> Accepted:
+    """Move a running VM: `live` (no visible outage), `quick` (save, move, restore) or `cold`
+    (stop, boot on the target). `target: null` lets the scheduler pick the best host."""
+    snap = ctx.snapshot()
+    _require_vm(snap, name)
+    _check_migration(snap, name, body)
+    request = VmRequest(id=new_request_id(), action=RequestAction.MIGRATE, kind=body.kind, target=body.target)
+    _put_request(ctx, snap, name, request)
+    to = body.target or "the best host"
+    return _accepted_vm(ctx, name, f"{body.kind.value} migration of VM {name} to {to} requested", request.id)
+
+
+@router.post("/vms/{name}/acknowledge", status_code=202, response_model=Accepted,
+             responses={**NOT_FOUND, **CONFLICT}, tags=["write"])
+def acknowledge_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Clear a VM's `error` state so the manager tries again."""
+    snap = ctx.snapshot()
+    _require_vm(snap, name)
+    placement = snap.placements.get(name)
+    if placement is None or placement.state != VmState.ERROR:
+        state = placement.state.value if placement else "not placed yet"
+        raise conflict(f"VM {name} is {state}, not in error: nothing to acknowledge")
+    request = VmRequest(id=new_request_id(), action=RequestAction.ACKNOWLEDGE)
+    _put_request(ctx, snap, name, request)
+    return _accepted_vm(ctx, name, f"error of VM {name} acknowledged", request.id)
+
+
+def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool) -> Accepted:
+    host_key, admin_key = ctx.layout.host(name), ctx.layout.host_admin(name)
+    host_kv = ctx.get(host_key)
+    if host_kv is None:
+        raise not_found("host", name)
+    admin = HostAdmin(maintenance=maintenance, request_id=new_request_id())
+    ctx.commit([Compare(host_key, mod_revision=host_kv.mod_revision),
+                Compare(admin_key, mod_revision=revision_of(ctx.get(admin_key)))],
+               [Put(admin_key, admin.model_dump_json())], f"host {name!r}")
+    snap = ctx.snapshot()
+    host = views.host_out(snap, snap.view(), name)
+    message = (f"host {name}: drain requested ({len(host.vms)} VM(s) to move)" if maintenance
+               else f"host {name}: resume requested")
+    return Accepted(message=message, request_id=admin.request_id, host=host)
+
+
+@router.post("/hosts/{name}/drain", status_code=202, response_model=Accepted, responses=NOT_FOUND,
+             tags=["write"])
+def drain_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Put a host in maintenance: the manager migrates its VMs away and places none there."""
+    return _set_maintenance(ctx, name, True)
+
+
+@router.post("/hosts/{name}/resume", status_code=202, response_model=Accepted, responses=NOT_FOUND,
+             tags=["write"])
+def resume_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """End maintenance: the host takes VMs again."""
+    return _set_maintenance(ctx, name, False)

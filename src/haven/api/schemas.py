@@ -1,0 +1,107 @@
+"""Request and response bodies of the REST API (they make the OpenAPI document)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from haven.model.spec import HostSpec, MigrationKind, VmSpec
+from haven.model.state import Placement, VmRequest, VmStatus
+
+
+class Problem(BaseModel):
+    """Every error answer: one sentence, and for invalid input one line per problem."""
+
+    detail: str = Field(description="what was wrong and what to do")
+    problems: list[str] = Field(default_factory=list, description="'field: problem' lines")
+
+
+class Usage(BaseModel):
+    used: int
+    total: int
+
+
+class HostOut(BaseModel):
+    name: str
+    state: str = Field(description="online, maintenance, lost, fenced or offline")
+    alive: bool = Field(description="the host holds its lease")
+    maintenance_requested: bool
+    draining: bool = Field(description="maintenance requested and VMs still placed here")
+    since: float
+    reason: str
+    manager: bool = Field(description="the active manager runs on this host")
+    memory_mib: Usage = Field(description="memory of placed VMs / host memory")
+    memory_reserve_mib: int
+    vcpus: Usage = Field(description="vCPUs of placed VMs / host vCPUs (before overcommit)")
+    vms: list[str]
+    spec: HostSpec
+
+
+class VmOut(BaseModel):
+    name: str
+    state: str = Field(description="the placement's state; 'pending' before the manager placed it")
+    host: str | None
+    desired: str
+    ha: bool
+    reason: str
+    spec: VmSpec
+    placement: Placement | None
+    statuses: list[VmStatus]
+    request: VmRequest | None
+
+
+class ProtectionOut(BaseModel):
+    level: str = Field(description="protected, degraded or down")
+    mood: str = Field(description="content, worried or ill")
+    reason: str
+
+
+class SummaryOut(BaseModel):
+    cluster: str
+    time: float = Field(description="seconds on the API's clock (virtual time in a simulation)")
+    manager: str | None = Field(description="host of the active manager, null if none")
+    hosts: dict[str, int] = Field(description="number of hosts by state")
+    vms: dict[str, int] = Field(description="number of VMs by state")
+    protection: ProtectionOut
+    simulation: dict[str, object] | None = None
+
+
+class EventOut(BaseModel):
+    id: str = Field(description="opaque, increasing in the order events were written")
+    t: float
+    source: str
+    subject: str
+    message: str
+    line: str
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next: str | None = Field(description="pass as `after` to get the following events")
+
+
+class MigrateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: MigrationKind = MigrationKind.LIVE
+    target: str | None = Field(default=None, description="host name; null lets the scheduler choose")
+
+
+class Accepted(BaseModel):
+    """A write accepted: the intent is in the store, the cluster acts on it."""
+
+    message: str
+    request_id: str | None = None
+    vm: VmOut | None = None
+    host: HostOut | None = None
+
+
+class FaultIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    line: str = Field(min_length=1, max_length=200, examples=["power off h1"])
+
+
+ERRORS = {code: {"model": Problem, "description": text} for code, text in (
+    (401, "no token"), (403, "wrong or insufficient token"), (503, "the store is unreachable"))}
+NOT_FOUND = {404: {"model": Problem, "description": "no such VM or host"}}
+CONFLICT = {409: {"model": Problem, "description": "not possible in the current state"}}
+INVALID = {422: {"model": Problem, "description": "invalid request: one line per problem"}}

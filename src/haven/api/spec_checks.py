@@ -1,0 +1,41 @@
+"""Checks of a VM spec against the cluster it is declared in (the model checks the spec alone).
+
+Each problem is one 'field: problem' line, as `model.load` writes them.
+"""
+from __future__ import annotations
+
+from haven.model.spec import VmSpec
+from haven.runtime.layout import Snapshot
+
+
+def cluster_problems(snap: Snapshot, spec: VmSpec) -> list[str]:
+    problems: list[str] = []
+    hosts = snap.hosts
+    for i, pref in enumerate(spec.preferred_hosts):
+        if pref not in hosts:
+            problems.append(f"preferred_hosts[{i}]: host {pref!r} does not exist "
+                            f"(hosts: {', '.join(sorted(hosts)) or 'none'})")
+    if hosts:
+        pools = {pool for h in hosts.values() for pool in h.pools}
+        for i, disk in enumerate(spec.disks):
+            if disk.pool not in pools:
+                problems.append(f"disks[{i}].pool: no host reaches pool {disk.pool!r} "
+                                f"(pools: {', '.join(sorted(pools)) or 'none'})")
+        models = {m for h in hosts.values() for m in h.cpu_models}
+        if spec.cpu_model not in models:
+            problems.append(f"cpu_model: no host offers {spec.cpu_model!r} "
+                            f"(offered: {', '.join(sorted(models))})")
+        room = max(h.memory_mib for h in hosts.values()) - snap.settings.memory_reserve_mib
+        if spec.memory_mib > room:
+            problems.append(f"memory_mib: {spec.memory_mib} MiB fits on no host (at most {room} MiB "
+                            f"after the {snap.settings.memory_reserve_mib} MiB reserve)")
+    owners = {nic.mac: name for name, other in snap.specs.items() if name != spec.name
+              for nic in other.nics}
+    seen: set[str] = set()
+    for i, nic in enumerate(spec.nics):
+        if nic.mac in owners:
+            problems.append(f"nics[{i}].mac: {nic.mac} is already used by VM {owners[nic.mac]}")
+        elif nic.mac in seen:
+            problems.append(f"nics[{i}].mac: {nic.mac} is used twice in this spec")
+        seen.add(nic.mac)
+    return problems

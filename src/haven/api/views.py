@@ -1,0 +1,94 @@
+"""Turn a store snapshot into what the API returns. Pure functions over `Snapshot`."""
+from __future__ import annotations
+
+from collections import Counter
+
+from haven.api.schemas import EventOut, HostOut, ProtectionOut, SummaryOut, Usage, VmOut
+from haven.core.decision import Event
+from haven.core.protection import HOLDING_STATES, assess, host_state
+from haven.model.state import ClusterView, HostState, VmState
+from haven.ports.store import KeyValue
+from haven.runtime.layout import Snapshot, decode_event
+
+PENDING = "pending"  # a VM spec the manager has not placed yet
+
+
+def vm_state(snap: Snapshot, name: str) -> str:
+    placement = snap.placements.get(name)
+    return placement.state.value if placement else PENDING
+
+
+def vms_on(snap: Snapshot, host: str) -> list[str]:
+    """VMs holding resources on `host` (a migrating VM counts on source and target)."""
+    names = []
+    for name, p in sorted(snap.placements.items()):
+        if name in snap.specs and p.state in HOLDING_STATES and (
+                p.host == host or (p.migration is not None and p.migration.target == host)):
+            names.append(name)
+    return names
+
+
+def host_out(snap: Snapshot, view: ClusterView, name: str) -> HostOut:
+    hv = view.hosts[name]
+    spec = hv.spec
+    placed = vms_on(snap, name)
+    state = host_state(hv)
+    here_now = [vm for vm in placed if snap.placements[vm].host == name]
+    return HostOut(
+        name=name, state=state.value, alive=hv.alive, maintenance_requested=hv.admin.maintenance,
+        draining=hv.admin.maintenance and bool(here_now),
+        since=hv.record.since if hv.record else 0.0, reason=hv.record.reason if hv.record else "",
+        manager=snap.manager == name,
+        memory_mib=Usage(used=sum(snap.specs[vm].memory_mib for vm in placed), total=spec.memory_mib),
+        memory_reserve_mib=snap.settings.memory_reserve_mib,
+        vcpus=Usage(used=sum(snap.specs[vm].vcpus for vm in placed), total=spec.vcpus),
+        vms=placed, spec=spec)
+
+
+def vm_out(snap: Snapshot, name: str) -> VmOut:
+    spec = snap.specs[name]
+    placement = snap.placements.get(name)
+    statuses = sorted(snap.statuses.get(name, {}).values(), key=lambda s: s.host)
+    return VmOut(name=name, state=vm_state(snap, name), host=placement.host if placement else None,
+                 desired=spec.desired.value, ha=spec.ha, reason=placement.reason if placement else "",
+                 spec=spec, placement=placement, statuses=statuses, request=snap.requests.get(name))
+
+
+def summary(snap: Snapshot, cluster: str, now: float,
+            simulation: dict[str, object] | None = None) -> SummaryOut:
+    view = snap.view()
+    hosts = Counter(host_state(h).value for h in view.hosts.values())
+    vms = Counter(vm_state(snap, name) for name in snap.specs)
+    protection = assess(view)
+    return SummaryOut(
+        cluster=cluster, time=now, manager=snap.manager,
+        hosts={s.value: hosts.get(s.value, 0) for s in HostState},
+        vms={**{s.value: vms.get(s.value, 0) for s in VmState}, PENDING: vms.get(PENDING, 0)},
+        protection=ProtectionOut(level=protection.level, mood=protection.mood, reason=protection.reason),
+        simulation=simulation)
+
+
+def event_id(kv: KeyValue, prefix: str) -> str:
+    # The revision orders events by write; the key orders events written in one transaction.
+    return f"{kv.mod_revision:012d}-{kv.key[len(prefix):]}"
+
+
+def events_from(items: list[KeyValue], prefix: str) -> list[EventOut]:
+    """Decode event keys, oldest write first. Undecodable entries are skipped, not fatal."""
+    events = []
+    for kv in items:
+        try:
+            event: Event = decode_event(kv.value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        events.append(EventOut(id=event_id(kv, prefix), t=event.t, source=event.source,
+                               subject=event.subject, message=event.message, line=event.line()))
+    events.sort(key=lambda e: e.id)
+    return events
+
+
+def page(events: list[EventOut], after: str | None, limit: int) -> list[EventOut]:
+    """Events after the cursor (oldest first), or without a cursor the newest `limit` events."""
+    if after is None:
+        return events[-limit:] if limit else []
+    return [e for e in events if e.id > after][:limit]
