@@ -1,7 +1,10 @@
 """The coordination store port (etcd in production, `sim.store.MemoryStore` in the simulator).
 
 Keys and values are str. Every call either completes or raises `StoreUnavailable` within the
-client's timeout: a caller never waits forever on a store it cannot reach.
+client's deadline (EtcdStore: `deadline`, default 2 x the 1.0 s per-request timeout): a caller
+never waits forever on a store it cannot reach. A write that raised StoreUnavailable may or may
+not have been applied. Revisions are etcd's: one global counter, bumped once per applied write
+(a txn or a lease expiry deleting several keys is one revision).
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ class Store(Protocol):
         it received (never earlier)."""
 
     def lease_refresh(self, lease: Lease) -> None:
-        """Refresh the lease; raises LeaseLost if it is gone."""
+        """Refresh the lease (its TTL restarts now); raises LeaseLost if it is gone."""
 
     def lease_revoke(self, lease: Lease) -> None:
         """Revoke now: keys bound to it are deleted."""
@@ -112,7 +115,11 @@ class Store(Protocol):
     def watch_prefix(self, prefix: str, callback: Callable[[WatchEvent], None],
                      start_revision: int = 0) -> Callable[[], None]:
         """Call `callback` for every change under `prefix` (from `start_revision` when given, so a
-        reconnect loses nothing). Returns a function that cancels the watch."""
+        reconnect loses nothing), in revision order; a lease expiry arrives as DELETE events.
+        Without `start_revision`, every change after this call returns is delivered. Raises
+        StoreError if `start_revision` was compacted away. Returns a function that cancels the
+        watch. MemoryStore calls back synchronously inside the write; EtcdStore on a background
+        thread per watch."""
 
     def close(self) -> None:
         """Release connections and stop watches."""
