@@ -83,6 +83,11 @@ class MemoryStore:
             self._revoke(lease_id)
         return expired
 
+    def restart_leases(self, now: float) -> None:
+        """After an outage etcd's new leader gives every lease a full TTL again; so do we."""
+        for lease in self._leases.values():
+            lease.expiry = now + lease.ttl
+
     def _revoke(self, lease_id: int) -> None:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
