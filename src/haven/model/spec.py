@@ -113,8 +113,9 @@ class Settings(Frozen):
     renew_interval_s: float | None = Field(default=None, gt=0, description="default: TTL / 4")
     self_fence_margin_s: float = Field(default=0.5, gt=0)
     fence_grace_s: float = Field(default=0.3, ge=0)
-    manager_tick_s: float = Field(default=0.25, gt=0)
-    agent_tick_s: float = Field(default=0.25, gt=0)
+    # Loops wake on store watches, local VM changes and deadlines; the ticks are only a safety net.
+    manager_tick_s: float = Field(default=1.0, gt=0)
+    agent_tick_s: float = Field(default=1.0, gt=0)
     host_settle_s: float = Field(default=5.0, ge=0, description="a host back from lost gets no VMs before this")
     vcpu_overcommit: float = Field(default=4.0, ge=1.0)
     memory_reserve_mib: int = Field(default=256, ge=0, description="kept free on every host for itself")

@@ -109,12 +109,13 @@ class Snapshot:
     statuses: dict[str, dict[str, VmStatus]]  # vm -> host -> status
     events: list[Event]
 
-    def view(self, manager_since: float = 0.0) -> ClusterView:
+    def view(self, manager_since: float = 0.0, fence_confirmed: Iterable[str] = ()) -> ClusterView:
+        confirmed = set(fence_confirmed)
         hosts = {
             name: HostView.model_construct(spec=spec, alive=name in self.alive,
                                            record=self.records.get(name),
                                            admin=self.admin.get(name, HostAdmin()),
-                                           fence_confirmed=False)
+                                           fence_confirmed=name in confirmed)
             for name, spec in sorted(self.hosts.items())
         }
         vms = {
@@ -161,8 +162,27 @@ def decode(layout: Layout, items: Iterable[KeyValue]) -> Snapshot:
     return snap
 
 
-def read_snapshot(store: Store, layout: Layout) -> Snapshot:
-    return decode(layout, store.get_prefix(layout.root))
+STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/")
+
+
+def read_snapshot(store: Store, layout: Layout, with_events: bool = True) -> Snapshot:
+    """The whole cluster state. Without events it skips the (large) event log, reading prefix by
+    prefix; the loops are level-triggered, so a snapshot spanning a few revisions is harmless."""
+    if with_events:
+        return decode(layout, store.get_prefix(layout.root))
+    items: list[KeyValue] = []
+    for prefix in STATE_PREFIXES:
+        items += store.get_prefix(layout.root + prefix)
+    return decode(layout, items)
+
+
+def trim_events(store: Store, layout: Layout, keep: int) -> int:
+    """Delete the oldest events beyond `keep`; returns how many went."""
+    items = store.get_prefix(layout.events())
+    old = items[:max(0, len(items) - keep)]
+    for kv in old:
+        store.delete(kv.key)
+    return len(old)
 
 
 def decision_ops(layout: Layout, decision: Decision, seq_start: int = 0) -> list[Put | Delete]:

@@ -1,0 +1,201 @@
+"""The host agent loop: hold the lease, reconcile local VMs with placements, report.
+
+Shared by the real daemon (threads call `renew` and `step` on timers) and the simulator (virtual
+clock events call them). One `step` = read placements -> `core.agent.reconcile` -> execute -> report.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
+                              PrepareIncoming, Save, Start, Stop, lease_valid, reconcile)
+from haven.core.decision import Event
+from haven.model.spec import HostSpec, Settings, VmSpec
+from haven.model.state import Placement, VmStatus
+from haven.ports.clock import Clock
+from haven.ports.fencer import Watchdog
+from haven.ports.hypervisor import Hypervisor, HypervisorError, LocalVm
+from haven.ports.store import Lease, LeaseLost, Store, StoreError
+from haven.runtime.layout import Layout
+
+EventSink = Callable[[Event], None]
+
+
+class AgentLoop:
+    def __init__(self, host: HostSpec, store: Store, hypervisor: Hypervisor, clock: Clock, layout: Layout,
+                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None) -> None:
+        self.host = host
+        self.store = store
+        self.hypervisor = hypervisor
+        self.clock = clock
+        self.layout = layout
+        self.settings = settings
+        self.emit = emit
+        self.watchdog = watchdog
+        self.lease: Lease | None = None
+        self.last_renewal_sent = -math.inf
+        self.fenced = False  # killed its VMs for want of a lease; re-registers once they are gone
+        self.placements: dict[str, Placement] = {}
+        self.specs: dict[str, VmSpec] = {}
+        self.peers: dict[tuple[str, str], VmStatus] = {}
+        self.addresses: dict[str, str] = {}
+        self.published: dict[str, VmStatus] = {}
+        self.known: dict[str, LocalVm] = {}
+
+    @property
+    def lease_id(self) -> int:
+        return self.lease.id if self.lease else 0
+
+    def event(self, subject: str, message: str) -> None:
+        self.emit(Event(self.clock.now(), f"agent {self.host.name}", subject, message))
+
+    # --- lease ---
+
+    def register(self) -> bool:
+        """Publish the host and take a fresh lease. False if the store is out of reach."""
+        sent = self.clock.now()
+        try:
+            self.store.put(self.layout.host(self.host.name), self.host.model_dump_json())
+            lease = self.store.lease_grant(self.settings.lease_ttl_s)
+            self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
+        except StoreError:
+            return False
+        self.lease, self.last_renewal_sent, self.published = lease, sent, {}
+        self.fenced = False
+        self._arm_watchdog()
+        self.event(f"host {self.host.name}", f"lease {lease.id} granted")
+        return True
+
+    def renew(self) -> None:
+        if self.lease is None:
+            if not self.fenced or not self._active_vms():
+                self.register()
+            return
+        sent = self.clock.now()
+        try:
+            self.store.lease_refresh(self.lease)
+        except LeaseLost:
+            self.lease = None
+            self.last_renewal_sent = -math.inf  # whatever the clock says, our VMs must die now
+            self.event(f"host {self.host.name}", "lease lost")
+            self.step()
+            return
+        except StoreError:
+            return
+        self.last_renewal_sent = sent
+        self._arm_watchdog()
+
+    def _arm_watchdog(self) -> None:
+        # A backstop for a hung agent: a little after the agent's own deadline, still before the TTL.
+        if self.watchdog:
+            self.watchdog.arm(self.last_renewal_sent + self.settings.self_fence_after_s
+                              + self.settings.self_fence_margin_s / 2)
+
+    def _active_vms(self) -> bool:
+        return any(vm.state not in DEAD for vm in self.hypervisor.list().values())
+
+    # --- one iteration ---
+
+    def refresh_view(self) -> None:
+        """Read placements, specs and peers' statuses; keep the last good copy if the store fails."""
+        try:
+            vms = self.store.get_prefix(self.layout.root + "vms/")
+            statuses = self.store.get_prefix(self.layout.root + "status/")
+            hosts = self.store.get_prefix(self.layout.root + "hosts/")
+        except StoreError:
+            return
+        placements: dict[str, Placement] = {}
+        specs: dict[str, VmSpec] = {}
+        for kv in vms:
+            _, name, what = kv.key.rsplit("/", 2)
+            if what == "placement":
+                placements[name] = Placement.model_validate_json(kv.value)
+            elif what == "spec":
+                specs[name] = VmSpec.model_validate_json(kv.value)
+        self.placements, self.specs = placements, specs
+        self.peers = {}
+        for kv in statuses:
+            status = VmStatus.model_validate_json(kv.value)
+            self.peers[(status.vm, status.host)] = status
+        self.addresses = {spec.name: spec.address for spec in (HostSpec.model_validate_json(kv.value) for kv in hosts)}
+
+    def step(self) -> None:
+        self.refresh_view()
+        local = self.hypervisor.list()
+        self._note_local_changes(local)
+        decision = reconcile(AgentInput(
+            host=self.host.name, now=self.clock.now(), last_renewal_sent=self.last_renewal_sent,
+            settings=self.settings, placements=self.placements, specs=self.specs, local=local,
+            peer_statuses=self.peers, addresses=self.addresses))
+        if decision.self_fenced and not self.fenced:
+            self.fenced = True
+            self.event(f"host {self.host.name}", f"self-fence: killing {len(decision.actions)} VM(s)")
+        for action in decision.actions:
+            self._execute(action)
+        if decision.actions:
+            self._note_local_changes(self.hypervisor.list())
+        if not decision.self_fenced and self.lease:
+            self._publish(decision.statuses)
+
+    def _note_local_changes(self, local: dict[str, LocalVm]) -> None:
+        for name in sorted(set(local) | set(self.known)):
+            old, new = self.known.get(name), local.get(name)
+            if new and (old is None or (old.state, old.generation) != (new.state, new.generation)):
+                detail = f" ({new.detail})" if new.detail and new.state.value in ("failed", "crashed") else ""
+                self.event(f"vm {name}", f"{new.state.value} (generation {new.generation}){detail}")
+        self.known = dict(local)
+
+    def _execute(self, action: Action) -> None:
+        hv = self.hypervisor
+        try:
+            match action:
+                case Start(vm, generation, restore_from):
+                    hv.start(self.specs[vm], generation, restore_from)
+                case Stop(vm):
+                    hv.stop(vm)
+                case Kill(vm, reason):
+                    self.event(f"vm {vm}", f"kill ({reason})")
+                    hv.kill(vm)
+                    hv.forget(vm)
+                case PrepareIncoming(vm, generation):
+                    hv.prepare_incoming(self.specs[vm], generation)
+                case MigrateLive(vm, target, address, attempt):
+                    hv.migrate_live(vm, target, address, attempt)
+                case CancelMigration(vm):
+                    hv.cancel_migration(vm)
+                case Save(vm, attempt):
+                    placement = self.placements[vm]
+                    hv.save(vm, hv.state_path(self.specs[vm], placement.generation), attempt)
+                case Forget(vm):
+                    hv.forget(vm)
+        except HypervisorError as error:
+            self.event(f"vm {action.vm}", f"{type(action).__name__.lower()} failed: {error}")
+
+    def _publish(self, statuses: dict[str, VmStatus]) -> None:
+        try:
+            for name, status in sorted(statuses.items()):
+                if self.published.get(name) != status:
+                    self.store.put(self.layout.status(self.host.name, name), status.model_dump_json(),
+                                   lease=self.lease_id)
+                    self.published[name] = status
+            for name in sorted(set(self.published) - set(statuses)):
+                self.store.delete(self.layout.status(self.host.name, name))
+                del self.published[name]
+        except StoreError:
+            self.published = {}  # unknown what landed: write everything again next time
+
+    def shutdown(self) -> None:
+        """Give the lease back (the VMs' fate is the daemon's shutdown policy)."""
+        if self.watchdog:
+            self.watchdog.disarm()
+        if self.lease:
+            try:
+                self.store.lease_revoke(self.lease)
+            except StoreError:
+                pass
+            self.lease = None
+
+    def lease_ok(self) -> bool:
+        return self.lease is not None and lease_valid(self.clock.now(), self.last_renewal_sent, self.settings)

@@ -1,0 +1,89 @@
+"""The manager loop: win the leader key, then read a snapshot -> `core.manager.decide` -> write.
+
+Every host runs one; only the holder of the leader key acts. The key is bound to the host's own
+lease, and every write is a transaction guarded by the key's value, so a manager that lost its
+lease (or was deposed) cannot write (DESIGN.md section 3).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from haven.core.decision import Decision, Event
+from haven.core.manager import decide
+from haven.ports.clock import Clock
+from haven.ports.store import StoreError, Store
+from haven.runtime.layout import Layout, decision_ops, leader_guard, read_snapshot, trim_events
+
+EventSink = Callable[[Event], None]
+TRIM_EVERY = 200  # events written between two trims of the event log
+
+
+class ManagerLoop:
+    def __init__(self, name: str, store: Store, clock: Clock, layout: Layout, lease_id: Callable[[], int],
+                 emit: EventSink, fence: Callable[[str], bool] | None = None) -> None:
+        self.name = name
+        self.store = store
+        self.clock = clock
+        self.layout = layout
+        self.lease_id = lease_id  # the host's lease: the leader key dies with the host
+        self.emit = emit
+        self.fence = fence  # power fencing, when the host has a fencing device
+        self.leader_value: str | None = None
+        self.since = 0.0
+        self.fence_confirmed: set[str] = set()
+        self.event_seq = 0
+
+    @property
+    def leading(self) -> bool:
+        return self.leader_value is not None
+
+    def campaign(self) -> bool:
+        lease = self.lease_id()
+        if not lease:
+            return False
+        now = self.clock.now()
+        value = json.dumps({"host": self.name, "since": round(now, 6)})
+        try:
+            won = self.store.create(self.layout.manager(), value, lease=lease)
+        except StoreError:
+            return False
+        if won:
+            self.leader_value, self.since = value, now
+            self.emit(Event(now, "manager", f"host {self.name}", "became the active manager"))
+        return won
+
+    def step(self) -> Decision | None:
+        if not self.leading and not self.campaign():
+            return None
+        now = self.clock.now()
+        try:
+            snapshot = read_snapshot(self.store, self.layout, with_events=False)
+        except StoreError:
+            return None
+        view = snapshot.view(self.since, self.fence_confirmed)
+        decision = decide(view, now)
+        for host in decision.fence_hosts:
+            if self.fence and self.fence(host):
+                self.fence_confirmed.add(host)
+        if decision.empty and not decision.events:
+            return decision
+        assert self.leader_value is not None
+        ops = decision_ops(self.layout, decision, self.event_seq)
+        self.event_seq += len(decision.events)
+        try:
+            result = self.store.txn(leader_guard(self.layout, self.leader_value), ops)
+        except StoreError:
+            return None  # unknown whether it landed: the next iteration reads and decides again
+        if not result.succeeded:
+            self.leader_value = None
+            self.emit(Event(now, "manager", f"host {self.name}", "no longer the active manager"))
+            return None
+        for event in decision.events:
+            self.emit(event)
+        if self.event_seq // TRIM_EVERY != (self.event_seq - len(decision.events)) // TRIM_EVERY:
+            try:
+                trim_events(self.store, self.layout, view.settings.event_log_size)
+            except StoreError:
+                pass
+        return decision

@@ -1,0 +1,240 @@
+"""SimCluster: hosts running the real agent and manager loops on virtual time.
+
+Each simulated host has its own clock (rate skew allowed), a FakeHypervisor, a store client that
+the network model can cut off, a watchdog process twin, and the very same `AgentLoop` and
+`ManagerLoop` the daemon runs. Loops are event-driven as in the daemon: a store watch, a local VM
+change or a deadline wakes them, and a slow periodic tick is the safety net.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from haven.core.decision import Event
+from haven.model.spec import ClusterConfig, HostSpec, Settings
+from haven.model.state import HostState
+from haven.ports.store import WatchEvent
+from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.layout import Layout
+from haven.runtime.manager_loop import ManagerLoop
+from haven.sim.hypervisor import FakeHypervisor, SimTimings
+from haven.sim.loop import EventLoop, HostClock, Timer
+from haven.sim.store import MemoryStore
+from haven.sim.world import World
+
+
+class SimWatchdog:
+    """The lab's watchdog process: kills the host's VMs if not re-armed before the deadline."""
+
+    def __init__(self, host: SimHost) -> None:
+        self.host = host
+        self.timer: Timer | None = None
+
+    def arm(self, deadline: float) -> None:
+        self.disarm()
+        self.timer = self.host.cluster.loop.at(self.host.clock.to_world(deadline), self._fire)
+
+    def disarm(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        if self.host.powered and self.host.hv.kill_all():
+            self.host.cluster.log(Event(self.host.cluster.now, f"wdog {self.host.name}",
+                                        f"host {self.host.name}", "deadline passed: killed every VM"))
+
+
+class SimHost:
+    def __init__(self, cluster: SimCluster, spec: HostSpec, index: int) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.name = spec.name
+        self.index = index
+        self.clock = HostClock(cluster.loop)
+        self.powered = False
+        self.hung = False
+        self.renew_delay = 0.0
+        world = cluster.world
+        self.hv = FakeHypervisor(self.name, cluster.loop, self.clock, world, cluster.timings,
+                                 on_change=lambda: self.wake_agent())
+        world.hypervisors[self.name] = self.hv
+        world.memory[self.name] = spec.memory_mib
+        self.client = cluster.store.client(self.name, lambda: world.network.host_reaches_store(self.name))
+        self.watchdog = SimWatchdog(self)
+        self.timers: list[Timer] = []
+        self.pending: dict[str, Timer] = {}
+        self.unwatch: list[Callable[[], None]] = []
+        self.agent: AgentLoop | None = None
+        self.manager: ManagerLoop | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.cluster.settings
+
+    # --- power ---
+
+    def power_on(self) -> None:
+        if self.powered:
+            return
+        self.powered, self.hung, self.renew_delay = True, False, 0.0
+        c = self.cluster
+        self.agent = AgentLoop(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
+                               self.watchdog)
+        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
+        self.agent.register()
+        root = c.layout.root
+        self.unwatch = [self.client.watch_prefix(root + "vms/", lambda e: self.wake_agent()),
+                        self.client.watch_prefix(root + "status/", self._on_status),
+                        self.client.watch_prefix(root, self._on_cluster_change)]
+        offset = 0.001 * self.index  # hosts do not tick in lock step
+        self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
+        self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
+        self._every(lambda: self.settings.manager_tick_s, self.wake_manager, offset + 0.0005)
+        self.wake_agent()
+        self.wake_manager()
+
+    def power_off(self) -> None:
+        if not self.powered:
+            return
+        self.powered = False
+        for timer in self.timers + list(self.pending.values()):
+            timer.cancel()
+        self.timers, self.pending = [], {}
+        for cancel in self.unwatch:
+            cancel()
+        self.watchdog.disarm()
+        self.hv.power_off()
+
+    def _manager_lease(self) -> int:
+        return self.agent.lease_id if self.agent and self.agent.lease_ok() else 0
+
+    # --- scheduling ---
+
+    def _every(self, interval: Callable[[], float], fn: Callable[[], None], offset: float) -> None:
+        loop = self.cluster.loop
+
+        def tick() -> None:
+            if not self.powered:
+                return
+            if not self.hung:
+                fn()
+            self.timers.append(loop.after(self.clock.world_delay(interval()), tick))
+            self.timers = [t for t in self.timers if not t.cancelled and t.at >= loop.now]
+
+        self.timers.append(loop.after(self.clock.world_delay(interval()) + offset, tick))
+
+    def _soon(self, what: str, fn: Callable[[], None], delay: float = 0.0) -> None:
+        """Run `fn` after `delay` host seconds, once, however often asked meanwhile."""
+        if not self.powered or self.hung:
+            return
+        loop = self.cluster.loop
+        at = loop.now + self.clock.world_delay(delay)
+        pending = self.pending.get(what)
+        if pending and not pending.cancelled and pending.at <= at:
+            return
+
+        def run() -> None:
+            self.pending.pop(what, None)
+            if self.powered and not self.hung:
+                fn()
+
+        if pending:
+            pending.cancel()
+        self.pending[what] = loop.at(at, run)
+
+    def wake_agent(self) -> None:
+        self._soon("agent", self._agent_step)
+
+    def wake_manager(self, delay: float = 0.0) -> None:
+        self._soon(f"manager{delay}", self._manager_step, delay)
+
+    def _renew(self) -> None:
+        assert self.agent is not None
+        self.agent.renew()
+        deadline = self.agent.last_renewal_sent + self.settings.self_fence_after_s
+        self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6)
+
+    def _agent_step(self) -> None:
+        assert self.agent is not None
+        self.agent.step()
+
+    def _manager_step(self) -> None:
+        assert self.manager is not None
+        decision = self.manager.step()
+        if decision and any(r.state is HostState.LOST for r in decision.host_records.values()):
+            self.wake_manager(self.settings.fence_grace_s + 1e-6)
+
+    def _on_status(self, event: WatchEvent) -> None:
+        # A migration source waits for its target's INCOMING report.
+        vm = event.key.rsplit("/", 1)[-1]
+        if self.agent and (p := self.agent.placements.get(vm)) and p.migration and p.migration.source == self.name:
+            self.wake_agent()
+
+    def _on_cluster_change(self, event: WatchEvent) -> None:
+        if self.manager and self.manager.leading:
+            if "/events/" not in event.key:
+                self.wake_manager()
+        elif event.key == self.cluster.layout.manager():
+            self.wake_manager()
+
+
+class SimCluster:
+    def __init__(self, config: ClusterConfig, timings: SimTimings | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.timings = timings or SimTimings()
+        self.loop = EventLoop()
+        self.store = MemoryStore(lambda: self.loop.now)
+        self.layout = Layout(config.name)
+        self.world = World(lambda: self.loop.now)
+        self.events: list[Event] = []
+        self._requests = 0
+        self.operator = self.store.client("operator", lambda: not self.world.network.store_down)
+        self.operator.put(self.layout.config(), self.settings.model_dump_json())
+        for vm in config.vms:
+            self.operator.put(self.layout.vm_spec(vm.name), vm.model_dump_json())
+        self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
+        for host in self.hosts.values():
+            host.power_on()
+
+    @property
+    def now(self) -> float:
+        return self.loop.now
+
+    def next_request_id(self) -> str:
+        self._requests += 1
+        return f"op{self._requests}"
+
+    def log(self, event: Event) -> None:
+        self.events.append(event)
+
+    def log_lines(self) -> list[str]:
+        return [event.line() for event in self.events]
+
+    def client(self, name: str = "operator"):  # noqa: ANN201 - a Store
+        return self.operator if name == "operator" else self.store.client(name)
+
+    def _lease_owner(self, lease_id: int) -> str:
+        for host in self.hosts.values():
+            if host.agent and host.agent.lease and host.agent.lease.id == lease_id:
+                return f"host {host.name}"
+        return f"lease {lease_id}"
+
+    def advance_to(self, until: float) -> None:
+        """Run every event up to virtual time `until`, checking safety after each."""
+        monitor = self.world.monitor
+        while True:
+            next_timer = self.loop.next_time()
+            expiry = self.store.next_expiry()
+            if expiry is not None and expiry <= until and (next_timer is None or expiry <= next_timer):
+                self.loop.now = max(self.loop.now, expiry)
+                for lease_id in self.store.expire(self.loop.now):
+                    self.log(Event(self.loop.now, "store", self._lease_owner(lease_id), "lease expired"))
+            elif next_timer is not None and next_timer <= until:
+                self.loop.pop().fn()
+            else:
+                break
+            self.store.deliver()
+            monitor.check()
+        self.loop.now = max(self.loop.now, until)

@@ -1,0 +1,203 @@
+"""The fault language: one line per fault or operator command.
+
+    power off H | power on H              a power cut / the host boots again
+    cut H from store | cut H from H2      lose the store, or one peer (migration traffic)
+    partition H1 H2 | H3 store            split the network into groups ("store" is a member)
+    heal H | heal all                     undo cuts and partitions
+    store down | store up                 the whole store is out (etcd renews leases on return)
+    hang H | unhang H                     the daemon stops (SIGSTOP) and continues
+    slow renew H by S | normal renew H    lease renewals come S seconds late
+    skew H RATE                           H's clock runs at RATE (1.0 = true)
+    crash VM                              the guest dies where it runs
+    fail start VM [N]                     its next N starts fail (default 1)
+    start VM | stop VM | acknowledge VM   operator: desired state, clear an error
+    migrate VM live|quick|cold [to H]     operator: move it (default: the best host)
+    drain H | resume H                    operator: maintenance on / off
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from haven.core.decision import Event
+from haven.model.spec import DesiredState, MigrationKind
+from haven.model.state import RequestAction
+from haven.runtime import intents
+from haven.sim.cluster import SimCluster, SimHost
+from haven.sim.world import STORE
+
+
+class FaultError(ValueError):
+    """A fault line could not be understood; the message says what is allowed."""
+
+
+def apply_fault(cluster: SimCluster, line: str) -> None:
+    words = line.split()
+    if not words:
+        raise FaultError("empty fault line")
+    handler = _HANDLERS.get(words[0])
+    if handler is None:
+        raise FaultError(f"unknown fault {words[0]!r}; known: {', '.join(sorted(_HANDLERS))}")
+    cluster.log(Event(cluster.now, "fault" if words[0] not in _OPERATOR else "operator", "cluster", line))
+    handler(cluster, words[1:])
+
+
+def _host(cluster: SimCluster, name: str) -> SimHost:
+    if name not in cluster.hosts:
+        raise FaultError(f"unknown host {name!r}; hosts: {', '.join(cluster.hosts)}")
+    return cluster.hosts[name]
+
+
+def _vm(cluster: SimCluster, name: str) -> str:
+    if name not in {vm.name for vm in cluster.config.vms}:
+        raise FaultError(f"unknown vm {name!r}")
+    return name
+
+
+def _expect(args: list[str], count: int, usage: str) -> None:
+    if len(args) != count:
+        raise FaultError(f"usage: {usage}")
+
+
+def _power(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 2, "power on|off HOST")
+    host = _host(cluster, args[1])
+    if args[0] == "off":
+        host.power_off()
+    elif args[0] == "on":
+        host.power_on()
+    else:
+        raise FaultError("usage: power on|off HOST")
+
+
+def _cut(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) != 3 or args[1] != "from":
+        raise FaultError("usage: cut HOST from store|HOST")
+    host = _host(cluster, args[0]).name
+    net = cluster.world.network
+    if args[2] == STORE:
+        net.cut_from_store.add(host)
+    else:
+        net.cut_pairs.add(frozenset((host, _host(cluster, args[2]).name)))
+
+
+def _partition(cluster: SimCluster, args: list[str]) -> None:
+    groups = [group.split() for group in " ".join(args).split("|")]
+    if len(groups) < 2 or any(not g for g in groups):
+        raise FaultError("usage: partition H1 H2 | H3 store")
+    for group in groups:
+        for name in group:
+            if name != STORE:
+                _host(cluster, name)
+    cluster.world.network.groups = [frozenset(g) for g in groups]
+
+
+def _heal(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "heal HOST|all")
+    cluster.world.network.heal(None if args[0] == "all" else _host(cluster, args[0]).name)
+
+
+def _store(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "store down|up")
+    if args[0] == "down":
+        cluster.world.network.store_down = True
+    elif args[0] == "up":
+        cluster.world.network.store_down = False
+        cluster.store.restart_leases(cluster.now)  # as etcd does after an outage
+    else:
+        raise FaultError("usage: store down|up")
+
+
+def _hang(hung: bool) -> Callable[[SimCluster, list[str]], None]:
+    def handler(cluster: SimCluster, args: list[str]) -> None:
+        _expect(args, 1, "hang|unhang HOST")
+        host = _host(cluster, args[0])
+        host.hung = hung
+        if not hung:
+            host.wake_agent()
+            host.wake_manager()
+    return handler
+
+
+def _renew(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) != 4 or args[0] != "renew" or args[2] != "by":
+        raise FaultError("usage: slow renew HOST by SECONDS")
+    _host(cluster, args[1]).renew_delay = _number(args[3])
+
+
+def _normal(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) != 2 or args[0] != "renew":
+        raise FaultError("usage: normal renew HOST")
+    _host(cluster, args[1]).renew_delay = 0.0
+
+
+def _skew(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 2, "skew HOST RATE")
+    rate = _number(args[1])
+    if not 0.5 <= rate <= 2.0:
+        raise FaultError("skew RATE must be between 0.5 and 2.0")
+    _host(cluster, args[0]).clock.set_rate(rate)
+
+
+def _crash(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "crash VM")
+    name = _vm(cluster, args[0])
+    for hv in cluster.world.hypervisors.values():
+        hv.crash(name)
+
+
+def _fail(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) not in (2, 3) or args[0] != "start":
+        raise FaultError("usage: fail start VM [COUNT]")
+    cluster.world.start_failures[_vm(cluster, args[1])] += int(_number(args[2])) if len(args) == 3 else 1
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise FaultError(f"{text!r} is not a number") from None
+
+
+def _desired(desired: DesiredState) -> Callable[[SimCluster, list[str]], None]:
+    def handler(cluster: SimCluster, args: list[str]) -> None:
+        _expect(args, 1, f"{'start' if desired is DesiredState.RUNNING else 'stop'} VM")
+        intents.set_desired(cluster.operator, cluster.layout, _vm(cluster, args[0]), desired)
+    return handler
+
+
+def _acknowledge(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "acknowledge VM")
+    intents.request(cluster.operator, cluster.layout, _vm(cluster, args[0]), RequestAction.ACKNOWLEDGE,
+                    request_id=cluster.next_request_id())
+
+
+def _migrate(cluster: SimCluster, args: list[str]) -> None:
+    usage = "migrate VM live|quick|cold [to HOST]"
+    if len(args) not in (2, 4) or (len(args) == 4 and args[2] != "to"):
+        raise FaultError(f"usage: {usage}")
+    try:
+        kind = MigrationKind(args[1])
+    except ValueError:
+        raise FaultError(f"usage: {usage}") from None
+    target = _host(cluster, args[3]).name if len(args) == 4 else None
+    intents.request(cluster.operator, cluster.layout, _vm(cluster, args[0]), RequestAction.MIGRATE, kind,
+                    target, request_id=cluster.next_request_id())
+
+
+def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
+    def handler(cluster: SimCluster, args: list[str]) -> None:
+        _expect(args, 1, f"{'drain' if on else 'resume'} HOST")
+        intents.set_maintenance(cluster.operator, cluster.layout, _host(cluster, args[0]).name, on,
+                                request_id=cluster.next_request_id())
+    return handler
+
+
+_HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
+    "power": _power, "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
+    "hang": _hang(True), "unhang": _hang(False), "slow": _renew, "normal": _normal, "skew": _skew,
+    "crash": _crash, "fail": _fail,
+    "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),
+    "acknowledge": _acknowledge, "migrate": _migrate, "drain": _maintenance(True),
+    "resume": _maintenance(False),
+}
+_OPERATOR = {"start", "stop", "acknowledge", "migrate", "drain", "resume"}

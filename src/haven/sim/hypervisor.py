@@ -1,0 +1,193 @@
+"""FakeHypervisor: the simulator's twin of the QEMU driver.
+
+Boots take `boot_s`, live migration `0.2 + memory / bandwidth`, saves and restores likewise; a VM
+can crash or fail to start on command. Each VM carries a `ram_epoch`, kept across live and quick
+migration and new on a cold boot, so scenarios can tell what survived.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from haven.model.spec import VmSpec
+from haven.model.state import ACTIVE_LOCAL_STATES, LocalState
+from haven.ports.hypervisor import HypervisorError, LocalVm
+from haven.sim.loop import EventLoop, HostClock
+
+if TYPE_CHECKING:
+    from haven.sim.world import World
+
+
+@dataclass(frozen=True)
+class SimTimings:
+    boot_s: float = 3.0
+    fail_s: float = 0.5  # a failing start is noticed after this
+    stop_s: float = 1.0
+    restore_s: float = 0.3
+    bandwidth_mib_s: float = 1000.0  # live migration and save
+
+
+@dataclass
+class SimVm:
+    spec: VmSpec
+    generation: int
+    state: LocalState
+    since: float
+    instance: int
+    ram_epoch: int
+    detail: str = ""
+    failed_migration: str = ""
+
+
+_instances = itertools.count(1)
+
+
+@dataclass
+class FakeHypervisor:
+    host: str
+    loop: EventLoop
+    clock: HostClock
+    world: World
+    timings: SimTimings = field(default_factory=SimTimings)
+    vms: dict[str, SimVm] = field(default_factory=dict)
+    on_change: Callable[[], None] = lambda: None
+
+    # --- port ---
+
+    def list(self) -> dict[str, LocalVm]:
+        return {name: LocalVm(name, vm.generation, vm.state, vm.detail, vm.since, vm.failed_migration)
+                for name, vm in sorted(self.vms.items())}
+
+    def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
+        old = self.vms.get(spec.name)
+        if old and old.state not in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED, LocalState.SAVED):
+            raise HypervisorError(f"{spec.name} is {old.state.value}")
+        if restore_from is not None and restore_from not in self.world.state_files:
+            vm = self._set(spec, generation, LocalState.FAILED, self.world.new_epoch())
+            vm.detail = f"no saved state at {restore_from}"
+            return
+        epoch = self.world.state_files.pop(restore_from) if restore_from else self.world.new_epoch()
+        vm = self._set(spec, generation, LocalState.STARTING, epoch)
+        self.world.monitor.started(self.host, spec.name)
+        if self.world.take_start_failure(spec.name):
+            self._later(vm, self.timings.fail_s, LocalState.FAILED, "guest failed to start")
+        else:
+            self._later(vm, self.timings.restore_s if restore_from else self.timings.boot_s, LocalState.RUNNING)
+
+    def stop(self, name: str) -> None:
+        vm = self.vms.get(name)
+        if vm and vm.state in (LocalState.RUNNING, LocalState.STARTING) and not vm.detail.startswith("stopping"):
+            vm.detail = "stopping"
+            self._later(vm, self.timings.stop_s, LocalState.STOPPED)
+
+    def kill(self, name: str) -> None:
+        vm = self.vms.get(name)
+        if vm:
+            self._transition(vm, LocalState.STOPPED, "killed")
+
+    def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
+        old = self.vms.get(spec.name)
+        if old and old.state in ACTIVE_LOCAL_STATES:
+            raise HypervisorError(f"{spec.name} is {old.state.value}")
+        self._set(spec, generation, LocalState.INCOMING, 0)
+
+    def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str) -> None:
+        vm = self._running(name)
+        self._transition(vm, LocalState.MIGRATING_OUT)
+        instance = vm.instance
+
+        def finish() -> None:
+            if vm.instance != instance or vm.state is not LocalState.MIGRATING_OUT:
+                return
+            target = self.world.hypervisor(target_host)
+            incoming = target.vms.get(name) if target else None
+            if target and incoming and incoming.state is LocalState.INCOMING and \
+                    self.world.network.hosts_connected(self.host, target_host):
+                incoming.ram_epoch = vm.ram_epoch
+                self._transition(vm, LocalState.MIGRATED)
+                target._transition(incoming, LocalState.RUNNING)
+            else:
+                self._fail_migration(vm, attempt, f"migration failed: {target_host} unreachable or not ready")
+
+        self.loop.after(0.2 + vm.spec.memory_mib / self.timings.bandwidth_mib_s, finish)
+
+    def cancel_migration(self, name: str) -> None:
+        vm = self.vms.get(name)
+        if vm and vm.state is LocalState.MIGRATING_OUT:
+            vm.instance = next(_instances)
+            self._transition(vm, LocalState.RUNNING, "migration cancelled")
+
+    def save(self, name: str, path: str, attempt: str) -> None:
+        vm = self._running(name)
+        self._transition(vm, LocalState.SAVING)
+        instance = vm.instance
+
+        def finish() -> None:
+            if vm.instance != instance or vm.state is not LocalState.SAVING:
+                return
+            self.world.state_files[path] = vm.ram_epoch
+            self._transition(vm, LocalState.SAVED, path)
+
+        self.loop.after(0.1 + vm.spec.memory_mib / self.timings.bandwidth_mib_s, finish)
+
+    def forget(self, name: str) -> None:
+        vm = self.vms.get(name)
+        if vm and vm.state not in ACTIVE_LOCAL_STATES:
+            del self.vms[name]
+
+    def state_path(self, spec: VmSpec, generation: int) -> str:
+        return f"shared/{spec.name}.{generation}.state"
+
+    # --- faults ---
+
+    def crash(self, name: str) -> bool:
+        vm = self.vms.get(name)
+        if vm is None or vm.state not in ACTIVE_LOCAL_STATES:
+            return False
+        self._transition(vm, LocalState.CRASHED, "guest crashed")
+        return True
+
+    def power_off(self) -> None:
+        self.vms.clear()
+        self.on_change()
+
+    def kill_all(self) -> int:
+        active = [vm for vm in self.vms.values() if vm.state in ACTIVE_LOCAL_STATES or vm.state is LocalState.INCOMING]
+        for vm in active:
+            self._transition(vm, LocalState.STOPPED, "killed by watchdog")
+        return len(active)
+
+    # --- internals ---
+
+    def _running(self, name: str) -> SimVm:
+        vm = self.vms.get(name)
+        if vm is None or vm.state is not LocalState.RUNNING:
+            raise HypervisorError(f"{name} is not running here")
+        return vm
+
+    def _set(self, spec: VmSpec, generation: int, state: LocalState, epoch: int) -> SimVm:
+        vm = SimVm(spec, generation, state, self.clock.now(), next(_instances), epoch)
+        self.vms[spec.name] = vm
+        self.on_change()
+        return vm
+
+    def _transition(self, vm: SimVm, state: LocalState, detail: str = "") -> None:
+        vm.state, vm.detail, vm.since = state, detail, self.clock.now()
+        if state not in (LocalState.RUNNING, LocalState.MIGRATING_OUT):
+            vm.instance = next(_instances)  # pending completions of the old phase are void
+        self.on_change()
+
+    def _later(self, vm: SimVm, delay: float, state: LocalState, detail: str = "") -> None:
+        instance = vm.instance
+
+        def fire() -> None:
+            if vm.instance == instance and self.vms.get(vm.spec.name) is vm:
+                self._transition(vm, state, detail)
+
+        self.loop.after(delay, fire)
+
+    def _fail_migration(self, vm: SimVm, attempt: str, why: str) -> None:
+        vm.failed_migration = attempt
+        self._transition(vm, LocalState.RUNNING, why)

@@ -1,0 +1,110 @@
+"""What the simulated hosts share: the network's state, storage, and the safety monitor."""
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from haven.model.state import ACTIVE_LOCAL_STATES, LocalState
+
+if TYPE_CHECKING:
+    from haven.sim.hypervisor import FakeHypervisor
+
+STORE = "store"  # the store's name in partitions
+
+
+@dataclass
+class Network:
+    store_down: bool = False
+    cut_from_store: set[str] = field(default_factory=set)
+    cut_pairs: set[frozenset[str]] = field(default_factory=set)
+    groups: list[frozenset[str]] = field(default_factory=list)  # a partition; empty = none
+
+    def _same_side(self, a: str, b: str) -> bool:
+        if not self.groups:
+            return True
+        return any(a in group and b in group for group in self.groups)
+
+    def host_reaches_store(self, host: str) -> bool:
+        return not self.store_down and host not in self.cut_from_store and self._same_side(host, STORE)
+
+    def hosts_connected(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) not in self.cut_pairs and self._same_side(a, b)
+
+    def heal(self, host: str | None = None) -> None:
+        if host is None:
+            self.cut_from_store.clear()
+            self.cut_pairs.clear()
+            self.groups = []
+            return
+        self.cut_from_store.discard(host)
+        self.cut_pairs = {pair for pair in self.cut_pairs if host not in pair}
+
+
+@dataclass
+class SafetyMonitor:
+    """Checks the safety invariants after every simulated event."""
+
+    world: World
+    violations: list[str] = field(default_factory=list)
+
+    def violation(self, text: str) -> None:
+        line = f"t={self.world.now():.3f} SAFETY: {text}"
+        if line not in self.violations:
+            self.violations.append(line)
+
+    def active_copies(self) -> dict[str, list[str]]:
+        copies: dict[str, list[str]] = {}
+        for host, hv in sorted(self.world.hypervisors.items()):
+            for name, vm in hv.vms.items():
+                if vm.state in ACTIVE_LOCAL_STATES:
+                    copies.setdefault(name, []).append(host)
+        return copies
+
+    def started(self, host: str, vm: str) -> None:
+        """A VM is being started on `host`: every other copy must be dead (its host fenced)."""
+        others = [h for h in self.active_copies().get(vm, []) if h != host]
+        if others:
+            self.violation(f"vm {vm} started on {host} while still active on {', '.join(others)}")
+
+    def check(self) -> None:
+        for vm, hosts in self.active_copies().items():
+            if len(hosts) > 1:
+                self.violation(f"vm {vm} runs on {' and '.join(hosts)} at once")
+        for host, hv in self.world.hypervisors.items():
+            used = sum(vm.spec.memory_mib for vm in hv.vms.values()
+                       if vm.state in ACTIVE_LOCAL_STATES or vm.state is LocalState.INCOMING)
+            capacity = self.world.memory[host]
+            if used > capacity:
+                self.violation(f"host {host} holds {used} MiB of VMs, more than its {capacity} MiB")
+
+
+@dataclass
+class World:
+    now_fn: object  # Callable[[], float]; kept loose to avoid a cycle with the loop
+    network: Network = field(default_factory=Network)
+    hypervisors: dict[str, FakeHypervisor] = field(default_factory=dict)
+    memory: dict[str, int] = field(default_factory=dict)
+    state_files: dict[str, int] = field(default_factory=dict)  # path -> ram epoch saved
+    start_failures: Counter[str] = field(default_factory=Counter)
+    monitor: SafetyMonitor = field(init=False)
+    _epochs: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.monitor = SafetyMonitor(self)
+
+    def now(self) -> float:
+        return self.now_fn()  # type: ignore[operator]
+
+    def new_epoch(self) -> int:
+        return next(self._epochs)
+
+    def hypervisor(self, host: str) -> FakeHypervisor | None:
+        return self.hypervisors.get(host)
+
+    def take_start_failure(self, vm: str) -> bool:
+        if self.start_failures[vm] > 0:
+            self.start_failures[vm] -= 1
+            return True
+        return False
