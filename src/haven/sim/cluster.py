@@ -60,7 +60,8 @@ class SimHost:
                                  on_change=lambda: self.wake_agent())
         world.hypervisors[self.name] = self.hv
         world.memory[self.name] = spec.memory_mib
-        self.client = cluster.store.client(self.name, lambda: world.network.host_reaches_store(self.name))
+        self.reaches_store = lambda: world.network.host_reaches_store(self.name)
+        self.client = cluster.store.client(self.name, self.reaches_store)
         self.watchdog = SimWatchdog(self)
         self.timers: list[Timer] = []
         self.pending: dict[str, Timer] = {}
@@ -84,9 +85,9 @@ class SimHost:
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
         self.agent.register()
         root = c.layout.root
-        self.unwatch = [self.client.watch_prefix(root + "vms/", lambda e: self.wake_agent()),
-                        self.client.watch_prefix(root + "status/", self._on_status),
-                        self.client.watch_prefix(root, self._on_cluster_change)]
+        self.unwatch = [c.store.watch_stream(root + "vms/", lambda e: self.wake_agent(), self.reaches_store),
+                        c.store.watch_stream(root + "status/", self._on_status, self.reaches_store),
+                        c.store.watch_stream(root, self._on_cluster_change, self.reaches_store)]
         offset = 0.001 * self.index  # hosts do not tick in lock step
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)

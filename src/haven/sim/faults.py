@@ -21,6 +21,7 @@ from collections.abc import Callable
 from haven.core.decision import Event
 from haven.model.spec import DesiredState, MigrationKind
 from haven.model.state import RequestAction
+from haven.ports.store import StoreError
 from haven.runtime import intents
 from haven.sim.cluster import SimCluster, SimHost
 from haven.sim.world import STORE
@@ -37,8 +38,14 @@ def apply_fault(cluster: SimCluster, line: str) -> None:
     handler = _HANDLERS.get(words[0])
     if handler is None:
         raise FaultError(f"unknown fault {words[0]!r}; known: {', '.join(sorted(_HANDLERS))}")
-    cluster.log(Event(cluster.now, "fault" if words[0] not in _OPERATOR else "operator", "cluster", line))
-    handler(cluster, words[1:])
+    operator = words[0] in _OPERATOR
+    cluster.log(Event(cluster.now, "operator" if operator else "fault", "cluster", line))
+    try:
+        handler(cluster, words[1:])
+    except StoreError as error:
+        if not operator:
+            raise
+        cluster.log(Event(cluster.now, "operator", "cluster", f"command failed: {error}"))
 
 
 def _host(cluster: SimCluster, name: str) -> SimHost:

@@ -175,6 +175,17 @@ class MemoryStore:
         self.deliver()
         return w
 
+    def watch_stream(self, prefix: str, callback: Callable[[WatchEvent], None],
+                     reachable: Callable[[], bool]) -> Callable[[], None]:
+        """A watch that reconnects by itself (as the real daemon's does): registered even while
+        unreachable; its events are held back until the participant reaches the store again."""
+        w = self._add_watcher(prefix, callback, reachable, 0)
+
+        def cancel() -> None:
+            w.cancelled = True
+            self._watchers.pop(w.id, None)
+        return cancel
+
     def deliver(self) -> None:
         """Deliver pending events to every reachable watcher, event by event in global order.
         Re-entrant calls (a callback that writes) return at once; the outer loop picks up

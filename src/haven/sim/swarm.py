@@ -1,0 +1,169 @@
+"""Swarm testing: many seeded random fault schedules, a safety phase then a liveness phase.
+
+One seed decides everything (cluster shape, faults, times), so a failing seed replays exactly:
+`haven sim swarm --seed N --verbose`. Safety is checked after every simulated event. Liveness: once
+every fault is healed (and any VM in error acknowledged, as an operator would), every
+desired-running HA VM must run again within `LIVENESS_BOUND_S`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from haven.model.spec import ClusterConfig, DesiredState, HostSpec, Nic, Settings, VmSpec
+from haven.model.state import VmState
+from haven.runtime.layout import read_snapshot
+from haven.sim.cluster import SimCluster
+from haven.sim.faults import apply_fault
+
+FAULT_WINDOW = (5.0, 40.0)
+HEAL_AT = 50.0
+LIVENESS_BOUND_S = 60.0
+
+
+@dataclass
+class SwarmRun:
+    seed: int
+    safety: list[str]
+    liveness: list[str]
+    recovery_s: float | None  # heal -> every HA VM running
+    timeline: list[tuple[float, str]]
+    lines: list[str] = field(default_factory=list)
+
+
+def random_cluster(rng: random.Random) -> ClusterConfig:
+    hosts = [HostSpec(name=f"h{i + 1}", address=f"10.0.0.{i + 1}", vcpus=8,
+                      memory_mib=rng.choice((4096, 6144, 8192)),
+                      cpu_models=("x86-64-v2",) if rng.random() < 0.8 else ("x86-64-v2", "x86-64-v3"))
+             for i in range(rng.randint(3, 5))]
+    budget = sum(h.memory_mib for h in hosts) * 0.4
+    vms: list[VmSpec] = []
+    for i in range(rng.randint(3, 12)):
+        memory = rng.choice((256, 512, 768, 1024))
+        if sum(v.memory_mib for v in vms) + memory > budget:
+            break
+        vms.append(VmSpec(
+            name=f"vm{i + 1}", memory_mib=memory, vcpus=rng.randint(1, 4),
+            priority=rng.choice((0, 1, 2, 2, 3, 3)),
+            preferred_hosts=tuple(rng.sample([h.name for h in hosts], rng.randint(0, 2))),
+            anti_affinity_group=rng.choice((None, "pair")) if i < 2 else None,
+            migratable=rng.random() < 0.8,
+            nics=(Nic(mac=f"52:54:00:00:00:{i + 1:02x}"),)))
+    settings = Settings(failback=rng.random() < 0.3, balance=rng.random() < 0.3,
+                        host_failures_to_tolerate=rng.choice((0, 1)))
+    return ClusterConfig(name="swarm", settings=settings, hosts=tuple(hosts), vms=tuple(vms))
+
+
+def random_faults(rng: random.Random, config: ClusterConfig) -> list[tuple[float, str]]:
+    hosts = [h.name for h in config.hosts]
+    vms = [v.name for v in config.vms]
+    steps: list[tuple[float, str]] = []
+    for _ in range(rng.randint(1, 6)):
+        t = round(rng.uniform(*FAULT_WINDOW), 3)
+        host = rng.choice(hosts)
+        length = round(rng.uniform(0.5, 12.0), 3)
+        kind = rng.choice(("power", "power", "store-cut", "partition", "pair", "store", "hang", "renew",
+                           "skew", "crash", "failstart", "migrate", "drain"))
+        if kind == "power":
+            steps += [(t, f"power off {host}"), (t + length, f"power on {host}")]
+        elif kind == "store-cut":
+            steps += [(t, f"cut {host} from store"), (t + length, f"heal {host}")]
+        elif kind == "partition":
+            side = rng.sample(hosts, rng.randint(1, len(hosts) - 1))
+            rest = [h for h in hosts if h not in side] + ["store"]
+            if rng.random() < 0.5:
+                side, rest = side + ["store"], [h for h in rest if h != "store"]
+            steps += [(t, f"partition {' '.join(side)} | {' '.join(rest)}"), (t + length, "heal all")]
+        elif kind == "pair":
+            other = rng.choice([h for h in hosts if h != host])
+            steps += [(t, f"cut {host} from {other}"), (t + length, f"heal {host}")]
+        elif kind == "store":
+            steps += [(t, "store down"), (t + min(length, 6.0), "store up")]
+        elif kind == "hang":
+            steps += [(t, f"hang {host}"), (t + length, f"unhang {host}")]
+        elif kind == "renew":
+            steps += [(t, f"slow renew {host} by {rng.uniform(0.1, 2.5):.3f}"), (t + length, f"normal renew {host}")]
+        elif kind == "skew":
+            steps += [(t, f"skew {host} {rng.uniform(0.85, 1.15):.3f}"), (t + length, f"skew {host} 1.0")]
+        elif kind == "crash" and vms:
+            steps.append((t, f"crash {rng.choice(vms)}"))
+        elif kind == "failstart" and vms:
+            steps.append((t, f"fail start {rng.choice(vms)} {rng.randint(1, 3)}"))
+        elif kind == "migrate" and vms:
+            target = f" to {rng.choice(hosts)}" if rng.random() < 0.5 else ""
+            steps.append((t, f"migrate {rng.choice(vms)} {rng.choice(('live', 'quick', 'cold'))}{target}"))
+        elif kind == "drain":
+            steps += [(t, f"drain {host}"), (t + length, f"resume {host}")]
+    return sorted(steps, key=lambda s: s[0])
+
+
+def heal_everything(config: ClusterConfig) -> list[str]:
+    lines = ["heal all", "store up"]
+    for host in config.hosts:
+        lines += [f"power on {host.name}", f"unhang {host.name}", f"normal renew {host.name}",
+                  f"skew {host.name} 1.0", f"resume {host.name}"]
+    return lines
+
+
+def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
+    rng = random.Random(seed)
+    config = random_cluster(rng)
+    timeline = random_faults(rng, config)
+    cluster = SimCluster(config)
+    for at, line in timeline:
+        cluster.advance_to(min(at, HEAL_AT))
+        if at < HEAL_AT:
+            apply_fault(cluster, line)
+    cluster.advance_to(HEAL_AT)
+    for line in heal_everything(config):
+        apply_fault(cluster, line)
+    recovery = None
+    t = HEAL_AT
+    while t < HEAL_AT + LIVENESS_BOUND_S:
+        t = round(t + 0.5, 3)
+        cluster.advance_to(t)
+        _acknowledge_errors(cluster, config)
+        if not _unhealthy(cluster, config):
+            recovery = t - HEAL_AT
+            break
+    liveness = [] if recovery is not None else [
+        f"seed {seed}: not running {LIVENESS_BOUND_S:g} s after healing: {', '.join(_unhealthy(cluster, config))}"]
+    cluster.advance_to(t + 5.0)  # safety keeps being checked a little longer
+    return SwarmRun(seed, list(cluster.world.monitor.violations), liveness, recovery, timeline,
+                    cluster.log_lines() + cluster.world.monitor.violations if keep_log else [])
+
+
+def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
+    snapshot = read_snapshot(cluster.operator, cluster.layout, with_events=False)
+    for name, placement in snapshot.placements.items():
+        if placement.state is VmState.ERROR and name not in snapshot.requests:
+            apply_fault(cluster, f"acknowledge {name}")
+
+
+def _unhealthy(cluster: SimCluster, config: ClusterConfig) -> list[str]:
+    snapshot = read_snapshot(cluster.operator, cluster.layout, with_events=False)
+    copies = cluster.world.monitor.active_copies()
+    bad = []
+    for spec in config.vms:
+        if spec.desired is not DesiredState.RUNNING:
+            continue
+        placement = snapshot.placements.get(spec.name)
+        running = (placement is not None and placement.state is VmState.RUNNING
+                   and copies.get(spec.name) == [placement.host])
+        if not running:
+            bad.append(f"{spec.name} ({placement.state.value if placement else 'unplaced'})")
+    return bad
+
+
+def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
+    recoveries = [r.recovery_s for r in runs if r.recovery_s is not None]
+    failing = [r.seed for r in runs if r.safety or r.liveness]
+    return {
+        "runs": len(runs),
+        "safety_violations": sum(len(r.safety) for r in runs),
+        "liveness_violations": sum(len(r.liveness) for r in runs),
+        "worst_recovery_s": max(recoveries, default=0.0),
+        "failing_seeds": failing[:20],
+        "replay": [f"haven sim swarm --seed {seed} --verbose" for seed in failing[:5]],
+    }
