@@ -5,13 +5,20 @@ h1 (manager) runs web and db, h2 runs cache, h3 is empty; batch is stopped; brok
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from haven.api import create_app
+from haven.api.context import ApiContext
+from haven.api.sim_backend import LockedStore
 from haven.core.decision import Event
 from haven.model.spec import DesiredState, HostSpec, Nic, Settings, VmSpec
 from haven.model.state import HostRecord, HostState, Placement, VmState
@@ -97,3 +104,43 @@ def client(cluster: Cluster) -> Iterator[TestClient]:
     app = create_app(cluster.store, cluster.layout, admin_token=ADMIN, read_token=READ, clock=cluster.clock)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@contextmanager
+def serve(app: object) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the API server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def live(cluster: Cluster) -> Iterator[str]:
+    """The API over `cluster` on a real socket (store calls serialised with a lock)."""
+    store = LockedStore(cluster.store, threading.RLock())
+    cluster.store = store  # type: ignore[assignment]  # tests write through the same lock
+    app = create_app(store, cluster.layout, admin_token=ADMIN, read_token=READ, clock=cluster.clock)
+    with serve(app) as url:
+        _LIVE[url] = app.state.haven
+        yield url
+        del _LIVE[url]
+
+
+_LIVE: dict[str, ApiContext] = {}
+
+
+def live_ctx(url: str) -> ApiContext:
+    return _LIVE[url]

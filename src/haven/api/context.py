@@ -62,6 +62,7 @@ class ApiContext:
     on_write: Callable[[], None] | None = None
     sim_control: SimControl | None = None
     store_errors: int = 0  # store failures seen by this API process (a metric)
+    open_streams: int = 0  # event streams being served now
     _errors_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_store_error(self) -> None:

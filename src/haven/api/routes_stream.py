@@ -34,6 +34,16 @@ def _read(ctx: ApiContext) -> list[views.EventOut]:
 
 async def _stream(request: Request, ctx: ApiContext, cursor: str | None,
                   max_s: float | None) -> AsyncIterator[str]:
+    ctx.open_streams += 1  # only touched on the event loop thread
+    try:
+        async for chunk in _events(request, ctx, cursor, max_s):
+            yield chunk
+    finally:
+        ctx.open_streams -= 1
+
+
+async def _events(request: Request, ctx: ApiContext, cursor: str | None,
+                  max_s: float | None) -> AsyncIterator[str]:
     started = last_sent = time.monotonic()
     yield "retry: 2000\n: connected\n\n"
     store_down = False
