@@ -18,7 +18,7 @@ from haven.ports.clock import Clock
 from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor, HypervisorError, LocalVm
 from haven.ports.store import Lease, LeaseLost, Store, StoreError
-from haven.runtime.layout import Layout
+from haven.runtime.layout import DecodeCache, Layout
 
 EventSink = Callable[[Event], None]
 
@@ -43,6 +43,7 @@ class AgentLoop:
         self.addresses: dict[str, str] = {}
         self.published: dict[str, VmStatus] = {}
         self.known: dict[str, LocalVm] = {}
+        self.decoded = DecodeCache()
 
     @property
     def lease_id(self) -> int:
@@ -108,18 +109,19 @@ class AgentLoop:
             return
         placements: dict[str, Placement] = {}
         specs: dict[str, VmSpec] = {}
+        decoded = self.decoded
         for kv in vms:
             _, name, what = kv.key.rsplit("/", 2)
             if what == "placement":
-                placements[name] = Placement.model_validate_json(kv.value)
+                placements[name] = decoded(Placement, kv)
             elif what == "spec":
-                specs[name] = VmSpec.model_validate_json(kv.value)
+                specs[name] = decoded(VmSpec, kv)
         self.placements, self.specs = placements, specs
         self.peers = {}
         for kv in statuses:
-            status = VmStatus.model_validate_json(kv.value)
+            status = decoded(VmStatus, kv)
             self.peers[(status.vm, status.host)] = status
-        self.addresses = {spec.name: spec.address for spec in (HostSpec.model_validate_json(kv.value) for kv in hosts)}
+        self.addresses = {spec.name: spec.address for spec in (decoded(HostSpec, kv) for kv in hosts)}
 
     def step(self) -> None:
         self.refresh_view()

@@ -20,8 +20,11 @@ and an agent reads its own in one prefix get.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from haven.core.decision import Decision, Event
 from haven.model.spec import HostSpec, Settings, VmSpec
@@ -128,20 +131,43 @@ class Snapshot:
                                            manager_since=manager_since)
 
 
-def decode(layout: Layout, items: Iterable[KeyValue]) -> Snapshot:
+M = TypeVar("M", bound=BaseModel)
+
+
+class DecodeCache:
+    """Decoded values by key and mod revision: a loop re-reads the same records many times."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[int, BaseModel]] = {}
+
+    def __call__(self, model: type[M], kv: KeyValue) -> M:
+        hit = self._items.get(kv.key)
+        if hit is not None and hit[0] == kv.mod_revision and kv.mod_revision:
+            return hit[1]  # type: ignore[return-value]
+        value = model.model_validate_json(kv.value)
+        self._items[kv.key] = (kv.mod_revision, value)
+        return value
+
+
+def _no_cache(model: type[M], kv: KeyValue) -> M:
+    return model.model_validate_json(kv.value)
+
+
+def decode(layout: Layout, items: Iterable[KeyValue],
+           cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
     snap = Snapshot(Settings(), {}, {}, {}, set(), None, {}, {}, {}, {}, [])
     root = layout.root
     for kv in items:
         parts = kv.key[len(root):].split("/")
         kind = parts[0]
         if kind == "config":
-            snap.settings = Settings.model_validate_json(kv.value)
+            snap.settings = cache(Settings, kv)
         elif kind == "hosts":
-            snap.hosts[parts[1]] = HostSpec.model_validate_json(kv.value)
+            snap.hosts[parts[1]] = cache(HostSpec, kv)
         elif kind == "hostadmin":
-            snap.admin[parts[1]] = HostAdmin.model_validate_json(kv.value)
+            snap.admin[parts[1]] = cache(HostAdmin, kv)
         elif kind == "hoststate":
-            snap.records[parts[1]] = HostRecord.model_validate_json(kv.value)
+            snap.records[parts[1]] = cache(HostRecord, kv)
         elif kind == "alive":
             snap.alive.add(parts[1])
         elif kind == "manager":
@@ -149,13 +175,13 @@ def decode(layout: Layout, items: Iterable[KeyValue]) -> Snapshot:
         elif kind == "vms" and len(parts) == 3:
             vm, what = parts[1], parts[2]
             if what == "spec":
-                snap.specs[vm] = VmSpec.model_validate_json(kv.value)
+                snap.specs[vm] = cache(VmSpec, kv)
             elif what == "placement":
-                snap.placements[vm] = Placement.model_validate_json(kv.value)
+                snap.placements[vm] = cache(Placement, kv)
             elif what == "request":
-                snap.requests[vm] = VmRequest.model_validate_json(kv.value)
+                snap.requests[vm] = cache(VmRequest, kv)
         elif kind == "status" and len(parts) == 3:
-            status = VmStatus.model_validate_json(kv.value)
+            status = cache(VmStatus, kv)
             snap.statuses.setdefault(status.vm, {})[status.host] = status
         elif kind == "events":
             snap.events.append(decode_event(kv.value))
@@ -165,15 +191,16 @@ def decode(layout: Layout, items: Iterable[KeyValue]) -> Snapshot:
 STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/")
 
 
-def read_snapshot(store: Store, layout: Layout, with_events: bool = True) -> Snapshot:
+def read_snapshot(store: Store, layout: Layout, with_events: bool = True,
+                  cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
     """The whole cluster state. Without events it skips the (large) event log, reading prefix by
     prefix; the loops are level-triggered, so a snapshot spanning a few revisions is harmless."""
     if with_events:
-        return decode(layout, store.get_prefix(layout.root))
+        return decode(layout, store.get_prefix(layout.root), cache)
     items: list[KeyValue] = []
     for prefix in STATE_PREFIXES:
         items += store.get_prefix(layout.root + prefix)
-    return decode(layout, items)
+    return decode(layout, items, cache)
 
 
 def trim_events(store: Store, layout: Layout, keep: int) -> int:

@@ -13,7 +13,7 @@ from haven.core.decision import Decision, Event
 from haven.core.manager import decide
 from haven.ports.clock import Clock
 from haven.ports.store import StoreError, Store
-from haven.runtime.layout import Layout, decision_ops, leader_guard, read_snapshot, trim_events
+from haven.runtime.layout import DecodeCache, Layout, decision_ops, leader_guard, read_snapshot, trim_events
 
 EventSink = Callable[[Event], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
@@ -33,6 +33,7 @@ class ManagerLoop:
         self.since = 0.0
         self.fence_confirmed: set[str] = set()
         self.event_seq = 0
+        self.decoded = DecodeCache()
 
     @property
     def leading(self) -> bool:
@@ -58,7 +59,7 @@ class ManagerLoop:
             return None
         now = self.clock.now()
         try:
-            snapshot = read_snapshot(self.store, self.layout, with_events=False)
+            snapshot = read_snapshot(self.store, self.layout, with_events=False, cache=self.decoded)
         except StoreError:
             return None
         view = snapshot.view(self.since, self.fence_confirmed)

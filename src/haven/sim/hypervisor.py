@@ -151,7 +151,7 @@ class FakeHypervisor:
 
     def power_off(self) -> None:
         self.vms.clear()
-        self.on_change()
+        self._changed()
 
     def kill_all(self) -> int:
         active = [vm for vm in self.vms.values() if vm.state in ACTIVE_LOCAL_STATES or vm.state is LocalState.INCOMING]
@@ -170,13 +170,17 @@ class FakeHypervisor:
     def _set(self, spec: VmSpec, generation: int, state: LocalState, epoch: int) -> SimVm:
         vm = SimVm(spec, generation, state, self.clock.now(), next(_instances), epoch)
         self.vms[spec.name] = vm
-        self.on_change()
+        self._changed()
         return vm
 
     def _transition(self, vm: SimVm, state: LocalState, detail: str = "") -> None:
         vm.state, vm.detail, vm.since = state, detail, self.clock.now()
         if state not in (LocalState.RUNNING, LocalState.MIGRATING_OUT):
             vm.instance = next(_instances)  # pending completions of the old phase are void
+        self._changed()
+
+    def _changed(self) -> None:
+        self.world.monitor.dirty = True
         self.on_change()
 
     def _later(self, vm: SimVm, delay: float, state: LocalState, detail: str = "") -> None:

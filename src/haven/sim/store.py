@@ -17,6 +17,7 @@ delivery after it is reachable again: any client call or write, or `MemoryStore.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ class MemoryStore:
         self._now = now
         self.revision = 1  # like a fresh etcd: the first write gets revision 2
         self._kvs: dict[str, KeyValue] = {}
+        self._sorted_keys: list[str] = []  # for prefix reads in O(log n + k)
         self._leases: dict[int, _Lease] = {}
         self._lease_ids = itertools.count(1)
         self._history: deque[WatchEvent] = deque(maxlen=history)
@@ -104,7 +106,9 @@ class MemoryStore:
             raise LeaseLost(f"lease {lease_id} not found")
         rev = self.revision + 1
         old = self._kvs.get(key)
-        if old is not None and old.lease and old.lease in self._leases:
+        if old is None:
+            bisect.insort(self._sorted_keys, key)
+        elif old.lease and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)
         self._kvs[key] = KeyValue(key, value, rev, lease_id)
         if lease_id:
@@ -115,6 +119,7 @@ class MemoryStore:
         old = self._kvs.pop(key, None)
         if old is None:
             return None
+        del self._sorted_keys[bisect.bisect_left(self._sorted_keys, key)]
         if old.lease and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)
         return WatchEvent(EventType.DELETE, key, "", self.revision + 1)
@@ -146,7 +151,12 @@ class MemoryStore:
         self.deliver()
 
     def _keys_under(self, prefix: str) -> list[str]:
-        return sorted(k for k in self._kvs if k.startswith(prefix))
+        keys = self._sorted_keys
+        start = bisect.bisect_left(keys, prefix)
+        end = start
+        while end < len(keys) and keys[end].startswith(prefix):
+            end += 1
+        return keys[start:end]
 
     def _holds(self, c: Compare) -> bool:
         if c.mod_revision is None and c.value is None:

@@ -48,6 +48,7 @@ class SafetyMonitor:
 
     world: World
     violations: list[str] = field(default_factory=list)
+    dirty: bool = True  # a hypervisor changed since the last check
 
     def violation(self, text: str) -> None:
         line = f"t={self.world.now():.3f} SAFETY: {text}"
@@ -69,6 +70,9 @@ class SafetyMonitor:
             self.violation(f"vm {vm} started on {host} while still active on {', '.join(others)}")
 
     def check(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
         for vm, hosts in self.active_copies().items():
             if len(hosts) > 1:
                 self.violation(f"vm {vm} runs on {' and '.join(hosts)} at once")
