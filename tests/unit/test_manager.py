@@ -1,0 +1,104 @@
+from haven.core.manager import decide
+from haven.model.spec import MigrationKind, RestartPolicy, Settings, VmSpec
+from haven.model.state import HostState, LocalState, Migration, Placement, VmState, VmStatus
+
+from .helpers import host, running, view
+
+HOSTS = [host("h1"), host("h2"), host("h3")]
+
+
+def test_a_lost_host_keeps_its_vms_until_the_fence_grace_has_passed():
+    vms = [VmSpec(name="web", priority=3)]
+    placements = {"web": running("web", "h1")}
+    first = decide(view(HOSTS, vms, placements, alive={"h2", "h3"}, since=0.0), now=10.0)
+    assert first.host_records["h1"].state is HostState.LOST
+    assert first.placements["web"].state is VmState.RECOVERING
+    assert first.placements["web"].host == "h1"  # not reassigned yet
+    lost = {"h1": HostState.LOST, "h2": HostState.ONLINE, "h3": HostState.ONLINE}
+    early = decide(view(HOSTS, vms, {"web": first.placements["web"]}, alive={"h2", "h3"}, records=lost,
+                        since=10.0), now=10.2)
+    assert "web" not in early.placements and not early.host_records
+    late = decide(view(HOSTS, vms, {"web": first.placements["web"]}, alive={"h2", "h3"}, records=lost,
+                       since=10.0), now=10.3)
+    messages = [e.message for e in late.events]
+    assert "lost -> fenced (grace 0.3 s)" in messages
+    assert late.host_records["h1"].state is HostState.OFFLINE  # nothing left on it
+    moved = late.placements["web"]
+    assert moved.state is VmState.STARTING and moved.host in ("h2", "h3") and moved.generation == 2
+    assert any("recovering -> starting on" in e.message for e in late.events)
+
+
+def test_a_new_manager_restarts_the_grace_on_its_own_clock():
+    vms = [VmSpec(name="web", priority=3)]
+    recovering = Placement(vm="web", state=VmState.RECOVERING, host="h1", generation=1)
+    lost = {"h1": HostState.LOST, "h2": HostState.ONLINE, "h3": HostState.ONLINE}
+    decision = decide(view(HOSTS, vms, {"web": recovering}, alive={"h2", "h3"}, records=lost, since=0.0,
+                           manager_since=50.0), now=50.1)
+    assert not decision.host_records and not decision.placements
+
+
+def test_recovery_in_priority_order_when_room_is_short():
+    small = [host("h1", memory=2048), host("h2", memory=1280)]
+    vms = [VmSpec(name="low", memory_mib=1024, priority=1), VmSpec(name="high", memory_mib=1024, priority=3)]
+    placements = {"low": running("low", "h1"), "high": running("high", "h1")}
+    fenced = {"h1": HostState.FENCED, "h2": HostState.ONLINE}
+    decision = decide(view(small, vms, placements, alive={"h2"}, records=fenced,
+                           settings=Settings(memory_reserve_mib=256)), now=5.0)
+    assert decision.placements["high"].state is VmState.STARTING
+    assert decision.placements["high"].host == "h2"
+    assert decision.placements["low"].state is VmState.RECOVERING
+    assert "no host can take it" in decision.placements["low"].reason
+
+
+def test_crashes_restart_in_place_until_the_limit_then_error():
+    vms = [VmSpec(name="web", priority=2, restart=RestartPolicy(max_restarts=1, window_s=60))]
+    crashed = VmStatus(vm="web", host="h2", generation=1, state=LocalState.CRASHED)
+    first = decide(view(HOSTS, vms, {"web": running("web", "h2")}, statuses=[crashed]), now=5.0)
+    again = first.placements["web"]
+    assert (again.state, again.host, again.generation, again.restarts) == (VmState.STARTING, "h2", 2, (5.0,))
+    crashed2 = VmStatus(vm="web", host="h2", generation=2, state=LocalState.CRASHED)
+    second = decide(view(HOSTS, vms, {"web": again.model_copy(update={"state": VmState.RUNNING})},
+                         statuses=[crashed2]), now=9.0)
+    assert second.placements["web"].state is VmState.ERROR
+    assert "restart limit" in second.placements["web"].reason
+
+
+def test_drain_live_migrates_migratable_vms_and_quick_migrates_the_rest():
+    vms = [VmSpec(name="a"), VmSpec(name="b", migratable=False)]
+    placements = {"a": running("a", "h1"), "b": running("b", "h1")}
+    decision = decide(view(HOSTS, vms, placements, maintenance={"h1"}), now=1.0)
+    assert decision.host_records["h1"].state is HostState.MAINTENANCE
+    kinds = {name: p.migration.kind for name, p in decision.placements.items()}
+    assert kinds == {"a": MigrationKind.LIVE, "b": MigrationKind.QUICK}
+    assert all(p.migration.generation == 2 and p.migration.target != "h1" for p in decision.placements.values())
+
+
+def test_live_migration_finishes_when_the_target_runs_the_new_generation():
+    migration = Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2, started=1.0)
+    p = Placement(vm="a", state=VmState.MIGRATING, host="h1", generation=1, migration=migration)
+    target = VmStatus(vm="a", host="h2", generation=2, state=LocalState.RUNNING)
+    decision = decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=[target]), now=1.6)
+    done = decision.placements["a"]
+    assert (done.state, done.host, done.generation, done.migration) == (VmState.RUNNING, "h2", 2, None)
+    assert "live from h1, 0.600 s" in decision.events[-1].message
+
+
+def test_a_failed_attempt_aborts_only_its_own_migration():
+    migration = Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2, started=1.0)
+    p = Placement(vm="a", state=VmState.MIGRATING, host="h1", generation=1, migration=migration)
+    old_failure = VmStatus(vm="a", host="h1", generation=1, state=LocalState.RUNNING, failed_migration="older")
+    assert "a" not in decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=[old_failure]), 2.0).placements
+    failure = old_failure.model_copy(update={"failed_migration": migration.attempt, "detail": "link down"})
+    aborted = decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=[failure]), 2.0).placements["a"]
+    assert (aborted.state, aborted.host, aborted.migration) == (VmState.RUNNING, "h1", None)
+
+
+def test_operator_migration_to_an_unfit_host_is_refused_with_the_reason():
+    from haven.model.state import RequestAction, VmRequest
+    tiny = [host("h1"), host("h2", memory=512)]
+    cluster = view(tiny, [VmSpec(name="a", memory_mib=1024)], {"a": running("a", "h1")})
+    cluster.vms["a"].__dict__["request"] = VmRequest(id="r1", action=RequestAction.MIGRATE, target="h2")
+    decision = decide(cluster, 1.0)
+    assert decision.done_requests == ["a"]
+    assert decision.placements["a"].state is VmState.RUNNING
+    assert "refused: h2: needs 1024 MiB" in decision.events[0].message

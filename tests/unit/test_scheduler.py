@@ -1,0 +1,69 @@
+from haven.core.scheduler import admission_problem, build_loads, plan_balance, select_host
+from haven.model.spec import PlacementPolicy, Settings, VmSpec
+
+from .helpers import host, running
+
+SETTINGS = Settings(memory_reserve_mib=0)
+
+
+def loads(hosts, vms, placements, usable=None):
+    return build_loads({h.name: h for h in hosts}, usable or [h.name for h in hosts],
+                       {v.name: v for v in vms}, placements)
+
+
+def test_filters_say_why_a_host_cannot_take_a_vm():
+    hosts = [host("h1", memory=1024), host("h2", cpu_models=("x86-64-v3",)), host("h3", pools=("local",))]
+    vm = VmSpec(name="big", memory_mib=2048, disks=({"pool": "shared"},))
+    choice = select_host(vm, loads(hosts, [vm], []), SETTINGS)
+    assert choice.host is None
+    assert "needs 2048 MiB" in choice.reason
+    assert "cannot present CPU model x86-64-v2" in choice.reason
+    assert "cannot reach pool shared" in choice.reason
+
+
+def test_preferred_host_first_then_spread_or_pack():
+    hosts = [host("h1"), host("h2"), host("h3")]
+    filler = VmSpec(name="filler", memory_mib=1024)
+    vm = VmSpec(name="web", memory_mib=512, preferred_hosts=("h3",))
+    current = loads(hosts, [filler, vm], [running("filler", "h1")])
+    assert select_host(vm, current, SETTINGS).host == "h3"
+    plain = vm.model_copy(update={"preferred_hosts": ()})
+    assert select_host(plain, current, SETTINGS).host == "h2"  # spread: emptiest, then name
+    pack = SETTINGS.model_copy(update={"placement_policy": PlacementPolicy.PACK})
+    assert select_host(plain, current, pack).host == "h1"
+
+
+def test_anti_affinity_and_vcpu_overcommit_are_hard():
+    hosts = [host("h1", vcpus=2), host("h2", vcpus=2)]
+    a = VmSpec(name="a", anti_affinity_group="g")
+    b = VmSpec(name="b", anti_affinity_group="g")
+    c = VmSpec(name="c", anti_affinity_group="g")
+    current = loads(hosts, [a, b, c], [running("a", "h1"), running("b", "h2")])
+    choice = select_host(c, current, SETTINGS)
+    assert choice.host is None and "anti-affinity group g" in choice.reason
+    wide = VmSpec(name="wide", vcpus=9)
+    assert "overcommit" in select_host(wide, loads(hosts, [wide], []), SETTINGS).reason
+
+
+def test_admission_control_keeps_room_for_a_host_failure():
+    hosts = [host("h1", memory=2048), host("h2", memory=2048)]
+    vms = [VmSpec(name=f"v{i}", memory_mib=1024, priority=2) for i in range(3)]
+    current = loads(hosts, vms, [running("v0", "h1"), running("v1", "h2")])
+    specs = {v.name: v for v in vms}
+    problem = admission_problem(vms[2], "h1", current, specs, SETTINGS)
+    assert problem and "could not restart" in problem and "host_failures_to_tolerate" in problem
+    relaxed = SETTINGS.model_copy(update={"host_failures_to_tolerate": 0})
+    assert admission_problem(vms[2], "h1", current, specs, relaxed) is None
+    fine = [VmSpec(name="v0", memory_mib=512, priority=2), VmSpec(name="v1", memory_mib=512, priority=2)]
+    small = loads(hosts, fine, [running("v0", "h1")])
+    assert admission_problem(fine[1], "h2", small, {v.name: v for v in fine}, SETTINGS) is None
+
+
+def test_balancing_moves_load_from_the_hottest_host_and_stops_when_even():
+    hosts = [host("h1"), host("h2")]
+    vms = [VmSpec(name=f"v{i}", memory_mib=1024) for i in range(3)]
+    current = loads(hosts, vms, [running(v.name, "h1") for v in vms])
+    settings = SETTINGS.model_copy(update={"balance_threshold": 0.1, "balance_max_moves": 5})
+    moves = plan_balance(current, {v.name: v for v in vms}, [v.name for v in vms], settings)
+    assert [(m.source, m.target) for m in moves] == [("h1", "h2")]
+    assert plan_balance(current, {v.name: v for v in vms}, [v.name for v in vms], settings) == []
