@@ -40,6 +40,19 @@ def run(path: Path, check: bool) -> None:
             sys.exit(1)
 
 
+@sim.command("demo")
+def demo() -> None:
+    """A simulated cluster: a host loses power, its VMs come back; then a live migration and a drain."""
+    scenario = load_scenario(Path(__file__).parent.parent / "sim" / "demo.yaml")
+    result = run_scenario(scenario)
+    for line in result.lines:
+        style = {"fault": "red", "operator": "cyan"}.get(line.split()[1], None)
+        click.secho(line, fg=style, bold=style is not None)
+    click.echo(f"\nsafety violations: {len(result.violations)}")
+    if result.violations:
+        sys.exit(1)
+
+
 def _runs(seeds: range, jobs: int) -> list[SwarmRun]:
     if jobs <= 1:
         return [run_seed(seed) for seed in seeds]

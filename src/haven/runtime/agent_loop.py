@@ -158,7 +158,7 @@ class AgentLoop:
                 case Stop(vm):
                     hv.stop(vm)
                 case Kill(vm, reason):
-                    self.event(f"vm {vm}", f"kill ({reason})")
+                    self.event(f"vm {vm}", f"killed: {reason}")
                     hv.kill(vm)
                     hv.forget(vm)
                 case PrepareIncoming(vm, generation):
