@@ -1,0 +1,426 @@
+// haven dashboard: plain ES module, no build step. Reads /api/v1/*, follows the SSE stream,
+// and writes intents (migrate, drain, resume, start, stop, acknowledge) with the admin token.
+
+const API = "/api/v1";
+const REFRESH_MS = 1000;
+const VM_STATES = ["running", "starting", "migrating", "stopping", "recovering", "error", "stopped", "pending"];
+const $ = (sel) => document.querySelector(sel);
+
+const state = { summary: null, hosts: [], vms: [], token: null, lastEvent: null, streamAbort: null };
+
+// -- DOM helper -----------------------------------------------------------------------------
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "class") el.className = value;
+    else if (key === "style") el.setAttribute("style", value);
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+// -- token and HTTP ----------------------------------------------------------------------------
+function initToken() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    sessionStorage.setItem("haven-token", params.get("token"));
+    params.delete("token");
+    const query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? `?${query}` : "") + location.hash);
+  }
+  state.token = sessionStorage.getItem("haven-token");
+}
+
+function askToken(message = "") {
+  const dialog = $("#token-dialog");
+  $("#token-error").textContent = message;
+  $("#token-input").value = "";
+  if (!dialog.open) dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      const token = $("#token-input").value.trim();
+      if (token) { sessionStorage.setItem("haven-token", token); state.token = token; }
+      resolve(state.token);
+    }, { once: true });
+  });
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const problems = (body && body.problems) || [];
+    super([(body && body.detail) || `HTTP ${status}`, ...problems].join(" — "));
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  if (!state.token) await askToken();
+  const response = await fetch(path.startsWith("/") ? path : `${API}/${path}`, {
+    ...options, headers: { Authorization: `Bearer ${state.token}`, ...(options.headers || {}) },
+  });
+  let body = null;
+  try { body = await response.json(); } catch { /* not JSON */ }
+  if (response.status === 401 || (response.status === 403 && !options.method)) {
+    sessionStorage.removeItem("haven-token");
+    state.token = null;
+    await askToken(body && body.detail ? `The token was refused: ${body.detail}.` : "Please sign in.");
+    return api(path, options);
+  }
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+const post = (path, body) => api(path, {
+  method: "POST", body: body === undefined ? undefined : JSON.stringify(body),
+  headers: body === undefined ? {} : { "Content-Type": "application/json" },
+});
+
+// -- the pet ----------------------------------------------------------------------------------
+const MOODS = {
+  content: { label: "Content", color: "#4ade80", dark: "#15803d" },
+  worried: { label: "Worried", color: "#fbbf24", dark: "#b45309" },
+  ill: { label: "Ill", color: "#a3b18a", dark: "#4b5320" },
+  unknown: { label: "…", color: "#cbd5e1", dark: "#64748b" },
+};
+
+function petSvg(mood) {
+  const m = MOODS[mood] || MOODS.unknown;
+  const eyes = {
+    content: `<path d="M25 30 q4 -5 8 0 M41 30 q4 -5 8 0" stroke="#1f2937" stroke-width="2.5" fill="none" stroke-linecap="round"/>`,
+    worried: `<circle cx="29" cy="30" r="3.2" fill="#1f2937"/><circle cx="45" cy="30" r="3.2" fill="#1f2937"/>
+              <path d="M24 23 l9 3 M50 23 l-9 3" stroke="#1f2937" stroke-width="2" stroke-linecap="round"/>`,
+    ill: `<path d="M25 31 q4 3 8 0 M41 31 q4 3 8 0" stroke="#1f2937" stroke-width="2.5" fill="none" stroke-linecap="round"/>`,
+    unknown: `<circle cx="29" cy="30" r="3" fill="#1f2937"/><circle cx="45" cy="30" r="3" fill="#1f2937"/>`,
+  }[mood] || "";
+  const mouth = {
+    content: `<path d="M29 40 q8 8 16 0" stroke="#1f2937" stroke-width="2.5" fill="#f87171" stroke-linecap="round"/>`,
+    worried: `<path d="M29 43 q4 -4 8 0 t8 0" stroke="#1f2937" stroke-width="2.5" fill="none" stroke-linecap="round"/>`,
+    ill: `<path d="M30 45 q7 -6 14 0" stroke="#1f2937" stroke-width="2.5" fill="none" stroke-linecap="round"/>`,
+    unknown: `<path d="M31 42 h12" stroke="#1f2937" stroke-width="2.5" stroke-linecap="round"/>`,
+  }[mood] || "";
+  const extra = {
+    content: `<circle cx="22" cy="38" r="3.5" fill="#f9a8d4" opacity=".8"/><circle cx="52" cy="38" r="3.5" fill="#f9a8d4" opacity=".8"/>`,
+    worried: `<path d="M56 18 q3 5 0 8 q-3 -3 0 -8z" fill="#60a5fa"/>`,
+    ill: `<rect x="50" y="40" width="16" height="4" rx="2" fill="#f8fafc" stroke="#64748b" transform="rotate(-25 50 42)"/>
+          <circle cx="51" cy="43" r="2.6" fill="#ef4444"/>
+          <text x="52" y="14" font-size="9" fill="#475569" font-family="sans-serif">z</text>`,
+    unknown: "",
+  }[mood] || "";
+  return `<svg viewBox="0 0 74 64" role="img" aria-label="cluster pet: ${m.label}">
+    <ellipse cx="37" cy="60" rx="20" ry="3" fill="#000" opacity=".12"/>
+    <path d="M37 6 C55 6 64 20 64 36 C64 52 52 58 37 58 C22 58 10 52 10 36 C10 20 19 6 37 6z"
+          fill="${m.color}" stroke="${m.dark}" stroke-width="2"/>
+    <path d="M30 7 q-2 -5 -6 -4 M44 7 q2 -5 6 -4" stroke="${m.dark}" stroke-width="2" fill="none" stroke-linecap="round"/>
+    ${eyes}${mouth}${extra}</svg>`;
+}
+
+function renderPet(protection) {
+  const mood = protection ? protection.mood : "unknown";
+  const pet = $("#pet");
+  if (pet.dataset.mood !== mood) { pet.dataset.mood = mood; pet.innerHTML = petSvg(mood); }
+  $("#pet-card").dataset.mood = mood;
+  const moodEl = $("#mood");
+  moodEl.className = `mood ${mood}`;
+  moodEl.textContent = protection ? `${MOODS[mood].label} · ${protection.level}` : "…";
+  $("#pet-reason").textContent = protection ? protection.reason : "";
+}
+
+// -- rendering ------------------------------------------------------------------------------
+function bar(label, used, total, reserve = 0) {
+  const pct = total ? Math.min(100, (used / total) * 100) : 0;
+  const level = pct >= 100 ? "full" : pct >= 85 ? "high" : "";
+  const reservePct = total ? Math.min(100, (reserve / total) * 100) : 0;
+  return h("div", { class: "bar-row" }, h("span", {}, label),
+    h("div", { class: "bar", role: "meter", "aria-label": label, "aria-valuenow": used, "aria-valuemax": total },
+      h("div", { class: `fill ${level}`, style: `width:${pct.toFixed(1)}%` }),
+      reserve ? h("div", { class: "reserve", style: `width:${reservePct.toFixed(1)}%`, title: `${reserve} MiB reserved for the host` }) : null),
+    h("span", { class: "value" }, label === "Memory" ? `${fmtMiB(used)} / ${fmtMiB(total)}` : `${used} / ${total}`));
+}
+
+const fmtMiB = (mib) => (mib >= 1024 ? `${(mib / 1024).toFixed(mib % 1024 ? 1 : 0)} GiB` : `${mib} MiB`);
+const vmByName = () => Object.fromEntries(state.vms.map((vm) => [vm.name, vm]));
+
+function renderHosts() {
+  const vms = vmByName();
+  const container = $("#hosts");
+  container.replaceChildren(...state.hosts.map((host) => {
+    const chips = host.vms.map((name) => {
+      const vm = vms[name];
+      const incoming = vm && vm.host !== host.name;
+      const st = vm ? vm.state : "pending";
+      return h("span", { class: `vm-chip s-${st}${incoming ? " incoming" : ""}`, "data-vm": name, "data-state": st,
+        title: `${name}: ${st}${incoming ? ` (arriving from ${vm.host})` : ""}` }, name);
+    });
+    const op = operations.hosts[host.name];
+    const action = host.maintenance_requested
+      ? h("button", { class: "ghost small", "data-action": "resume", onclick: () => confirmResume(host) }, "Resume")
+      : h("button", { class: "ghost small", "data-action": "drain", onclick: () => confirmDrain(host),
+          disabled: host.state !== "online" }, "Drain");
+    return h("article", { class: "card host", "data-host": host.name, "data-state": host.state },
+      h("div", { class: "host-head" },
+        h("div", { class: "host-name" }, host.name, host.manager ? h("span", { class: "badge manager", title: "runs the active manager" }, "manager") : null),
+        h("span", { class: `badge state-${host.state}`, "data-role": "host-state" }, host.draining ? "draining" : host.state)),
+      bar("Memory", host.memory_mib.used, host.memory_mib.total, host.memory_reserve_mib),
+      bar("vCPUs", host.vcpus.used, host.vcpus.total),
+      h("div", { class: "vm-chips" }, chips.length ? chips : h("span", { class: "empty" }, "no VMs")),
+      op ? h("div", { class: "progress" }, h("div", { class: "fill", style: `width:${op.pct}%` })) : null,
+      h("div", { class: "host-foot" }, h("span", {}, host.reason || host.spec.address), action));
+  }));
+}
+
+function renderVms() {
+  // Buttons show for every token: with the read-only token the API refuses and the toast says why.
+  const rows = state.vms.map((vm) => {
+    const actions = [];
+    if (vm.state === "running") actions.push(h("button", { class: "ghost small", "data-action": "migrate", onclick: () => confirmMigrate(vm) }, "Migrate"));
+    if (vm.state === "error") actions.push(h("button", { class: "danger small", "data-action": "acknowledge", onclick: () => confirmSimple(vm, "acknowledge") }, "Acknowledge"));
+    if (vm.desired === "running" && vm.state !== "error") actions.push(h("button", { class: "ghost small", "data-action": "stop", onclick: () => confirmSimple(vm, "stop") }, "Stop"));
+    if (vm.desired === "stopped") actions.push(h("button", { class: "ghost small", "data-action": "start", onclick: () => confirmSimple(vm, "start") }, "Start"));
+    return h("tr", { "data-vm": vm.name },
+      h("td", {}, h("strong", {}, vm.name), vm.ha ? null : h("span", { class: "muted" }, " (not HA)")),
+      h("td", {}, h("span", { class: `pill s-${vm.state}`, title: vm.reason || vm.state }, vm.state)),
+      h("td", {}, vm.host || "–"),
+      h("td", { class: "num" }, fmtMiB(vm.spec.memory_mib)),
+      h("td", { class: "num" }, vm.spec.vcpus),
+      h("td", { class: "num" }, vm.spec.priority),
+      h("td", { class: "actions" }, actions));
+  });
+  $("#vms tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No VMs declared."))]));
+}
+
+function renderSummary() {
+  const s = state.summary;
+  if (!s) return;
+  $("#cluster-name").textContent = s.cluster;
+  $("#manager").textContent = `manager: ${s.manager || "none"}`;
+  $("#clock").textContent = s.simulation ? `sim t=${s.time.toFixed(1)} s ×${s.simulation.speed}` : `t=${s.time.toFixed(1)}`;
+  const hostsTotal = Object.values(s.hosts).reduce((a, b) => a + b, 0);
+  const vmsTotal = Object.values(s.vms).reduce((a, b) => a + b, 0);
+  $("#stat-hosts").textContent = `${s.hosts.online} / ${hostsTotal}`;
+  $("#stat-vms").textContent = `${s.vms.running + s.vms.migrating} / ${vmsTotal}`;
+  $("#stat-ha").textContent = String(s.vms.error + s.vms.recovering + s.hosts.lost + s.hosts.fenced);
+  $("#state-legend").replaceChildren(...VM_STATES.filter((st) => s.vms[st]).map((st) =>
+    h("span", {}, h("i", { class: `swatch s-${st}` }), `${st} ${s.vms[st]}`)));
+  renderPet(s.protection);
+}
+
+function renderAll() { renderSummary(); renderHosts(); renderVms(); }
+
+async function refresh() {
+  try {
+    const [summary, hosts, vms] = await Promise.all([api("summary"), api("hosts"), api("vms")]);
+    Object.assign(state, { summary, hosts, vms });
+    renderAll();
+    trackOperations();
+  } catch (error) {
+    setLive(false, error.message);
+  }
+}
+
+let refreshTimer = null;
+function refreshSoon() { clearTimeout(refreshTimer); refreshTimer = setTimeout(refresh, 120); }
+
+// -- events -----------------------------------------------------------------------------------
+function addEvents(events, fresh) {
+  const list = $("#events");
+  for (const e of events) {
+    list.prepend(h("li", { class: fresh ? "fresh" : "", "data-id": e.id },
+      h("span", { class: "t" }, `${e.t.toFixed(2)}`),
+      h("span", {}, h("span", { class: "subject" }, e.subject), h("span", { class: "source" }, e.source),
+        h("div", {}, e.message))));
+    state.lastEvent = e.id;
+  }
+  while (list.children.length > 200) list.lastChild.remove();
+}
+
+function setLive(on, why = "") {
+  const el = $("#live");
+  el.className = `live ${on ? "on" : "off"}`;
+  $("#live-text").textContent = on ? "live" : "reconnecting";
+  el.title = why || (on ? "receiving live events" : "");
+}
+
+async function follow() {
+  // fetch() instead of EventSource: EventSource cannot send the Authorization header.
+  for (;;) {
+    const abort = new AbortController();
+    state.streamAbort = abort;
+    try {
+      const url = `${API}/events/stream${state.lastEvent ? `?after=${encodeURIComponent(state.lastEvent)}` : ""}`;
+      const response = await fetch(url, { headers: { Authorization: `Bearer ${state.token}` }, signal: abort.signal });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      setLive(true);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          handleMessage(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+        }
+      }
+    } catch (error) {
+      setLive(false, error.message);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function handleMessage(block) {
+  let kind = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event: ")) kind = line.slice(7);
+    else if (line.startsWith("data: ")) data += line.slice(6);
+  }
+  if (kind === "event" && data) { addEvents([JSON.parse(data)], true); refreshSoon(); }
+  else if (kind === "store" && data) setLive(JSON.parse(data).reachable, "store unreachable");
+}
+
+// -- actions, confirmation, progress --------------------------------------------------------
+const operations = { vms: {}, hosts: {} };
+
+function confirmDialog(title, text, fields = []) {
+  const dialog = $("#confirm");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  $("#confirm-fields").replaceChildren(...fields);
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+}
+
+function toast(title) {
+  const el = h("div", { class: "toast" }, h("div", { class: "title" }, title),
+    h("div", { class: "progress indeterminate" }, h("div", { class: "fill" })), h("div", { class: "detail" }, "requested…"));
+  $("#toasts").append(el);
+  return {
+    progress(pct, detail) {
+      const p = el.querySelector(".progress");
+      p.classList.toggle("indeterminate", pct === null);
+      if (pct !== null) p.firstChild.style.width = `${pct}%`;
+      el.querySelector(".detail").textContent = detail;
+    },
+    finish(ok, detail) {
+      el.classList.add(ok ? "ok" : "fail");
+      el.querySelector(".progress").remove();
+      el.querySelector(".detail").textContent = detail;
+      setTimeout(() => el.remove(), ok ? 6000 : 12000);
+    },
+  };
+}
+
+async function run(title, request, track) {
+  const t = toast(title);
+  try {
+    const answer = await request();
+    t.progress(null, answer.message);
+    if (track) track(answer, t); else t.finish(true, answer.message);
+    refreshSoon();
+  } catch (error) {
+    t.finish(false, error.message);
+  }
+}
+
+const now = () => (state.summary ? state.summary.time : 0);
+const seconds = (op) => `${(now() - op.t0).toFixed(1)} s cluster time, ${((Date.now() - op.wall0) / 1000).toFixed(1)} s here`;
+
+async function confirmMigrate(vm) {
+  const targets = state.hosts.filter((host) => host.name !== vm.host && host.state === "online");
+  const kinds = vm.spec.migratable ? ["live", "quick", "cold"] : ["quick", "cold"];
+  const select = h("select", { id: "migrate-target" }, h("option", { value: "" }, "best host (scheduler decides)"),
+    targets.map((host) => h("option", { value: host.name }, `${host.name} — ${fmtMiB(host.memory_mib.total - host.memory_mib.used)} free`)));
+  const fields = [
+    h("label", {}, "Kind"),
+    h("div", { class: "segmented" }, kinds.map((kind, i) => h("label", {}, h("input", { type: "radio", name: "kind", value: kind, checked: i === 0 }), kind))),
+    h("div", { class: "hint" }, "live: no visible outage · quick: save, move, restore · cold: stop and boot"),
+    h("label", { for: "migrate-target" }, "Target"), select,
+  ];
+  if (!(await confirmDialog(`Migrate ${vm.name}`, `${vm.name} runs on ${vm.host}. Where should it go?`, fields))) return;
+  const kind = document.querySelector('#confirm-fields input[name="kind"]:checked').value;
+  const target = select.value || null;
+  run(`Migrating ${vm.name} (${kind})`, () => post(`vms/${vm.name}/migrate`, { kind, target }), (answer, t) => {
+    operations.vms[vm.name] = { id: answer.request_id, from: vm.host, kind, t0: now(), wall0: Date.now(), toast: t, seen: false };
+  });
+}
+
+async function confirmSimple(vm, action) {
+  const text = { stop: `Stop ${vm.name}? It will not be restarted until started again.`,
+    start: `Start ${vm.name}?`, acknowledge: `Clear the error of ${vm.name} and let the manager try again?` }[action];
+  if (!(await confirmDialog(`${action[0].toUpperCase()}${action.slice(1)} ${vm.name}`, text))) return;
+  run(`${action} ${vm.name}`, () => post(`vms/${vm.name}/${action}`));
+}
+
+async function confirmDrain(host) {
+  const text = `Put ${host.name} in maintenance? Its ${host.vms.length} VM(s) move to other hosts and it takes no new VMs until resumed.`;
+  if (!(await confirmDialog(`Drain ${host.name}`, text))) return;
+  run(`Draining ${host.name}`, () => post(`hosts/${host.name}/drain`), (answer, t) => {
+    operations.hosts[host.name] = { total: Math.max(1, host.vms.length), pct: 0, t0: now(), wall0: Date.now(), toast: t };
+  });
+}
+
+async function confirmResume(host) {
+  if (!(await confirmDialog(`Resume ${host.name}`, `End maintenance on ${host.name}? It takes VMs again.`))) return;
+  run(`Resuming ${host.name}`, () => post(`hosts/${host.name}/resume`));
+}
+
+function trackOperations() {
+  const vms = vmByName();
+  for (const [name, op] of Object.entries(operations.vms)) {
+    const vm = vms[name];
+    if (!vm) { op.toast.finish(false, `${name} disappeared`); delete operations.vms[name]; continue; }
+    if (vm.request && vm.request.id === op.id) { op.toast.progress(null, "waiting for the manager…"); continue; }
+    if (vm.state === "migrating") {
+      op.seen = true;
+      const target = vm.placement && vm.placement.migration ? vm.placement.migration.target : "?";
+      op.toast.progress(null, `${op.kind} migration ${op.from} → ${target}…`);
+    } else if (vm.state === "running" && (vm.host !== op.from || op.seen)) {
+      const ok = vm.host !== op.from;
+      op.toast.finish(ok, ok ? `${name}: ${op.from} → ${vm.host} in ${seconds(op)}` : `${name} stayed on ${op.from}: ${vm.reason || "migration did not complete"}`);
+      delete operations.vms[name];
+    } else if (vm.state === "error") {
+      op.toast.finish(false, `${name} is in error: ${vm.reason}`);
+      delete operations.vms[name];
+    }
+  }
+  for (const [name, op] of Object.entries(operations.hosts)) {
+    const host = state.hosts.find((x) => x.name === name);
+    if (!host) { delete operations.hosts[name]; continue; }
+    const left = host.vms.length;
+    op.pct = Math.round(((op.total - Math.min(left, op.total)) / op.total) * 100);
+    if (!host.maintenance_requested) { op.toast.finish(false, "maintenance was cancelled"); delete operations.hosts[name]; }
+    else if (left === 0 && host.state === "maintenance") {
+      op.toast.finish(true, `${name} drained in ${seconds(op)}`);
+      delete operations.hosts[name];
+    } else op.toast.progress(op.pct, `${left} VM(s) still on ${name}`);
+  }
+  renderHosts();
+}
+
+// -- start --------------------------------------------------------------------------------------
+async function main() {
+  initToken();
+  $("#signout").addEventListener("click", async () => {
+    sessionStorage.removeItem("haven-token");
+    state.token = null;
+    await askToken();
+    refresh();
+  });
+  renderPet(null);
+  await refresh();
+  try {
+    const page = await api("events?limit=100");
+    addEvents(page.events, false);
+  } catch (error) { setLive(false, error.message); }
+  setInterval(refresh, REFRESH_MS);
+  follow();
+}
+
+main();
