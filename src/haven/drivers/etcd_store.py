@@ -81,6 +81,12 @@ def _revision(resp: dict[str, Any]) -> int:
 class _Unavailable(Exception):
     """This member cannot serve now (an etcd-level error): try another one."""
 
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        # "no leader" is refused before anything is proposed (thanks to the hasleader header):
+        # the request surely did not apply, so even a txn may be sent elsewhere.
+        self.never_applied = "no leader" in msg
+
 
 class EtcdStore:
     def __init__(self, endpoints: Sequence[str], timeout: float = 1.0,
@@ -98,7 +104,10 @@ class EtcdStore:
         self.watch_idle = watch_idle
         self._current = 0  # index of the endpoint that answered last
         # trust_env=False: a proxy from the environment must never sit between us and etcd.
-        self._http = httpx.Client(timeout=timeout, trust_env=False)
+        # hasleader: a member without a leader refuses at once ("no leader") instead of holding
+        # the request until our timeout, so failover after a leader loss takes one election.
+        self._http = httpx.Client(timeout=timeout, trust_env=False,
+                                  headers={"Grpc-Metadata-hasleader": "true"})
         self._watches: set[_Watch] = set()
         self._lock = threading.Lock()
 
@@ -149,7 +158,12 @@ class EtcdStore:
                 return data
             except _NEVER_SENT as e:
                 errors.append(f"{ep}: {type(e).__name__}")
-            except (httpx.HTTPError, _Unavailable) as e:
+            except _Unavailable as e:
+                errors.append(f"{ep}: {e}")
+                self._current = (i + 1) % n
+                if not (repeatable or e.never_applied):
+                    raise StoreUnavailable(f"etcd {path} outcome unknown: {errors[-1]}") from None
+            except httpx.HTTPError as e:
                 # Sent, no usable answer: next call starts elsewhere; repeat only if harmless.
                 errors.append(f"{ep}: {type(e).__name__} {e}")
                 self._current = (i + 1) % n
@@ -329,11 +343,10 @@ class _Watch:
         create: dict[str, Any] = {**_range(self.prefix, True), "start_revision": str(self.next_rev),
                                   "progress_notify": True}
         timeout = httpx.Timeout(st.timeout, read=st.watch_idle)
-        # hasleader: etcd cancels the stream if this member loses its leader (e.g. cut off),
-        # instead of leaving us on a member that will never see new writes.
-        headers = {"Grpc-Metadata-hasleader": "true"}
+        # The client's hasleader header makes etcd cancel this stream if the member loses its
+        # leader (e.g. cut off), instead of leaving us on a member that sees no new writes.
         with st._http.stream("POST", endpoint + "/v3/watch", json={"create_request": create},
-                             headers=headers, timeout=timeout) as resp:
+                             timeout=timeout) as resp:
             stream = resp.extensions.get("network_stream")
             self._sock = stream.get_extra_info("socket") if stream is not None else None
             if self._stopped.is_set():
