@@ -1,9 +1,13 @@
-from haven.core.scheduler import admission_problem, build_loads, plan_balance, select_host
+from haven.core.scheduler import Capacity, admission_problem, build_loads, plan_balance
 from haven.model.spec import PlacementPolicy, Settings, VmSpec
 
 from .helpers import host, running
 
 SETTINGS = Settings(memory_reserve_mib=0)
+
+
+def select_host(vm, loads, settings):
+    return Capacity(loads, settings).select(vm)
 
 
 def loads(hosts, vms, placements, usable=None):
@@ -31,6 +35,23 @@ def test_preferred_host_first_then_spread_or_pack():
     assert select_host(plain, current, SETTINGS).host == "h2"  # spread: emptiest, then name
     pack = SETTINGS.model_copy(update={"placement_policy": PlacementPolicy.PACK})
     assert select_host(plain, current, pack).host == "h1"
+
+
+def test_capacity_keeps_rank_order_as_vms_are_placed():
+    hosts = [host("h1"), host("h2")]
+    vms = [VmSpec(name=f"v{i}", memory_mib=1024) for i in range(3)]
+    capacity = Capacity(loads(hosts, vms, []), SETTINGS)
+    chosen = []
+    for vm in vms:
+        target = capacity.select(vm).host
+        capacity.add(target, vm)
+        chosen.append(target)
+    assert chosen == ["h1", "h2", "h1"]
+    capacity.remove("h1", vms[0])
+    capacity.remove("h1", vms[2])
+    assert capacity.select(VmSpec(name="next")).host == "h1"
+    assert capacity.select(VmSpec(name="next"), exclude=("h1",)).host == "h2"
+    assert capacity.select(VmSpec(name="next"), prefer="h2").host == "h2"
 
 
 def test_anti_affinity_and_vcpu_overcommit_are_hard():

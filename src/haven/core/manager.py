@@ -8,11 +8,13 @@ killed its VMs (DESIGN.md section 3).
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from haven.core.decision import Decision, Event
-from haven.core.scheduler import (HostLoad, Selection, admission_problem, build_loads, occupied_hosts,
-                                  plan_balance, select_host, why_not)
+from haven.core.index import ClusterIndex
+from haven.core.scheduler import Capacity, Selection, admission_problem, occupied_hosts, plan_balance
 from haven.model.spec import DesiredState, MigrationKind, Settings, VmSpec
 from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Migration,
                                Placement, RequestAction, VmState, VmStatus, VmView)
@@ -21,17 +23,19 @@ GONE = frozenset({HostState.FENCED, HostState.OFFLINE})
 UP = frozenset({HostState.ONLINE, HostState.MAINTENANCE})
 
 
-def decide(view: ClusterView, now: float) -> Decision:
+def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> Decision:
+    """One iteration. `index` (aggregates of `view`, see core.index) is built when not given; a
+    manager that keeps it up to date makes an iteration cost what changed, not the cluster."""
     decision = Decision()
     records = {name: _next_host_record(host, view, now, decision) for name, host in view.hosts.items()}
-    usable = [name for name, record in records.items()
-              if record.state is HostState.ONLINE and now >= record.since + _settle(record, view.settings)]
-    specs = {name: vm.spec for name, vm in view.vms.items()}
-    placements = [vm.placement for vm in view.vms.values() if vm.placement]
-    loads = build_loads({n: h.spec for n, h in view.hosts.items()}, usable, specs, placements)
-    round_ = _Round(view, now, view.settings, records, loads, specs, decision)
-    for vm in sorted(view.vms.values(), key=lambda v: (-v.spec.priority, v.spec.name)):
-        _VmStep(round_, vm).run()
+    if index is None or index.failback != view.settings.failback:
+        index = ClusterIndex.build(view)
+    round_ = _Round(view, now, view.settings, records, decision, index)
+    orphans = [name for name, hosts in index.by_host.items() if name not in records and hosts]
+    turns = index.turns([name for name, record in records.items() if record.state is not HostState.ONLINE]
+                        + orphans)
+    for name in sorted(turns, key=lambda n: (-view.vms[n].spec.priority, n)):
+        _VmStep(round_, view.vms[name]).run()
     if view.settings.balance:
         _balance(round_)
     _retire_fenced_hosts(round_)
@@ -94,8 +98,10 @@ def _has_vms(view: ClusterView, host: str) -> bool:
 def _retire_fenced_hosts(r: _Round) -> None:
     """A fenced host with nothing left on it is simply offline."""
     for name, record in r.records.items():
-        if record.state is HostState.FENCED and not any(
-                name in (p.host, p.migration.target if p.migration else None) for p in r.current.values()):
+        if record.state is not HostState.FENCED:
+            continue
+        placements = (r.placement(vm) for vm in r.index.by_host.get(name, ()))
+        if not any(p and name in (p.host, p.migration.target if p.migration else None) for p in placements):
             r.decision.host_records[name] = HostRecord(host=name, state=HostState.OFFLINE, since=r.now,
                                                        reason="no VMs left")
             r.decision.events.append(Event(r.now, "manager", f"host {name}", "fenced -> offline (no VMs left)"))
@@ -109,17 +115,59 @@ class _Round:
     now: float
     settings: Settings
     records: dict[str, HostRecord]
-    loads: dict[str, HostLoad]
-    specs: dict[str, VmSpec]
     decision: Decision
-    current: dict[str, Placement] = field(default_factory=dict)  # placements after this round
+    index: ClusterIndex
+    current: dict[str, Placement] = field(default_factory=dict)  # placements changed this round
+    _capacity: Capacity | None = None
+
+    def placement(self, vm: str) -> Placement | None:
+        """A VM's placement as it stands now in this round."""
+        view = self.view.vms.get(vm)
+        return self.current.get(vm, view.placement if view else None)
+
+    def placements(self) -> Iterator[Placement]:
+        """Every placement as it stands now in this round."""
+        for name in self.view.vms:
+            p = self.placement(name)
+            if p is not None:
+                yield p
+
+    @property
+    def specs(self) -> dict[str, VmSpec]:
+        return {name: vm.spec for name, vm in self.view.vms.items()}
+
+    @property
+    def capacity(self) -> Capacity:
+        """Built on first use: an iteration that places nothing never sums the cluster up."""
+        if self._capacity is None:
+            usable = [name for name, record in self.records.items()
+                      if record.state is HostState.ONLINE and self.now >= record.since + _settle(record, self.settings)]
+            self._capacity = Capacity(self.index.loads, self.settings, usable)
+            for name, new in self.current.items():  # changes made before it was needed
+                old = self.view.vms[name].placement
+                spec = self.view.vms[name].spec
+                for host in occupied_hosts(old) if old else ():
+                    self._capacity.remove(host, spec)
+                for host in occupied_hosts(new):
+                    self._capacity.add(host, spec)
+        return self._capacity
 
     def host_state(self, host: str | None) -> HostState | None:
         record = self.records.get(host) if host else None
         return record.state if record else None
 
     def migrations_from(self, host: str) -> int:
-        return sum(1 for p in self.current.values() if p.migration and p.migration.source == host)
+        placements = (self.placement(vm) for vm in self.index.by_host.get(host, ()))
+        return sum(1 for p in placements if p and p.migration and p.migration.source == host)
+
+    def replaced(self, old: Placement, new: Placement, spec: VmSpec) -> None:
+        """Keep the capacity and migration counts in step with a placement change."""
+        self.current[spec.name] = new
+        if self._capacity is not None:
+            for host in occupied_hosts(old):
+                self._capacity.remove(host, spec)
+            for host in occupied_hosts(new):
+                self._capacity.add(host, spec)
 
 
 class _VmStep:
@@ -131,7 +179,6 @@ class _VmStep:
         self.spec = vm.spec
         self.p = r.current.get(vm.spec.name) or vm.placement or Placement(
             vm=vm.spec.name, state=VmState.STOPPED, since=r.now)
-        self.r.current[self.spec.name] = self.p
 
     # -- bookkeeping --
 
@@ -148,14 +195,8 @@ class _VmStep:
         if new.state != old.state or new.host != old.host or new.generation != old.generation:
             new = new.model_copy(update={"since": self.r.now})
         self.p = new
-        self.r.current[self.spec.name] = new
+        self.r.replaced(old, new, self.spec)
         self.r.decision.placements[self.spec.name] = new
-        for host in occupied_hosts(old):
-            if host in self.r.loads:
-                self.r.loads[host].remove(self.spec)
-        for host in occupied_hosts(new):
-            if host in self.r.loads:
-                self.r.loads[host].add(self.spec)
         if message:
             self.event(message)
 
@@ -168,7 +209,7 @@ class _VmStep:
             self.change(f"{self.p.state.value}: {reason}", reason=reason)
 
     def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection:
-        return select_host(self.spec, self.r.loads, self.r.settings, exclude, prefer)
+        return self.r.capacity.select(self.spec, exclude, prefer)
 
     # -- the state machine --
 
@@ -181,9 +222,7 @@ class _VmStep:
         request = self.vm.request
         assert request is not None
         self.r.decision.done_requests.append(self.spec.name)
-        self.p = self.p.model_copy(update={"request_id": request.id})
-        self.r.decision.placements[self.spec.name] = self.p
-        self.r.current[self.spec.name] = self.p
+        self.change(request_id=request.id)
         if request.action is RequestAction.ACKNOWLEDGE:
             if self.p.state is VmState.ERROR:
                 self.change("error -> stopped (acknowledged)", state=VmState.STOPPED, host=None,
@@ -205,9 +244,7 @@ class _VmStep:
         if target == self.p.host:
             return f"already on {target}"
         if target is not None:
-            if target not in self.r.loads:
-                return f"unknown host {target}"
-            reason = why_not(self.spec, self.r.loads[target], self.r.settings)
+            reason = self.r.capacity.why_not(self.spec, target)
             return f"{target}: {reason}" if reason else None
         choice = self.select(exclude=(self.p.host,))
         return None if choice else choice.reason
@@ -227,7 +264,8 @@ class _VmStep:
             self.note(f"cannot start: {choice.reason}")
             return
         assert choice.host is not None
-        problem = admission_problem(self.spec, choice.host, self.r.loads, self.r.specs, self.r.settings)
+        problem = admission_problem(self.spec, choice.host, self.r.capacity.loads, self.r.specs,
+                                    self.r.settings)
         if problem:
             self.note(problem)
             return
@@ -263,14 +301,19 @@ class _VmStep:
                         f"acknowledge to start it)", state=VmState.ERROR, host=None, migration=None,
                         reason=f"{why}; priority 0")
             return
-        choice = self.select(exclude=tuple(h for h in (self.p.host,) if h))
+        # No exclusion: the old host is lost, fenced or gone, so never a candidate, and the reason
+        # stays the same from one iteration to the next (one line per change, not two).
+        choice = self.select()
         if not choice:
-            if self.p.host is not None or self.p.state is not VmState.RECOVERING:
-                self.change(f"{before} -> recovering ({why}; waiting: {choice.reason})",
-                            state=VmState.RECOVERING, host=None, migration=None, restore_from=None,
-                            reason=choice.reason)
+            waiting = f"waiting: {choice.reason}"
+            if before != VmState.RECOVERING.value:
+                self.change(f"{before} -> recovering ({why}; {waiting})", state=VmState.RECOVERING,
+                            host=None, migration=None, restore_from=None, reason=waiting)
+            elif self.p.host is not None:
+                self.change(f"recovering: {why}; {waiting}", host=None, migration=None, restore_from=None,
+                            reason=waiting)
             else:
-                self.note(f"waiting: {choice.reason}")
+                self.note(waiting)
             return
         assert choice.host is not None
         self.start_on(choice.host, "recovering" if before != "stopped" else before, why)
@@ -350,8 +393,7 @@ class _VmStep:
         if rank == 0 or self.r.migrations_from(host) >= self.r.settings.max_parallel_migrations:
             return
         for better in preferred[:rank]:
-            load = self.r.loads.get(better)
-            if load and why_not(self.spec, load, self.r.settings) is None:
+            if self.r.capacity.why_not(self.spec, better) is None:
                 kind = MigrationKind.LIVE if self.spec.migratable else MigrationKind.QUICK
                 self.begin_migration(kind, better, f"failback to preferred host {better}")
                 return
@@ -425,6 +467,10 @@ class _VmStep:
             self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
         elif target and target.state in (LocalState.CRASHED, LocalState.FAILED):
             self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
+        elif source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
+            # Killed by a self-fence (its lease survived) or crashed: nothing left to move. Back to
+            # the source, whose agent boots it again (or the manager restarts a crashed one).
+            self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
         elif source and source.failed_migration == m.attempt:
             self.abort_migration(m, source.detail or "failed on the source")
         elif self.r.now - m.started > self.r.settings.migration_timeout_s:
@@ -460,6 +506,8 @@ class _VmStep:
             self.abort_migration(m, source.detail or "save failed")
         elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
             self.restart(f"crashed on {m.source} while saving", m.source, True)
+        elif source is None or source.state is LocalState.STOPPED:
+            self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
 
     def cold_migration(self, m: Migration) -> None:
         if self.host_trouble():
@@ -472,9 +520,12 @@ class _VmStep:
 
 
 def _balance(r: _Round) -> None:
-    if any(p.state is VmState.MIGRATING for p in r.current.values()):
+    placements = list(r.placements())
+    if any(p.state is VmState.MIGRATING for p in placements):
         return
-    movable = [name for name, p in r.current.items()
-               if p.state is VmState.RUNNING and r.specs[name].migratable and r.specs[name].ha]
-    for move in plan_balance(r.loads, r.specs, movable, r.settings):
+    specs = r.specs
+    movable = [p.vm for p in placements
+               if p.state is VmState.RUNNING and specs[p.vm].migratable and specs[p.vm].ha]
+    loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
+    for move in plan_balance(loads, specs, movable, r.settings):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

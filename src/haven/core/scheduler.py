@@ -5,6 +5,7 @@ places VMs, so one iteration never double-books a host.
 """
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ def build_loads(hosts: Mapping[str, HostSpec], usable: Iterable[str], specs: Map
     usable_set = set(usable)
     loads = {name: HostLoad(spec, name in usable_set) for name, spec in sorted(hosts.items())}
     for placement in placements:
+        if placement.state not in OCCUPYING or placement.host is None:
+            continue  # the common case, kept cheap: this loop sees every VM of the cluster
         spec = specs.get(placement.vm)
         if spec is None:
             continue
@@ -123,16 +126,6 @@ def why_not(vm: VmSpec, load: HostLoad, settings: Settings) -> str | None:
     return None
 
 
-# --- ranking: smaller key is better ---
-
-def rank_key(vm: VmSpec, load: HostLoad, settings: Settings) -> tuple[int, float, str]:
-    name = load.spec.name
-    preferred = vm.preferred_hosts.index(name) if name in vm.preferred_hosts else len(vm.preferred_hosts)
-    after = (load.memory_used + (0 if vm.name in load.vms else vm.memory_mib)) / load.spec.memory_mib
-    fullness = after if settings.placement_policy is PlacementPolicy.SPREAD else -after
-    return (preferred, round(fullness, 6), name)
-
-
 @dataclass(frozen=True)
 class Selection:
     host: str | None
@@ -142,30 +135,72 @@ class Selection:
         return self.host is not None
 
 
-def select_host(vm: VmSpec, loads: Mapping[str, HostLoad], settings: Settings,
-                exclude: Iterable[str] = (), prefer: str | None = None) -> Selection:
-    """The best host for `vm`, or why there is none. `prefer` wins when feasible (restart in place)."""
-    excluded = set(exclude)
-    if prefer and prefer not in excluded and prefer in loads and why_not(vm, loads[prefer], settings) is None:
-        return Selection(prefer)
-    best: tuple[tuple[int, float, str], str] | None = None
-    reasons: Counter[str] = Counter()
-    for name, load in loads.items():
-        if name in excluded:
-            continue
-        reason = why_not(vm, load, settings)
-        if reason:
-            reasons[reason.split(",")[0] if reason.startswith("needs") else reason] += 1
-            continue
-        key = rank_key(vm, load, settings)
-        if best is None or key < best[0]:
-            best = (key, name)
-    if best:
-        return Selection(best[1])
-    if not reasons:
-        return Selection(None, "no other host")
-    summary = "; ".join(f"{count} host(s): {reason}" for reason, count in sorted(reasons.items()))
-    return Selection(None, f"no host can take it ({summary})")
+class Capacity:
+    """Host loads for one manager iteration, with the usable hosts kept in rank order so that
+    selecting a host costs a few checks, not one per host.
+
+    Rank: the VM's preferred hosts in order first; then, by `placement_policy`, the least loaded
+    host (spread) or the most loaded (pack) by memory; then the host name.
+    """
+
+    def __init__(self, loads: Mapping[str, HostLoad], settings: Settings,
+                 usable: Iterable[str] | None = None) -> None:
+        """`loads` is not modified: a host's load is copied the first time this round changes it.
+        `usable` overrides each load's own flag."""
+        usable_set = None if usable is None else set(usable)
+        self.loads = {name: HostLoad(load.spec, load.usable if usable_set is None else name in usable_set,
+                                     load.memory_used, load.vcpus_used, load.groups, load.vms)
+                      for name, load in loads.items()}
+        self._copied: set[str] = set()
+        self.settings = settings
+        self._sign = 1 if settings.placement_policy is PlacementPolicy.SPREAD else -1
+        self._order = sorted(self._key(load) for load in self.loads.values() if load.usable)
+
+    def _key(self, load: HostLoad) -> tuple[float, str]:
+        return (self._sign * round(load.memory_load(), 9), load.spec.name)
+
+    def _moving(self, host: str, change: Callable[[HostLoad], None]) -> None:
+        load = self.loads.get(host)
+        if load is None:
+            return
+        if host not in self._copied:  # copy on write: the caller's sets stay as they were
+            load.groups, load.vms = Counter(load.groups), set(load.vms)
+            self._copied.add(host)
+        if load.usable:
+            del self._order[bisect.bisect_left(self._order, self._key(load))]
+        change(load)
+        if load.usable:
+            bisect.insort(self._order, self._key(load))
+
+    def add(self, host: str, vm: VmSpec) -> None:
+        self._moving(host, lambda load: load.add(vm))
+
+    def remove(self, host: str, vm: VmSpec) -> None:
+        self._moving(host, lambda load: load.remove(vm))
+
+    def why_not(self, vm: VmSpec, host: str) -> str | None:
+        load = self.loads.get(host)
+        return why_not(vm, load, self.settings) if load else f"unknown host {host}"
+
+    def select(self, vm: VmSpec, exclude: Iterable[str] = (), prefer: str | None = None) -> Selection:
+        """The best host for `vm`, or why there is none. `prefer` wins when feasible (restart in place)."""
+        excluded = set(exclude)
+        first = ([prefer] if prefer else []) + list(vm.preferred_hosts)
+        for name in first:
+            if name not in excluded and name in self.loads and self.why_not(vm, name) is None:
+                return Selection(name)
+        for _, name in self._order:
+            if name not in excluded and why_not(vm, self.loads[name], self.settings) is None:
+                return Selection(name)
+        reasons: Counter[str] = Counter()
+        for name, load in self.loads.items():
+            if name not in excluded:
+                reason = why_not(vm, load, self.settings) or ""
+                reasons[reason.split(",")[0] if reason.startswith("needs") else reason] += 1
+        if not reasons:
+            return Selection(None, "no other host")
+        summary = "; ".join(f"{count} host(s): {reason}" for reason, count in sorted(reasons.items()))
+        return Selection(None, f"no host can take it ({summary})")
 
 
 def admission_problem(vm: VmSpec, host: str, loads: Mapping[str, HostLoad], specs: Mapping[str, VmSpec],
@@ -225,8 +260,7 @@ def plan_balance(loads: Mapping[str, HostLoad], specs: Mapping[str, VmSpec], mov
         best: tuple[float, str, str] | None = None
         for vm_name in sorted(hot.vms & movable_set):
             vm = specs[vm_name]
-            others = {n: load for n, load in usable.items() if n != hot.spec.name}
-            choice = select_host(vm, others, settings)
+            choice = Capacity(usable, settings).select(vm, exclude=(hot.spec.name,))
             if not choice.host:
                 continue
             target = usable[choice.host]

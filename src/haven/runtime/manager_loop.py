@@ -10,7 +10,9 @@ import json
 from collections.abc import Callable
 
 from haven.core.decision import Decision, Event
+from haven.core.index import ClusterIndex, changed_vms
 from haven.core.manager import decide
+from haven.model.state import ClusterView
 from haven.ports.clock import Clock
 from haven.ports.store import StoreError, Store
 from haven.runtime.layout import DecodeCache, Layout, decision_ops, leader_guard, read_snapshot, trim_events
@@ -34,6 +36,8 @@ class ManagerLoop:
         self.fence_confirmed: set[str] = set()
         self.event_seq = 0
         self.decoded = DecodeCache()
+        self.view: ClusterView | None = None
+        self.index: ClusterIndex | None = None
 
     @property
     def leading(self) -> bool:
@@ -54,6 +58,15 @@ class ManagerLoop:
             self.emit(Event(now, "manager", f"host {self.name}", "became the active manager"))
         return won
 
+    def _update_index(self, view: ClusterView) -> None:
+        """Keep the decision's aggregates in step with the store, touching only what changed."""
+        before = self.view
+        if self.index is None or before is None or before.hosts.keys() != view.hosts.keys():
+            self.index = ClusterIndex.build(view)
+        else:
+            self.index.update(view, changed_vms(before, view))
+        self.view = view
+
     def step(self) -> Decision | None:
         if not self.leading and not self.campaign():
             return None
@@ -63,7 +76,8 @@ class ManagerLoop:
         except StoreError:
             return None
         view = snapshot.view(self.since, self.fence_confirmed)
-        decision = decide(view, now)
+        self._update_index(view)
+        decision = decide(view, now, self.index)
         for host in decision.fence_hosts:
             if self.fence and self.fence(host):
                 self.fence_confirmed.add(host)
