@@ -28,7 +28,7 @@ def big_view(hosts: int, vms: int, lost: str | None) -> ClusterView:
     for spec in host_specs:
         dead = spec.name == lost
         record = HostRecord(host=spec.name, state=HostState.FENCED if dead else HostState.ONLINE)
-        host_views[spec.name] = HostView.model_construct(spec=spec, alive=not dead, record=record,
+        host_views[spec.name] = HostView(spec=spec, alive=not dead, record=record,
                                                          admin=HostAdmin(), fence_confirmed=False)
     vm_views = {}
     for i in range(vms):
@@ -40,9 +40,9 @@ def big_view(hosts: int, vms: int, lost: str | None) -> ClusterView:
                                               reason="", request_id="")
         status = VmStatus.model_construct(vm=spec.name, host=host, generation=1, state=LocalState.RUNNING,
                                           since=0.0, detail="", failed_migration="")
-        vm_views[spec.name] = VmView.model_construct(spec=spec, placement=placement,
+        vm_views[spec.name] = VmView(spec=spec, placement=placement,
                                                      statuses={host: status}, request=None)
-    return ClusterView.model_construct(settings=settings, hosts=host_views, vms=vm_views, manager_since=0.0)
+    return ClusterView(settings=settings, hosts=host_views, vms=vm_views, manager_since=0.0)
 
 
 def timed(fn, repeat: int) -> list[float]:

@@ -1,4 +1,4 @@
-from haven.core.agent import AgentInput, Kill, MigrateLive, PrepareIncoming, Save, Start, reconcile
+from haven.core.agent import AgentInput, Kill, MigrateLive, PrepareIncoming, Save, Start, reconcile, status_of
 from haven.model.spec import MigrationKind, Settings, VmSpec
 from haven.model.state import LocalState, Migration, Placement, VmState, VmStatus
 from haven.ports.hypervisor import LocalVm
@@ -59,6 +59,7 @@ def test_quick_migration_saves_and_the_target_restores():
     assert agent({"a": target}, host="h2").actions == [Start("a", 2, "/pool/a.state")]
 
 
-def test_reports_every_local_vm():
-    out = agent({"a": placed("a", "h1")}, [LocalVm("a", 1, LocalState.RUNNING, since=3.0)])
-    assert out.statuses["a"] == VmStatus(vm="a", host="h1", generation=1, state=LocalState.RUNNING, since=3.0)
+def test_a_status_reports_the_local_vm():
+    local = LocalVm("a", 1, LocalState.RUNNING, since=3.0, failed_migration="x")
+    assert status_of("h1", local) == VmStatus(vm="a", host="h1", generation=1, state=LocalState.RUNNING,
+                                              since=3.0, failed_migration="x")

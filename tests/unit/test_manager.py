@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from haven.core.manager import decide
 from haven.model.spec import MigrationKind, RestartPolicy, Settings, VmSpec
 from haven.model.state import HostState, LocalState, Migration, Placement, VmState, VmStatus
@@ -97,7 +99,8 @@ def test_operator_migration_to_an_unfit_host_is_refused_with_the_reason():
     from haven.model.state import RequestAction, VmRequest
     tiny = [host("h1"), host("h2", memory=512)]
     cluster = view(tiny, [VmSpec(name="a", memory_mib=1024)], {"a": running("a", "h1")})
-    cluster.vms["a"].__dict__["request"] = VmRequest(id="r1", action=RequestAction.MIGRATE, target="h2")
+    cluster.vms["a"] = replace(cluster.vms["a"], request=VmRequest(id="r1", action=RequestAction.MIGRATE,
+                                                                   target="h2"))
     decision = decide(cluster, 1.0)
     assert decision.done_requests == ["a"]
     assert decision.placements["a"].state is VmState.RUNNING

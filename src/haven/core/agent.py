@@ -87,7 +87,6 @@ class AgentInput:
 @dataclass
 class AgentDecision:
     actions: list[Action] = field(default_factory=list)
-    statuses: dict[str, VmStatus] = field(default_factory=dict)  # what to report, by VM
     events: list[Event] = field(default_factory=list)
     self_fenced: bool = False
 
@@ -108,11 +107,13 @@ def reconcile(inp: AgentInput) -> AgentDecision:
     names = set(inp.local) | {n for n, p in inp.placements.items() if _concerns(p, inp.host)}
     for name in sorted(names):
         _reconcile_vm(inp, name, inp.placements.get(name), inp.local.get(name), out)
-    for name, local in sorted(inp.local.items()):
-        out.statuses[name] = VmStatus(vm=name, host=inp.host, generation=local.generation, state=local.state,
-                                      since=local.since, detail=local.detail,
-                                      failed_migration=local.failed_migration)
     return out
+
+
+def status_of(host: str, local: LocalVm) -> VmStatus:
+    """What an agent reports for a local VM (only when it changed: this is not free)."""
+    return VmStatus(vm=local.name, host=host, generation=local.generation, state=local.state,
+                    since=local.since, detail=local.detail, failed_migration=local.failed_migration)
 
 
 def _concerns(p: Placement, host: str) -> bool:

@@ -524,8 +524,10 @@ def _balance(r: _Round) -> None:
     if any(p.state is VmState.MIGRATING for p in placements):
         return
     specs = r.specs
+    # A VM on its first preferred host stays: failback would only bring it back (ping-pong).
     movable = [p.vm for p in placements
-               if p.state is VmState.RUNNING and specs[p.vm].migratable and specs[p.vm].ha]
+               if p.state is VmState.RUNNING and specs[p.vm].migratable and specs[p.vm].ha
+               and specs[p.vm].preferred_hosts[:1] != (p.host,)]
     loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
     for move in plan_balance(loads, specs, movable, r.settings):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

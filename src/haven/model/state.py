@@ -6,6 +6,7 @@ Every record is an immutable pydantic model stored as JSON in the coordination s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -127,7 +128,11 @@ class VmRequest(Record):
     target: str | None = None  # None: the best host
 
 
-class HostView(Record):
+# The snapshot types below live only in memory (never stored): plain slotted dataclasses, as a
+# manager builds one per iteration over every host and VM.
+
+@dataclass(frozen=True, slots=True)
+class HostView:
     spec: HostSpec
     alive: bool  # its lease key exists
     record: HostRecord | None = None
@@ -135,14 +140,16 @@ class HostView(Record):
     fence_confirmed: bool = False  # a power fence reported it off
 
 
-class VmView(Record):
+@dataclass(frozen=True, slots=True)
+class VmView:
     spec: VmSpec
     placement: Placement | None = None
-    statuses: dict[str, VmStatus] = {}  # by host
+    statuses: dict[str, VmStatus] = field(default_factory=dict)  # by host
     request: VmRequest | None = None
 
 
-class ClusterView(Record):
+@dataclass(frozen=True, slots=True)
+class ClusterView:
     """One immutable snapshot of everything the manager reads in one iteration."""
 
     settings: Settings

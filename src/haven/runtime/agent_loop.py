@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 
 from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
-                              PrepareIncoming, Save, Start, Stop, lease_valid, reconcile)
+                              PrepareIncoming, Save, Start, Stop, lease_valid, reconcile, status_of)
 from haven.core.decision import Event
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import Placement, VmStatus
@@ -21,6 +21,7 @@ from haven.ports.store import Lease, LeaseLost, Store, StoreError
 from haven.runtime.layout import DecodeCache, Layout
 
 EventSink = Callable[[Event], None]
+FULL_REFRESH_S = 5.0  # re-read the store at least this often, even when no watch said it changed
 
 
 class AgentLoop:
@@ -41,9 +42,11 @@ class AgentLoop:
         self.specs: dict[str, VmSpec] = {}
         self.peers: dict[tuple[str, str], VmStatus] = {}
         self.addresses: dict[str, str] = {}
-        self.published: dict[str, VmStatus] = {}
+        self.published: dict[str, LocalVm] = {}
         self.known: dict[str, LocalVm] = {}
         self.decoded = DecodeCache()
+        self.stale = True
+        self.refreshed_at = -math.inf
 
     @property
     def lease_id(self) -> int:
@@ -106,6 +109,7 @@ class AgentLoop:
             statuses = self.store.get_prefix(self.layout.root + "status/")
             hosts = self.store.get_prefix(self.layout.root + "hosts/")
         except StoreError:
+            self.stale = True
             return
         placements: dict[str, Placement] = {}
         specs: dict[str, VmSpec] = {}
@@ -123,8 +127,16 @@ class AgentLoop:
             self.peers[(status.vm, status.host)] = status
         self.addresses = {spec.name: spec.address for spec in (decoded(HostSpec, kv) for kv in hosts)}
 
+    def mark_stale(self) -> None:
+        """The store changed under us (a watch said so): re-read before the next decision."""
+        self.stale = True
+
     def step(self) -> None:
-        self.refresh_view()
+        now = self.clock.now()
+        if self.stale or now - self.refreshed_at >= FULL_REFRESH_S:
+            self.stale = False
+            self.refreshed_at = now
+            self.refresh_view()
         local = self.hypervisor.list()
         self._note_local_changes(local)
         decision = reconcile(AgentInput(
@@ -137,9 +149,10 @@ class AgentLoop:
         for action in decision.actions:
             self._execute(action)
         if decision.actions:
-            self._note_local_changes(self.hypervisor.list())
+            local = self.hypervisor.list()
+            self._note_local_changes(local)
         if not decision.self_fenced and self.lease:
-            self._publish(decision.statuses)
+            self._publish(local)
 
     def _note_local_changes(self, local: dict[str, LocalVm]) -> None:
         for name in sorted(set(local) | set(self.known)):
@@ -175,14 +188,16 @@ class AgentLoop:
         except HypervisorError as error:
             self.event(f"vm {action.vm}", f"{type(action).__name__.lower()} failed: {error}")
 
-    def _publish(self, statuses: dict[str, VmStatus]) -> None:
+    def _publish(self, local: dict[str, LocalVm]) -> None:
+        """Report local VMs that changed since the last report, bound to our lease."""
         try:
-            for name, status in sorted(statuses.items()):
-                if self.published.get(name) != status:
+            for name, vm in sorted(local.items()):
+                if self.published.get(name) != vm:
+                    status = status_of(self.host.name, vm)
                     self.store.put(self.layout.status(self.host.name, name), status.model_dump_json(),
                                    lease=self.lease_id)
-                    self.published[name] = status
-            for name in sorted(set(self.published) - set(statuses)):
+                    self.published[name] = vm
+            for name in sorted(set(self.published) - set(local)):
                 self.store.delete(self.layout.status(self.host.name, name))
                 del self.published[name]
         except StoreError:

@@ -115,19 +115,19 @@ class Snapshot:
     def view(self, manager_since: float = 0.0, fence_confirmed: Iterable[str] = ()) -> ClusterView:
         confirmed = set(fence_confirmed)
         hosts = {
-            name: HostView.model_construct(spec=spec, alive=name in self.alive,
+            name: HostView(spec=spec, alive=name in self.alive,
                                            record=self.records.get(name),
                                            admin=self.admin.get(name, HostAdmin()),
                                            fence_confirmed=name in confirmed)
             for name, spec in sorted(self.hosts.items())
         }
         vms = {
-            name: VmView.model_construct(spec=spec, placement=self.placements.get(name),
+            name: VmView(spec=spec, placement=self.placements.get(name),
                                          statuses=self.statuses.get(name, {}),
                                          request=self.requests.get(name))
             for name, spec in sorted(self.specs.items())
         }
-        return ClusterView.model_construct(settings=self.settings, hosts=hosts, vms=vms,
+        return ClusterView(settings=self.settings, hosts=hosts, vms=vms,
                                            manager_since=manager_since)
 
 

@@ -8,6 +8,7 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
@@ -85,7 +86,7 @@ class SimHost:
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
         self.agent.register()
         root = c.layout.root
-        self.unwatch = [c.store.watch_stream(root + "vms/", lambda e: self.wake_agent(), self.reaches_store),
+        self.unwatch = [c.store.watch_stream(root + "vms/", self._on_vms, self.reaches_store),
                         c.store.watch_stream(root + "status/", self._on_status, self.reaches_store),
                         c.store.watch_stream(root, self._on_cluster_change, self.reaches_store)]
         offset = 0.001 * self.index  # hosts do not tick in lock step
@@ -125,14 +126,15 @@ class SimHost:
 
         self.timers.append(loop.after(self.clock.world_delay(interval()) + offset, tick))
 
-    def _soon(self, what: str, fn: Callable[[], None], delay: float = 0.0) -> None:
-        """Run `fn` after `delay` host seconds, once, however often asked meanwhile."""
+    def _soon(self, what: str, fn: Callable[[], None], delay: float = 0.0, moved: bool = False) -> None:
+        """Run `fn` after `delay` host seconds, once, however often asked meanwhile (the earliest
+        request wins, unless `moved`: then the latest request replaces the pending one)."""
         if not self.powered or self.hung:
             return
         loop = self.cluster.loop
         at = loop.now + self.clock.world_delay(delay)
         pending = self.pending.get(what)
-        if pending and not pending.cancelled and pending.at <= at:
+        if pending and not pending.cancelled and pending.at <= at and not moved:
             return
 
         def run() -> None:
@@ -154,7 +156,7 @@ class SimHost:
         assert self.agent is not None
         self.agent.renew()
         deadline = self.agent.last_renewal_sent + self.settings.self_fence_after_s
-        self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6)
+        self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6, moved=True)
 
     def _agent_step(self) -> None:
         assert self.agent is not None
@@ -163,18 +165,27 @@ class SimHost:
     def _manager_step(self) -> None:
         assert self.manager is not None
         decision = self.manager.step()
-        if decision and any(r.state is HostState.LOST for r in decision.host_records.values()):
-            self.wake_manager(self.settings.fence_grace_s + 1e-6)
+        for name, record in sorted(decision.host_records.items()) if decision else ():
+            if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
+                self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
+
+    def _on_vms(self, event: WatchEvent) -> None:
+        if self.agent:
+            self.agent.mark_stale()
+            self.wake_agent()
 
     def _on_status(self, event: WatchEvent) -> None:
         # A migration source waits for its target's INCOMING report.
         vm = event.key.rsplit("/", 1)[-1]
         if self.agent and (p := self.agent.placements.get(vm)) and p.migration and p.migration.source == self.name:
+            self.agent.mark_stale()
             self.wake_agent()
 
     def _on_cluster_change(self, event: WatchEvent) -> None:
         if self.manager and self.manager.leading:
-            if "/events/" not in event.key:
+            # Its own writes (placements, host records, events) need no second look.
+            if not any(part in event.key for part in ("/events/", "/hoststate/")) \
+                    and not event.key.endswith("/placement"):
                 self.wake_manager()
         elif event.key == self.cluster.layout.manager():
             self.wake_manager()
@@ -208,7 +219,9 @@ class SimCluster:
         return f"op{self._requests}"
 
     def log(self, event: Event) -> None:
-        self.events.append(event)
+        # Loops stamp events with their host's clock, which may be skewed; the timeline is in
+        # virtual (true) time so that it reads in order.
+        self.events.append(replace(event, t=self.loop.now))
 
     def log_lines(self) -> list[str]:
         return [event.line() for event in self.events]

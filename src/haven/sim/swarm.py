@@ -128,7 +128,7 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
             recovery = t - HEAL_AT
             break
     liveness = [] if recovery is not None else [
-        f"seed {seed}: not running {LIVENESS_BOUND_S:g} s after healing: {', '.join(_unhealthy(cluster, config))}"]
+        f"not running {LIVENESS_BOUND_S:g} s after healing: {', '.join(_unhealthy(cluster, config))}"]
     cluster.advance_to(t + 5.0)  # safety keeps being checked a little longer
     return SwarmRun(seed, list(cluster.world.monitor.violations), liveness, recovery, timeline,
                     cluster.log_lines() + cluster.world.monitor.violations if keep_log else [])
