@@ -1,0 +1,867 @@
+"""QemuHypervisor: the Hypervisor port over `qemu-system-x86_64` processes driven by QMP.
+
+One QEMU per VM, started with `-daemonize` (so it outlives the agent and is never its child), one
+QMP unix socket per VM, serial console to a file. Per VM a run-directory entry
+(`<run_dir>/<vm>/`: meta.json, qmp.sock, qemu.pid, serial.log, qemu.stderr) lets a restarted agent
+re-attach to the QEMUs that still run instead of killing them: `QemuHypervisor(...)` on the same
+run dir lists them again (and resumes watching an outgoing migration or save in progress).
+
+States (`LocalState`):
+- STARTING from `start()` until the guest is up: with the lab guest (`guest` given) that is the
+  guest's ready line on the serial console (HTTP answers); without it, QEMU's run state `running`.
+  A restore (quick migration) is STARTING until the state is loaded and the VM continued.
+- FAILED: QEMU would not start, or died before the VM reached RUNNING (detail: QEMU's stderr).
+- CRASHED: the process died unasked while RUNNING, MIGRATING_OUT or SAVING.
+- STOPPED: after `stop()` (guest powered off or killed after the stop timeout) or `kill()`.
+- INCOMING from `prepare_incoming()` (CPUs never run; QEMU listens on
+  `tcp:<address>:<migration_port(vm)>` once launched, within a few hundred ms: `migrate_live`
+  on the source retries a refused connection for `connect_retry_s`), RUNNING once the migrated VM
+  runs here.
+- MIGRATING_OUT -> MIGRATED (paused for good, process kept until `kill`) or back to RUNNING with
+  `failed_migration = attempt`.
+- SAVING -> SAVED (state file complete and fsynced, QEMU quit; detail = path) or back to RUNNING.
+
+Locking: one QMP connection at a time per VM (QEMU serves one client), short-lived; no QMP in
+`list()`, which only reads /proc and, while STARTING, the serial log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, build_cmdline, disk_format,
+                                        migration_port, restore_uri, save_uri)
+from haven.drivers.qmp import QmpClient, QmpConnectError, QmpError
+from haven.model.spec import VmSpec
+from haven.model.state import LocalState
+from haven.ports.clock import Clock
+from haven.ports.hypervisor import HypervisorError, LocalVm
+
+S = LocalState
+DEAD_STATES = frozenset({S.STOPPED, S.CRASHED, S.FAILED, S.SAVED})
+TERMINAL_STATES = DEAD_STATES | {S.MIGRATED}  # a process exit changes nothing any more
+DEFAULT_ACCEL_CACHE = Path("/var/cache/haven/accel.json")
+MIB = 1024 * 1024
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+
+TapFor = Callable[[VmSpec, int], str]
+
+
+@dataclass
+class _Vm:
+    name: str
+    generation: int
+    spec: VmSpec
+    paths: VmPaths
+    state: LocalState
+    since: float
+    detail: str = ""
+    failed_migration: str = ""
+    origin: str = "boot"  # boot | incoming | restore
+    restore_from: str = ""
+    pid: int | None = None
+    starttime: str = ""  # /proc/<pid>/stat field 22: tells a reused pid from ours
+    intent: str = ""  # "" | stop | kill | saved (state file complete, quit sent)
+    attempt: str = ""  # the outgoing migration or save in progress
+    save_path: str = ""
+    target_host: str = ""
+    token: int = 0  # bumped by kill/forget/start: a background thread with an older token stops writing
+    serial_pos: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)  # last migration / save / restore figures
+    qmp_lock: threading.Lock = field(default_factory=threading.Lock)
+    launcher: threading.Thread | None = None
+
+    def public(self) -> LocalVm:
+        return LocalVm(self.name, self.generation, self.state, self.detail, self.since, self.failed_migration)
+
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.name, "generation": self.generation, "state": self.state.value,
+                "since": self.since, "detail": self.detail, "failed_migration": self.failed_migration,
+                "origin": self.origin, "restore_from": self.restore_from, "pid": self.pid,
+                "starttime": self.starttime, "intent": self.intent, "attempt": self.attempt,
+                "save_path": self.save_path, "target_host": self.target_host,
+                "spec": self.spec.model_dump(mode="json"), "stats": self.stats}
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state letter, starttime) of a process, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return rest[0], rest[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, starttime: str) -> bool:
+    if not pid:
+        return False
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and (not starttime or st[1] == starttime)
+
+
+def _wait_dead(pid: int | None, starttime: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid, starttime):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _sigkill(pid: int | None, starttime: str) -> None:
+    if _alive(pid, starttime):
+        try:
+            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+
+
+def _read_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _supports_o_direct(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".odirect-")
+        os.close(fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            os.close(fd)
+            return True
+        finally:
+            os.unlink(name)
+    except OSError:
+        return False
+
+
+# --- accelerator probe -------------------------------------------------------------------------
+
+_ACCEL_MEMO: dict[str, str] = {}
+
+
+def _qemu_version(binary: str) -> str:
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def probe_accel(guest: Any | None, binary: str = QEMU, cache_file: Path | None = DEFAULT_ACCEL_CACHE,
+                boot_timeout: float = 6.0, silence_timeout: float = 2.0) -> str:
+    """'kvm' if KVM really boots the lab guest here, else 'tcg'. Cached in memory and on disk
+    (keyed by host kernel, QEMU version and guest kernel).
+
+    /dev/kvm missing or not openable -> tcg at once. Without a guest image to try -> kvm if the
+    device opens. Otherwise boot the guest under KVM: ready line within `boot_timeout` -> kvm;
+    QEMU died, or not one byte on the serial console within `silence_timeout` (what this
+    machine's broken KVM does: it spins in the kernel), or no ready line in time -> tcg."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError:
+        return "tcg"
+    if guest is None:
+        return "kvm"
+    key = f"{os.uname().release}|{_qemu_version(binary)}|{Path(guest.kernel).resolve()}"
+    if key in _ACCEL_MEMO:
+        return _ACCEL_MEMO[key]
+    cached: dict[str, str] = {}
+    if cache_file is not None:
+        try:
+            cached = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get(key) in ("kvm", "tcg"):
+            _ACCEL_MEMO[key] = cached[key]
+            return cached[key]
+    result = "tcg"
+    with tempfile.TemporaryDirectory(prefix="haven-kvm-probe-") as tmp:
+        serial = Path(tmp) / "serial.log"
+        proc = subprocess.Popen([binary, "-accel", "kvm", "-m", "128", "-nodefaults", "-no-user-config",
+                                 "-display", "none", "-serial", f"file:{serial}", "-no-reboot",
+                                 "-kernel", guest.kernel, "-initrd", guest.initrd,
+                                 "-append", "console=ttyS0 panic=-1 haven.name=kvm-probe"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            t0 = time.monotonic()
+            while proc.poll() is None:
+                elapsed = time.monotonic() - t0
+                text = serial.read_bytes() if serial.exists() else b""
+                if guest.ready_marker.encode() in text:
+                    result = "kvm"
+                    break
+                if elapsed > boot_timeout or (not text and elapsed > silence_timeout):
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    _ACCEL_MEMO[key] = result
+    if cache_file is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cached[key] = result
+            tmpf = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmpf.write_text(json.dumps(cached, indent=1))
+            os.replace(tmpf, cache_file)
+        except OSError:
+            pass
+    return result
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+class QemuHypervisor:
+    """The Hypervisor port for one host. See the module docstring for states and files.
+
+    host_name: this host's name (details, logs). run_dir: per-VM entries (local, not shared).
+    pools: pool name -> directory (shared storage). network_namespace: run QEMU under
+    `ip netns exec` (lab hosts). tap_for(spec, nic_index) -> tap name on this host's VM bridge
+    (created by the caller, e.g. `LabNetwork.tap_for(host)`). guest: the lab guest (kernel +
+    initrd; None: VMs boot whatever their disks hold). accel: auto | kvm | tcg. address: this
+    host's management address, where incoming live migrations listen.
+    """
+
+    def __init__(self, host_name: str, run_dir: str | os.PathLike[str], pools: Mapping[str, str | os.PathLike[str]],
+                 network_namespace: str | None = None, tap_for: TapFor | None = None, guest: Any | None = None,
+                 accel: str = "auto", address: str = "127.0.0.1", clock: Clock | None = None, *,
+                 binary: str = QEMU, machine: str = "pc", stop_timeout: float = 30.0,
+                 migration_bandwidth_mib: int = 256, downtime_limit_ms: int = 100,
+                 save_bandwidth_mib: int = 4096, connect_retry_s: float = 10.0,
+                 migration_port_base: int | None = None, image_locking: bool = True,
+                 keep_state_files: bool = False, qmp_timeout: float = 3.0, launch_timeout: float = 60.0,
+                 accel_cache: Path | None = DEFAULT_ACCEL_CACHE) -> None:
+        self.host_name = host_name
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pools = {name: Path(path) for name, path in pools.items()}
+        self.namespace = network_namespace
+        self.tap_for = tap_for
+        self.guest = guest
+        self.address = address
+        self.clock: Clock = clock or MonotonicClock()
+        self.binary = binary
+        self.stop_timeout = stop_timeout
+        self.migration_bandwidth = migration_bandwidth_mib * MIB
+        self.downtime_limit_ms = downtime_limit_ms
+        self.save_bandwidth = save_bandwidth_mib * MIB
+        self.connect_retry_s = connect_retry_s
+        self.port_base = migration_port_base
+        self.keep_state_files = keep_state_files
+        self.qmp_timeout = qmp_timeout
+        self.launch_timeout = launch_timeout
+        if accel == "auto":
+            accel = probe_accel(guest, binary, accel_cache)
+        if accel not in ("kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
+        self.accel = accel
+        self.config = CmdlineConfig(accel=accel, binary=binary, machine=machine,
+                                    kernel=guest.kernel if guest else None,
+                                    initrd=guest.initrd if guest else None, image_locking=image_locking)
+        self._direct: dict[str, bool] = {}
+        self._lock = threading.RLock()
+        self._vms: dict[str, _Vm] = {}
+        self._tokens = 0
+        self._reattach()
+
+    # --- helpers ---
+
+    def migration_port(self, name: str) -> int:
+        return migration_port(name) if self.port_base is None else migration_port(name, self.port_base)
+
+    def _token(self) -> int:
+        self._tokens += 1
+        return self._tokens
+
+    def _save_meta(self, vm: _Vm) -> None:
+        try:
+            vm.paths.dir.mkdir(parents=True, exist_ok=True)
+            tmp = vm.paths.meta.with_name(".meta.json.tmp")
+            tmp.write_text(json.dumps(vm.meta(), indent=1))
+            os.replace(tmp, vm.paths.meta)
+        except OSError:
+            pass
+
+    def _set(self, vm: _Vm, token: int | None, state: LocalState | None = None, **fields: Any) -> bool:
+        """Change a VM's record if `token` is still current (None: unconditionally)."""
+        with self._lock:
+            if self._vms.get(vm.name) is not vm or (token is not None and vm.token != token):
+                return False
+            if state is not None and state is not vm.state:
+                vm.state = state
+                vm.since = self.clock.now()
+            for key, value in fields.items():
+                setattr(vm, key, value)
+            self._save_meta(vm)
+            return True
+
+    @contextmanager
+    def _monitor(self, vm: _Vm, timeout: float | None = None) -> Iterator[QmpClient]:
+        with vm.qmp_lock:
+            with QmpClient(str(vm.paths.qmp), timeout or self.qmp_timeout) as client:
+                yield client
+
+    def _qmp(self, vm: _Vm, command: str, arguments: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        with self._monitor(vm, timeout) as client:
+            return client.execute(command, arguments)
+
+    def _status(self, vm: _Vm) -> str:
+        return str(self._qmp(vm, "query-status").get("status", ""))
+
+    def _get(self, name: str) -> _Vm:
+        vm = self._vms.get(name)
+        if vm is None:
+            raise HypervisorError(f"{self.host_name}: no VM {name}")
+        return vm
+
+    def _pool_dir(self, pool: str) -> Path:
+        try:
+            return self.pools[pool]
+        except KeyError:
+            raise HypervisorError(f"{self.host_name}: pool {pool!r} not reachable here") from None
+
+    def disk_paths(self, spec: VmSpec) -> list[Path]:
+        return [self._pool_dir(d.pool) / (d.file or f"{spec.name}-{i}.qcow2") for i, d in enumerate(spec.disks)]
+
+    def _disk_cache(self, pool: str) -> str:
+        if pool not in self._direct:
+            self._direct[pool] = _supports_o_direct(self._pool_dir(pool))
+        return "none" if self._direct[pool] else "writeback"
+
+    def state_path(self, spec: VmSpec, generation: int) -> str:
+        pool = spec.disks[0].pool if spec.disks else next(iter(sorted(self.pools)), None)
+        if pool is None:
+            raise HypervisorError(f"{self.host_name}: no pool for the saved state of {spec.name}")
+        return str(self._pool_dir(pool) / ".haven-state" / f"{spec.name}-g{generation}.state")
+
+    def vm_stats(self, name: str) -> dict[str, Any]:
+        """Figures of the VM's last migration, save or restore (QEMU's and ours), for reports."""
+        with self._lock:
+            vm = self._vms.get(name)
+            return dict(vm.stats) if vm else {}
+
+    def pid(self, name: str) -> int | None:
+        with self._lock:
+            vm = self._vms.get(name)
+            return vm.pid if vm and _alive(vm.pid, vm.starttime) else None
+
+    # --- the port ---
+
+    def list(self) -> dict[str, LocalVm]:
+        with self._lock:
+            for vm in list(self._vms.values()):
+                self._check(vm)
+            return {name: vm.public() for name, vm in sorted(self._vms.items())}
+
+    def _check(self, vm: _Vm) -> None:
+        """Notice a dead process or a booted guest (called with the lock held)."""
+        if vm.state in TERMINAL_STATES:
+            return
+        if vm.pid is not None and not _alive(vm.pid, vm.starttime):
+            self._on_exit(vm)
+            return
+        if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None and vm.pid is not None:
+            try:
+                with open(vm.paths.serial, "rb") as f:
+                    f.seek(max(0, vm.serial_pos - 64))
+                    data = f.read()
+                    vm.serial_pos = f.tell()
+            except OSError:
+                return
+            if self.guest.ready_marker.encode() in data:
+                self._set(vm, None, S.RUNNING, detail="")
+
+    def _on_exit(self, vm: _Vm) -> None:
+        why = _tail(vm.paths.stderr, 300) or _tail(vm.paths.serial, 300)
+        why = why.splitlines()[-1] if why else ""
+        if vm.intent in ("stop", "kill"):
+            self._set(vm, None, S.STOPPED, detail="killed" if vm.intent == "kill" else "stopped")
+        elif vm.intent == "saved":
+            self._set(vm, None, S.SAVED, detail=vm.save_path)
+        elif vm.state in (S.STARTING, S.INCOMING):
+            what = {"incoming": "incoming migration", "restore": "restore"}.get(vm.origin, "start")
+            self._set(vm, None, S.FAILED, detail=f"{what} failed: QEMU exited" + (f" ({why})" if why else ""))
+        else:
+            self._set(vm, None, S.CRASHED, detail="QEMU exited unasked" + (f" ({why})" if why else ""))
+
+    def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
+        origin = "restore" if restore_from else "boot"
+        incoming = restore_uri(restore_from) if restore_from else None
+        self._begin(spec, generation, origin, incoming, S.STARTING, restore_from or "")
+
+    def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
+        uri = f"tcp:{self.address}:{self.migration_port(spec.name)}"
+        self._begin(spec, generation, "incoming", uri, S.INCOMING, "")
+
+    def _begin(self, spec: VmSpec, generation: int, origin: str, incoming: str | None,
+               state: LocalState, restore_from: str) -> None:
+        for disk in spec.disks:
+            self._pool_dir(disk.pool)
+        if len(str(VmPaths.under(self.run_dir, spec.name).qmp)) > 107:
+            raise HypervisorError(f"{self.host_name}: run dir {self.run_dir} too long for a unix socket path")
+        if spec.nics and self.tap_for is None:
+            raise HypervisorError(f"{self.host_name}: {spec.name} has NICs but this host has no tap_for")
+        with self._lock:
+            old = self._vms.get(spec.name)
+            if old is not None:
+                self._check(old)
+                if old.state not in DEAD_STATES:
+                    raise HypervisorError(f"{self.host_name}: {spec.name} is {old.state.value} "
+                                          f"(generation {old.generation})")
+                old.token = self._token()
+            vm = _Vm(spec.name, generation, spec, VmPaths.under(self.run_dir, spec.name), state,
+                     self.clock.now(), detail="launching", origin=origin, restore_from=restore_from,
+                     token=self._token())
+            self._vms[spec.name] = vm
+            self._save_meta(vm)
+            vm.launcher = threading.Thread(target=self._launch, args=(vm, vm.token, incoming),
+                                           name=f"qemu-launch-{spec.name}", daemon=True)
+            vm.launcher.start()
+
+    def _launch(self, vm: _Vm, token: int, incoming: str | None) -> None:
+        try:
+            self._launch_inner(vm, token, incoming)
+        except Exception as exc:  # never leave a VM in STARTING for an unexpected error
+            self._set(vm, token, S.FAILED, detail=f"launch error: {type(exc).__name__}: {exc}")
+            with self._lock:
+                pid, st = vm.pid, vm.starttime
+            _sigkill(pid, st)
+
+    def _launch_inner(self, vm: _Vm, token: int, incoming: str | None) -> None:
+        spec, paths = vm.spec, vm.paths
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        for stale in (paths.qmp, paths.pidfile, paths.serial, paths.stderr):
+            stale.unlink(missing_ok=True)
+        t0 = time.monotonic()
+        disks: list[DiskArg] = []
+        for disk, path in zip(spec.disks, self.disk_paths(spec)):
+            if not path.exists():
+                if vm.origin != "boot":
+                    self._set(vm, token, S.FAILED, detail=f"disk {path} missing")
+                    return
+                self._create_disk(path, disk.size_mib)
+            disks.append(DiskArg(str(path), disk_format(str(path)), self._disk_cache(disk.pool)))
+        if vm.origin == "restore" and not Path(vm.restore_from).is_file():
+            self._set(vm, token, S.FAILED, detail=f"state file {vm.restore_from} missing")
+            return
+        taps = [self.tap_for(spec, i) for i in range(len(spec.nics))] if spec.nics else []  # type: ignore[misc]
+        argv = build_cmdline(spec, self.config, paths, disks, taps, incoming)
+        if self.namespace:
+            argv = ["ip", "netns", "exec", self.namespace, *argv]
+        with open(paths.stderr, "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    start_new_session=True, close_fds=True)
+            try:
+                rc = proc.wait(timeout=self.launch_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rc = -1
+        pid = _read_pidfile(paths.pidfile)
+        st = _proc_stat(pid) if pid else None
+        starttime = st[1] if st else ""
+        with self._lock:
+            current = self._vms.get(vm.name) is vm and vm.token == token
+            if current:
+                vm.pid, vm.starttime = pid, starttime
+        if not current:  # killed or forgotten while launching: make sure nothing runs
+            _sigkill(pid, starttime)
+            return
+        if rc != 0 or not _alive(pid, starttime):
+            _sigkill(pid, starttime)
+            msg = _tail(paths.stderr, 400).splitlines()
+            self._set(vm, token, S.FAILED, detail=f"QEMU failed to start (rc {rc}): "
+                      + (msg[-1] if msg else "no message"))
+            return
+        launched = time.monotonic() - t0
+        vm.stats = {"launch_s": round(launched, 3)}
+        if vm.origin == "incoming":
+            self._set(vm, token, detail=f"listening on {incoming}")
+            self._watch_incoming(vm, token)
+        elif vm.origin == "restore":
+            self._set(vm, token, detail="restoring")
+            self._watch_restore(vm, token, t0)
+        else:
+            self._set(vm, token, detail="booting")
+            if self.guest is None:
+                self._wait_running(vm, token)
+
+    def _create_disk(self, path: Path, size_mib: int) -> None:
+        if self.guest is not None:
+            from haven.lab.guest import make_disk
+            make_disk(path, size_mib)
+            return
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        subprocess.run(["qemu-img", "create", "-q", "-f", disk_format(str(path)), str(partial), f"{size_mib}M"],
+                       check=True, capture_output=True)
+        os.replace(partial, path)
+
+    def _alive_vm(self, vm: _Vm) -> bool:
+        return _alive(vm.pid, vm.starttime)
+
+    def _wait_running(self, vm: _Vm, token: int) -> None:
+        while self._alive_vm(vm) and vm.token == token:
+            try:
+                if self._status(vm) == "running":
+                    self._set(vm, token, S.RUNNING, detail="")
+                    return
+            except (OSError, QmpError):
+                pass
+            time.sleep(0.05)
+
+    def _watch_incoming(self, vm: _Vm, token: int) -> None:
+        """Target of a live migration: INCOMING until QEMU runs the migrated VM."""
+        failures = 0
+        while vm.token == token and self._alive_vm(vm):
+            try:
+                status = self._status(vm)
+                failures = 0
+            except (OSError, QmpError) as exc:
+                failures += 1
+                if failures > 100:
+                    self._set(vm, token, detail=f"monitor unreachable: {exc}")
+                time.sleep(0.1)
+                continue
+            if status == "running":
+                self._set(vm, token, S.RUNNING, detail="")
+                return
+            if status in ("paused", "postmigrate"):  # the source was paused: continue it here
+                try:
+                    self._qmp(vm, "cont")
+                except (OSError, QmpError):
+                    pass
+            time.sleep(0.05)
+
+    def _watch_restore(self, vm: _Vm, token: int, t0: float) -> None:
+        """Quick-migration target: wait for the state to load, continue, RUNNING."""
+        loaded = None
+        while vm.token == token and self._alive_vm(vm):
+            try:
+                status = self._status(vm)
+            except (OSError, QmpError):
+                time.sleep(0.05)
+                continue
+            if status == "running":
+                vm.stats.update({"restore_s": round((loaded or time.monotonic()) - t0, 3),
+                                 "restore_to_running_s": round(time.monotonic() - t0, 3)})
+                self._set(vm, token, S.RUNNING, detail="")
+                if not self.keep_state_files:
+                    Path(vm.restore_from).unlink(missing_ok=True)
+                return
+            if status in ("paused", "prelaunch", "postmigrate", "restore-vm"):
+                loaded = loaded or time.monotonic()
+                try:
+                    self._qmp(vm, "cont")
+                except (OSError, QmpError):
+                    pass
+            time.sleep(0.02)
+
+    def stop(self, name: str) -> None:
+        with self._lock:
+            vm = self._get(name)
+            self._check(vm)
+            if vm.state in TERMINAL_STATES:
+                return
+            if vm.intent == "stop":
+                return
+            vm.intent = "stop"
+            token = vm.token
+            self._set(vm, None, detail="stopping")
+        threading.Thread(target=self._stop_thread, args=(vm, token), name=f"qemu-stop-{name}",
+                         daemon=True).start()
+
+    def _stop_thread(self, vm: _Vm, token: int) -> None:
+        if vm.launcher is not None:
+            vm.launcher.join(timeout=self.launch_timeout)
+        graceful = vm.state in (S.RUNNING, S.STARTING)
+        if graceful:
+            try:
+                self._qmp(vm, "system_powerdown")
+            except (OSError, QmpError):
+                graceful = False
+        done = graceful and _wait_dead(vm.pid, vm.starttime, self.stop_timeout)
+        if not done:
+            _sigkill(vm.pid, vm.starttime)
+            _wait_dead(vm.pid, vm.starttime, 5.0)
+        self._set(vm, token, S.STOPPED, detail="stopped" if done else
+                  ("killed after the stop timeout" if graceful else "killed"))
+
+    def kill(self, name: str) -> None:
+        with self._lock:
+            vm = self._vms.get(name)
+            if vm is None:
+                return
+            vm.intent = "kill"
+            vm.token = self._token()  # background threads stop writing
+            self._save_meta(vm)
+            pid, st = vm.pid, vm.starttime
+            launcher = vm.launcher
+        if pid is None:  # still launching: the daemon may have written its pidfile already
+            pid = _read_pidfile(vm.paths.pidfile)
+            stat = _proc_stat(pid) if pid else None
+            if stat and self._is_our_qemu(pid, vm):
+                _sigkill(pid, stat[1])
+            if launcher is not None:
+                launcher.join(timeout=self.launch_timeout + 5)
+            with self._lock:
+                pid, st = vm.pid, vm.starttime
+        _sigkill(pid, st)
+        if not _wait_dead(pid, st, 5.0):
+            raise HypervisorError(f"{self.host_name}: {name} (pid {pid}) survived SIGKILL")
+        with self._lock:
+            if self._vms.get(name) is vm and vm.state not in TERMINAL_STATES:
+                vm.state, vm.since, vm.detail = S.STOPPED, self.clock.now(), "killed"
+            self._save_meta(vm)
+
+    def _is_our_qemu(self, pid: int, vm: _Vm) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(vm.paths.qmp).encode() in cmdline
+
+    def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str = "") -> None:
+        with self._lock:
+            vm = self._get(name)
+            self._check(vm)
+            if vm.state is not S.RUNNING:
+                raise HypervisorError(f"{self.host_name}: cannot migrate {name}: it is {vm.state.value}")
+            uri = f"tcp:{target_address}:{self.migration_port(name)}"
+            self._set(vm, vm.token, S.MIGRATING_OUT, detail=f"to {target_host} ({uri})", attempt=attempt,
+                      target_host=target_host)
+            token = vm.token
+        threading.Thread(target=self._migrate_thread, args=(vm, token, uri, attempt, True),
+                         name=f"qemu-migrate-{name}", daemon=True).start()
+
+    def _migrate_thread(self, vm: _Vm, token: int, uri: str | None, attempt: str, live: bool) -> None:
+        """Drive an outgoing migration (live: to a target; else: to the state file). `uri` None:
+        re-attached to a migration already under way."""
+        t0 = time.monotonic()
+        try:
+            if uri is not None:
+                params = ({"max-bandwidth": self.migration_bandwidth, "downtime-limit": self.downtime_limit_ms}
+                          if live else {"max-bandwidth": self.save_bandwidth})
+                with self._monitor(vm) as q:
+                    if not live:
+                        q.execute("stop")
+                    q.execute("migrate-set-parameters", params)
+                    q.execute("migrate", {"uri": uri})
+            retry_until = t0 + self.connect_retry_s
+            while True:
+                if vm.token != token:
+                    return
+                if not self._alive_vm(vm):
+                    return  # list() reports the exit
+                info = self._qmp(vm, "query-migrate")
+                status = info.get("status", "")
+                if status == "completed":
+                    self._migration_completed(vm, token, info, live, t0)
+                    return
+                if status == "failed" and live and uri is not None and time.monotonic() < retry_until \
+                        and "refused" in info.get("error-desc", "").lower():
+                    time.sleep(0.1)  # the target is still launching
+                    self._qmp(vm, "migrate", {"uri": uri})
+                    continue
+                if status in ("failed", "cancelled"):
+                    why = info.get("error-desc") or status
+                    self._migration_failed(vm, token, attempt, f"{'migration' if live else 'save'} {status}: {why}")
+                    return
+                time.sleep(0.05 if live else 0.02)
+        except (OSError, QmpError) as exc:
+            if vm.token == token and self._alive_vm(vm):
+                try:
+                    self._qmp(vm, "migrate_cancel")
+                except (OSError, QmpError):
+                    pass
+                self._migration_failed(vm, token, attempt, f"{type(exc).__name__}: {exc}")
+
+    def _migration_failed(self, vm: _Vm, token: int, attempt: str, why: str) -> None:
+        try:  # a failed or cancelled migration (or a save, which paused it) must leave the VM running
+            if self._status(vm) != "running":
+                self._qmp(vm, "cont")
+        except (OSError, QmpError) as exc:
+            why += f"; cont failed: {exc}"
+        if vm.save_path:
+            Path(vm.save_path + ".partial").unlink(missing_ok=True)
+        self._set(vm, token, S.RUNNING, detail=why, failed_migration=attempt, attempt="", save_path="")
+
+    def _migration_completed(self, vm: _Vm, token: int, info: dict[str, Any], live: bool, t0: float) -> None:
+        took = time.monotonic() - t0
+        stats = {"total_time_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
+                 "setup_time_ms": info.get("setup-time"), "observed_s": round(took, 3),
+                 "transferred_bytes": (info.get("ram") or {}).get("transferred")}
+        if live:
+            vm.stats = stats
+            self._set(vm, token, S.MIGRATED, detail=f"to {vm.target_host}: {stats['total_time_ms']} ms, "
+                      f"downtime {stats['downtime_ms']} ms", attempt="")
+            return
+        partial = Path(vm.save_path + ".partial")
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, vm.save_path)
+        except OSError as exc:
+            self._migration_failed(vm, token, vm.attempt, f"save: {exc}")
+            return
+        stats["state_bytes"] = Path(vm.save_path).stat().st_size
+        vm.stats = stats
+        with self._lock:
+            if vm.token != token:
+                return
+            vm.intent = "saved"
+            self._save_meta(vm)
+        try:
+            self._qmp(vm, "quit")
+        except (OSError, QmpError):
+            pass
+        if not _wait_dead(vm.pid, vm.starttime, 5.0):
+            _sigkill(vm.pid, vm.starttime)
+            _wait_dead(vm.pid, vm.starttime, 5.0)
+        vm.stats["stop_to_quit_s"] = round(time.monotonic() - t0, 3)
+        self._set(vm, token, S.SAVED, detail=vm.save_path, attempt="")
+
+    def cancel_migration(self, name: str) -> None:
+        with self._lock:
+            vm = self._get(name)
+            if vm.state is not S.MIGRATING_OUT:
+                return
+        try:
+            self._qmp(vm, "migrate_cancel")
+        except (OSError, QmpError) as exc:
+            raise HypervisorError(f"{self.host_name}: cancel migration of {name}: {exc}") from exc
+
+    def save(self, name: str, path: str, attempt: str = "") -> None:
+        with self._lock:
+            vm = self._get(name)
+            self._check(vm)
+            if vm.state is not S.RUNNING:
+                raise HypervisorError(f"{self.host_name}: cannot save {name}: it is {vm.state.value}")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).unlink(missing_ok=True)
+            self._set(vm, vm.token, S.SAVING, detail=path, attempt=attempt, save_path=path)
+            token = vm.token
+        threading.Thread(target=self._migrate_thread, args=(vm, token, save_uri(path + ".partial"), attempt, False),
+                         name=f"qemu-save-{name}", daemon=True).start()
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            vm = self._vms.get(name)
+            if vm is None:
+                return
+            self._check(vm)
+            if _alive(vm.pid, vm.starttime) or (vm.launcher is not None and vm.launcher.is_alive()):
+                raise HypervisorError(f"{self.host_name}: {name} still runs here ({vm.state.value}): kill it first")
+            vm.token = self._token()
+            del self._vms[name]
+            shutil.rmtree(vm.paths.dir, ignore_errors=True)
+
+    # --- re-attach ---
+
+    def _reattach(self) -> None:
+        for meta_path in sorted(self.run_dir.glob("*/meta.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+                spec = VmSpec.model_validate(meta["spec"])
+                vm = _Vm(meta["name"], int(meta["generation"]), spec, VmPaths(meta_path.parent),
+                         LocalState(meta["state"]), float(meta.get("since", 0.0)),
+                         detail=meta.get("detail", ""), failed_migration=meta.get("failed_migration", ""),
+                         origin=meta.get("origin", "boot"), restore_from=meta.get("restore_from", ""),
+                         pid=meta.get("pid"), starttime=meta.get("starttime", ""), intent=meta.get("intent", ""),
+                         attempt=meta.get("attempt", ""), save_path=meta.get("save_path", ""),
+                         target_host=meta.get("target_host", ""), stats=meta.get("stats", {}))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if vm.pid is None:  # the agent died while launching: the daemon may have come up
+                pid = _read_pidfile(vm.paths.pidfile)
+                if pid and self._is_our_qemu(pid, vm):
+                    stat = _proc_stat(pid)
+                    vm.pid, vm.starttime = pid, stat[1] if stat else ""
+            vm.token = self._token()
+            with self._lock:
+                self._vms[vm.name] = vm
+            if vm.state in TERMINAL_STATES and vm.state is not S.MIGRATED:
+                continue
+            if not _alive(vm.pid, vm.starttime):
+                if vm.state is S.SAVING and vm.save_path and Path(vm.save_path).is_file():
+                    vm.intent = "saved"
+                with self._lock:
+                    if vm.state is not S.MIGRATED:
+                        self._on_exit(vm)
+                continue
+            self._resume(vm)
+
+    def _resume(self, vm: _Vm) -> None:
+        """A live QEMU from an earlier agent: find out where it stands, resume watching it."""
+        token = vm.token
+        try:
+            status = self._status(vm)
+            migration = self._qmp(vm, "query-migrate").get("status", "")
+        except (OSError, QmpError) as exc:
+            self._set(vm, token, detail=f"re-attached, monitor unreachable: {exc}")
+            return
+        watch: Callable[[], None] | None = None
+        if status == "postmigrate":
+            self._set(vm, token, S.MIGRATED)
+        elif status == "inmigrate":
+            if vm.origin == "restore":
+                self._set(vm, token, S.STARTING)
+                watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
+            else:
+                self._set(vm, token, S.INCOMING)
+                watch = lambda: self._watch_incoming(vm, token)  # noqa: E731
+        elif vm.state in (S.MIGRATING_OUT, S.SAVING) and migration in ("setup", "active", "device",
+                                                                       "pre-switchover", "completed"):
+            live = vm.state is S.MIGRATING_OUT
+            watch = lambda: self._migrate_thread(vm, token, None, vm.attempt, live)  # noqa: E731
+        elif vm.state is S.SAVING:  # the save had failed or never started: keep the VM running
+            watch = lambda: self._migration_failed(vm, token, vm.attempt, "save interrupted by an agent restart")  # noqa: E731
+        elif status == "running":
+            if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None:
+                pass  # list() still waits for the guest's ready line
+            else:
+                self._set(vm, token, S.RUNNING, detail="" if vm.state is S.RUNNING else vm.detail)
+        elif status in ("paused", "prelaunch") and vm.origin == "restore" and vm.state is S.STARTING:
+            watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
+        else:
+            self._set(vm, token, detail=f"re-attached, QEMU status {status}")
+        if watch is not None:
+            threading.Thread(target=watch, name=f"qemu-reattach-{vm.name}", daemon=True).start()
