@@ -113,7 +113,7 @@ echo ${H:-0} > /run/heartbeat
   H=${H:-0}
   while :; do
     H=$((H+1))
-    up=$(cut -d' ' -f1 /proc/uptime)
+    read up idle < /proc/uptime
     if [ -n "$DISK" ]; then
       echo "$H $up" > $DISK/heartbeat
       echo "$H $up boot=$B" >> $DISK/heartbeat.log
@@ -135,13 +135,15 @@ while ! mkdir /run/cgi.lock 2>/dev/null; do
   i=$((i+1)); [ $i -gt 500 ] && break
   usleep 2000
 done
-n=$(cat /run/ram_counter 2>/dev/null)
+read n < /run/ram_counter
 n=$((${n:-0}+1))
 echo $n > /run/ram_counter
 rmdir /run/cgi.lock 2>/dev/null
+read name < /run/name
+read b < /run/boot_count
+read h < /run/heartbeat
 printf 'Content-Type: application/json\r\nCache-Control: no-store\r\n\r\n'
-printf '{"vm": "%s", "ram_counter": %d, "boot_count": %d, "heartbeat": %d}\n' \
-  "$(cat /run/name)" "$n" "$(cat /run/boot_count)" "$(cat /run/heartbeat)"
+printf '{"vm": "%s", "ram_counter": %d, "boot_count": %d, "heartbeat": %d}\n' "$name" "$n" "${b:-0}" "${h:-0}"
 """
 
 POWEROFF = r"""#!/bin/busybox sh
