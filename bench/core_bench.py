@@ -62,14 +62,14 @@ def sim_speed(virtual_s: float = 300.0) -> float:
     faults = [(30, "power off h1"), (60, "power on h1"), (90, "cut h2 from store"), (100, "heal h2"),
               (130, "drain h3"), (170, "resume h3"), (200, "hang h4"), (210, "unhang h4"),
               (240, "crash vm7"), (250, "store down"), (253, "store up")]
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other load on a shared machine does not count
     for at, line in faults:
         cluster.advance_to(at)
         apply_fault(cluster, line)
     cluster.advance_to(virtual_s)
-    wall = time.perf_counter() - started
+    cpu = time.process_time() - started
     assert not cluster.world.monitor.violations, cluster.world.monitor.violations
-    return virtual_s / wall
+    return virtual_s / cpu
 
 
 def main() -> None:
@@ -99,7 +99,7 @@ def main() -> None:
         ("decide(), nothing changed", f"{idle * 1000:.1f} ms median", "report; near the failover plan"),
         ("decide() building its index", f"{scratch * 1000:.1f} ms median", "report (first iteration)"),
         ("index update, 100 VMs changed", f"{update * 1000:.2f} ms median", "report"),
-        ("simulator, 5 hosts / 50 VMs, faults", f"{speed:,.0f}x real time", ">= 1,000x"),
+        ("simulator, 5 hosts / 50 VMs, faults", f"{speed:,.0f}x real time (per CPU second)", ">= 1,000x"),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value, goal in rows:

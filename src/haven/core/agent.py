@@ -104,7 +104,7 @@ def reconcile(inp: AgentInput) -> AgentDecision:
             if local.state not in DEAD:
                 out.actions.append(Kill(name, f"self-fence: no lease renewal for {age:.3f} s"))
         return out
-    names = set(inp.local) | {n for n, p in inp.placements.items() if _concerns(p, inp.host)}
+    names = set(inp.local) | {n for n, p in inp.placements.items() if concerns(p, inp.host)}
     for name in sorted(names):
         _reconcile_vm(inp, name, inp.placements.get(name), inp.local.get(name), out)
     return out
@@ -116,7 +116,8 @@ def status_of(host: str, local: LocalVm) -> VmStatus:
                     since=local.since, detail=local.detail, failed_migration=local.failed_migration)
 
 
-def _concerns(p: Placement, host: str) -> bool:
+def concerns(p: Placement, host: str) -> bool:
+    """Is this host the VM's place, or the target of its migration?"""
     return p.host == host or (p.migration is not None and p.migration.target == host)
 
 

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Callable
 
-from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
+from haven.core.agent import (DEAD, Action, AgentInput, concerns, CancelMigration, Forget, Kill, MigrateLive,
                               PrepareIncoming, Save, Start, Stop, lease_valid, reconcile, status_of)
 from haven.core.decision import Event
 from haven.model.spec import HostSpec, Settings, VmSpec
@@ -17,11 +17,11 @@ from haven.model.state import Placement, VmStatus
 from haven.ports.clock import Clock
 from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor, HypervisorError, LocalVm
-from haven.ports.store import Lease, LeaseLost, Store, StoreError
+from haven.ports.store import EventType, KeyValue, Lease, LeaseLost, Store, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, Layout
 
 EventSink = Callable[[Event], None]
-FULL_REFRESH_S = 5.0  # re-read the store at least this often, even when no watch said it changed
+FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
 class AgentLoop:
@@ -47,6 +47,8 @@ class AgentLoop:
         self.decoded = DecodeCache()
         self.stale = True
         self.refreshed_at = -math.inf
+        self.changed = True  # inputs changed since the last reconcile
+        self.was_lease_ok = False
 
     @property
     def lease_id(self) -> int:
@@ -67,7 +69,7 @@ class AgentLoop:
         except StoreError:
             return False
         self.lease, self.last_renewal_sent, self.published = lease, sent, {}
-        self.fenced = False
+        self.fenced, self.changed = False, True
         self._arm_watchdog()
         self.event(f"host {self.host.name}", f"lease {lease.id} granted")
         return True
@@ -103,46 +105,69 @@ class AgentLoop:
     # --- one iteration ---
 
     def refresh_view(self) -> None:
-        """Read placements, specs and peers' statuses; keep the last good copy if the store fails."""
+        """Read placements, specs, hosts and peers' statuses afresh; keep the last good copy if
+        the store fails. Between reads, `on_store_event` keeps them current from the watch."""
+        root = self.layout.root
         try:
-            vms = self.store.get_prefix(self.layout.root + "vms/")
-            statuses = self.store.get_prefix(self.layout.root + "status/")
-            hosts = self.store.get_prefix(self.layout.root + "hosts/")
+            items = [kv for prefix in ("vms/", "status/", "hosts/") for kv in self.store.get_prefix(root + prefix)]
         except StoreError:
             self.stale = True
             return
-        placements: dict[str, Placement] = {}
-        specs: dict[str, VmSpec] = {}
-        decoded = self.decoded
-        for kv in vms:
-            _, name, what = kv.key.rsplit("/", 2)
-            if what == "placement":
-                placements[name] = decoded(Placement, kv)
-            elif what == "spec":
-                specs[name] = decoded(VmSpec, kv)
-        self.placements, self.specs = placements, specs
-        self.peers = {}
-        for kv in statuses:
-            status = decoded(VmStatus, kv)
-            self.peers[(status.vm, status.host)] = status
-        self.addresses = {spec.name: spec.address for spec in (decoded(HostSpec, kv) for kv in hosts)}
+        self.placements, self.specs, self.peers, self.addresses = {}, {}, {}, {}
+        for kv in items:
+            self._apply(kv.key, kv)
+        self.changed = True
 
-    def mark_stale(self) -> None:
-        """The store changed under us (a watch said so): re-read before the next decision."""
-        self.stale = True
+    def on_store_event(self, event: WatchEvent) -> bool:
+        """Apply a watched change to what we know; True if it may concern this host."""
+        kv = None if event.type is EventType.DELETE else KeyValue(event.key, event.value, event.mod_revision)
+        return self._apply(event.key, kv)
+
+    def _apply(self, key: str, kv: KeyValue | None) -> bool:
+        self.changed = True
+        parts = key[len(self.layout.root):].split("/")
+        decoded = self.decoded
+        if parts[0] == "vms" and len(parts) == 3:
+            name, what = parts[1], parts[2]
+            if what == "placement":
+                old = self.placements.pop(name, None)
+                if kv is not None:
+                    self.placements[name] = decoded(Placement, kv)
+                return name in self.known or any(concerns(p, self.host.name)
+                                                 for p in (old, self.placements.get(name)) if p)
+            if what == "spec":
+                self.specs.pop(name, None)
+                if kv is not None:
+                    self.specs[name] = decoded(VmSpec, kv)
+        elif parts[0] == "status" and len(parts) == 3:
+            self.peers.pop((parts[2], parts[1]), None)
+            if kv is not None:
+                self.peers[(parts[2], parts[1])] = decoded(VmStatus, kv)
+            p = self.placements.get(parts[2])
+            return bool(p and p.migration and p.migration.source == self.host.name)
+        elif parts[0] == "hosts" and len(parts) == 2:
+            self.addresses.pop(parts[1], None)
+            if kv is not None:
+                self.addresses[parts[1]] = decoded(HostSpec, kv).address
+        return False
 
     def step(self) -> None:
         now = self.clock.now()
-        if self.stale or now - self.refreshed_at >= FULL_REFRESH_S:
+        if self.stale or now - self.refreshed_at >= FULL_REFRESH_S:  # a safety net for missed events
             self.stale = False
             self.refreshed_at = now
             self.refresh_view()
         local = self.hypervisor.list()
+        lease_ok = self.lease_ok()
+        if not self.changed and local == self.known and lease_ok == self.was_lease_ok:
+            return  # same inputs as last time, which asked for nothing: the answer is the same
+        self.changed, self.was_lease_ok = False, lease_ok
         self._note_local_changes(local)
         decision = reconcile(AgentInput(
-            host=self.host.name, now=self.clock.now(), last_renewal_sent=self.last_renewal_sent,
+            host=self.host.name, now=now, last_renewal_sent=self.last_renewal_sent,
             settings=self.settings, placements=self.placements, specs=self.specs, local=local,
             peer_statuses=self.peers, addresses=self.addresses))
+        self.changed = bool(decision.actions)  # retry next time until they are done
         if decision.self_fenced and not self.fenced:
             self.fenced = True
             self.event(f"host {self.host.name}", f"self-fence: killing {len(decision.actions)} VM(s)")
@@ -202,6 +227,7 @@ class AgentLoop:
                 del self.published[name]
         except StoreError:
             self.published = {}  # unknown what landed: write everything again next time
+            self.changed = True
 
     def shutdown(self) -> None:
         """Give the lease back (the VMs' fate is the daemon's shutdown policy)."""

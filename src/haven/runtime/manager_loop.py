@@ -19,6 +19,7 @@ from haven.runtime.layout import DecodeCache, Layout, decision_ops, leader_guard
 
 EventSink = Callable[[Event], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
+FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
 class ManagerLoop:
@@ -38,6 +39,8 @@ class ManagerLoop:
         self.decoded = DecodeCache()
         self.view: ClusterView | None = None
         self.index: ClusterIndex | None = None
+        self.stale = True
+        self.read_at = 0.0
 
     @property
     def leading(self) -> bool:
@@ -54,7 +57,7 @@ class ManagerLoop:
         except StoreError:
             return False
         if won:
-            self.leader_value, self.since = value, now
+            self.leader_value, self.since, self.stale = value, now, True
             self.emit(Event(now, "manager", f"host {self.name}", "became the active manager"))
         return won
 
@@ -67,25 +70,40 @@ class ManagerLoop:
             self.index.update(view, changed_vms(before, view))
         self.view = view
 
+    def mark_stale(self) -> None:
+        """The store changed (a watch said so): re-read before the next decision."""
+        self.stale = True
+
+    def _current_view(self, now: float) -> ClusterView | None:
+        """The cluster as last read; re-read when a watch, our own write or the clock says so."""
+        if self.stale or self.view is None or now - self.read_at >= FULL_REFRESH_S:
+            try:
+                snapshot = read_snapshot(self.store, self.layout, with_events=False, cache=self.decoded)
+            except StoreError:
+                return None
+            self.stale, self.read_at = False, now
+            self._update_index(snapshot.view(self.since, self.fence_confirmed))
+        return self.view
+
     def step(self) -> Decision | None:
         if not self.leading and not self.campaign():
             return None
         now = self.clock.now()
-        try:
-            snapshot = read_snapshot(self.store, self.layout, with_events=False, cache=self.decoded)
-        except StoreError:
+        view = self._current_view(now)
+        if view is None:
             return None
-        view = snapshot.view(self.since, self.fence_confirmed)
-        self._update_index(view)
+        assert self.index is not None
         decision = decide(view, now, self.index)
         for host in decision.fence_hosts:
             if self.fence and self.fence(host):
                 self.fence_confirmed.add(host)
+                self.stale = True
         if decision.empty and not decision.events:
             return decision
         assert self.leader_value is not None
         ops = decision_ops(self.layout, decision, self.event_seq)
         self.event_seq += len(decision.events)
+        self.stale = True  # whatever happens next, what we read is no longer the store
         try:
             result = self.store.txn(leader_guard(self.layout, self.leader_value), ops)
         except StoreError:

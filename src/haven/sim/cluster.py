@@ -86,8 +86,9 @@ class SimHost:
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
         self.agent.register()
         root = c.layout.root
-        self.unwatch = [c.store.watch_stream(root + "vms/", self._on_vms, self.reaches_store),
-                        c.store.watch_stream(root + "status/", self._on_status, self.reaches_store),
+        self.unwatch = [c.store.watch_stream(root + "vms/", self._on_store_event, self.reaches_store),
+                        c.store.watch_stream(root + "status/", self._on_store_event, self.reaches_store),
+                        c.store.watch_stream(root + "hosts/", self._on_store_event, self.reaches_store),
                         c.store.watch_stream(root, self._on_cluster_change, self.reaches_store)]
         offset = 0.001 * self.index  # hosts do not tick in lock step
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
@@ -169,16 +170,8 @@ class SimHost:
             if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
                 self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
 
-    def _on_vms(self, event: WatchEvent) -> None:
-        if self.agent:
-            self.agent.mark_stale()
-            self.wake_agent()
-
-    def _on_status(self, event: WatchEvent) -> None:
-        # A migration source waits for its target's INCOMING report.
-        vm = event.key.rsplit("/", 1)[-1]
-        if self.agent and (p := self.agent.placements.get(vm)) and p.migration and p.migration.source == self.name:
-            self.agent.mark_stale()
+    def _on_store_event(self, event: WatchEvent) -> None:
+        if self.agent and self.agent.on_store_event(event):
             self.wake_agent()
 
     def _on_cluster_change(self, event: WatchEvent) -> None:
@@ -186,6 +179,7 @@ class SimHost:
             # Its own writes (placements, host records, events) need no second look.
             if not any(part in event.key for part in ("/events/", "/hoststate/")) \
                     and not event.key.endswith("/placement"):
+                self.manager.mark_stale()
                 self.wake_manager()
         elif event.key == self.cluster.layout.manager():
             self.wake_manager()
