@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ def hosts(lab: LabNetwork, guest: GuestImage) -> Iterator[Hosts]:
                     hv.kill(name)
                 except Exception:  # noqa: BLE001 - cleanup goes on
                     pass
+            hv.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -165,7 +167,11 @@ def test_boot_serves_http_crash_restart_and_stop(hosts: Hosts) -> None:
     time.sleep(1.5)
     assert http_get(h.lab, ip)["heartbeat"] > first["heartbeat"]  # the disk heartbeat advances
 
+    changed = threading.Event()
+    hv.on_change = changed.set
     os.kill(hv.pid("web"), signal.SIGKILL)  # a crash: nobody asked
+    assert changed.wait(2.0)  # the driver noticed by itself (no list() call needed)
+    hv.on_change = None
     vm = wait_state(hv, "web", {S.CRASHED, S.STOPPED, S.FAILED}, 10)
     assert vm.state is S.CRASHED and vm.generation == 1, vm
     hv.kill("web")  # idempotent on a dead VM; keeps the crash on record
@@ -192,6 +198,12 @@ def test_live_migration_keeps_ram_state_and_address(hosts: Hosts) -> None:
     ip = h.lab.vm_address(0)
     client = h.lab.clients["client"].namespace
     boot(h, h.hv1, spec)
+
+    # A second copy elsewhere fails on QEMU's image lock (one kernel here; LAB-NOTES: a lab test of
+    # fencing must count this as a safety failure, never as a pass).
+    h.hv2.start(spec, 9)
+    copy = wait_state(h.hv2, "web", {S.FAILED, S.RUNNING, S.CRASHED}, 30)
+    assert copy.state is S.FAILED and "lock" in copy.detail, copy
 
     # No target prepared: the connection is refused, retried for connect_retry_s, then given up.
     h.hv1.connect_retry_s = 0.5

@@ -22,12 +22,14 @@ States (`LocalState`):
 - SAVING -> SAVED (state file complete and fsynced, QEMU quit; detail = path) or back to RUNNING.
 
 Locking: one QMP connection at a time per VM (QEMU serves one client), short-lived; no QMP in
-`list()`, which only reads /proc and, while STARTING, the serial log.
+`list()`, which only reads /proc and, while STARTING, the serial log. A watcher thread does the
+same on its own (a pidfd per QEMU) and calls `on_change` on every state change.
 """
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -152,6 +154,18 @@ def _tail(path: Path, limit: int = 600) -> str:
         return ""
 
 
+def _qemu_error(path: Path) -> str:
+    """QEMU's last error from its stderr, without timestamps and echoed options."""
+    lines = [ln.strip() for ln in _tail(path, 1500).splitlines() if ln.strip()]
+    out: list[str] = []
+    for line in lines[-2:]:
+        head, sep, rest = line.partition(": ")
+        if sep and "qemu-system" in head:  # "<timestamp> qemu-system-x86_64: [-option ...: ]message"
+            line = rest.split(": ", 1)[1] if rest.startswith("-") and ": " in rest else rest
+        out.append(line)
+    return " ".join(out)[-400:]
+
+
 def _supports_o_direct(directory: Path) -> bool:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -254,7 +268,10 @@ class QemuHypervisor:
     `ip netns exec` (lab hosts). tap_for(spec, nic_index) -> tap name on this host's VM bridge
     (created by the caller, e.g. `LabNetwork.tap_for(host)`). guest: the lab guest (kernel +
     initrd; None: VMs boot whatever their disks hold). accel: auto | kvm | tcg. address: this
-    host's management address, where incoming live migrations listen.
+    host's management address, where incoming live migrations listen. on_change: called (from
+    a driver thread; keep it quick, e.g. set an Event) whenever a VM's state changes, so a loop
+    with a long tick can wake up: exits are seen at once (pidfd), a booted guest within 0.1 s.
+    `close()` stops the watcher thread and leaves the QEMUs running.
     """
 
     def __init__(self, host_name: str, run_dir: str | os.PathLike[str], pools: Mapping[str, str | os.PathLike[str]],
@@ -265,7 +282,8 @@ class QemuHypervisor:
                  save_bandwidth_mib: int = 4096, connect_retry_s: float = 10.0,
                  migration_port_base: int | None = None, image_locking: bool = True,
                  keep_state_files: bool = False, qmp_timeout: float = 3.0, launch_timeout: float = 60.0,
-                 accel_cache: Path | None = DEFAULT_ACCEL_CACHE) -> None:
+                 accel_cache: Path | None = DEFAULT_ACCEL_CACHE,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.host_name = host_name
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,11 +311,55 @@ class QemuHypervisor:
         self.config = CmdlineConfig(accel=accel, binary=binary, machine=machine,
                                     kernel=guest.kernel if guest else None,
                                     initrd=guest.initrd if guest else None, image_locking=image_locking)
+        self.on_change = on_change
         self._direct: dict[str, bool] = {}
         self._lock = threading.RLock()
         self._vms: dict[str, _Vm] = {}
         self._tokens = 0
+        self._closed = threading.Event()
         self._reattach()
+        self._watcher = threading.Thread(target=self._watch, name=f"qemu-watch-{host_name}", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher thread. The QEMUs keep running (a new object re-attaches to them)."""
+        self._closed.set()
+        self._watcher.join(timeout=5)
+
+    def _notify(self) -> None:
+        callback = self.on_change
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - a broken callback must not break the driver
+                pass
+
+    def _watch(self) -> None:
+        """Notice exits at once (a pidfd per QEMU turns readable when it dies) and a booted guest
+        within 0.1 s, so that `on_change` fires without anyone calling list()."""
+        pidfds: dict[tuple[int, str], int] = {}
+        try:
+            while not self._closed.is_set():
+                with self._lock:
+                    for vm in list(self._vms.values()):
+                        self._check(vm)
+                    live = {(vm.pid, vm.starttime) for vm in self._vms.values()
+                            if vm.pid and vm.state not in TERMINAL_STATES}
+                    starting = any(vm.state is S.STARTING for vm in self._vms.values())
+                for key in set(pidfds) - live:
+                    os.close(pidfds.pop(key))
+                for key in live - set(pidfds):
+                    try:
+                        pidfds[key] = os.pidfd_open(key[0])
+                    except (OSError, AttributeError):
+                        pass
+                poller = select.poll()
+                for fd in pidfds.values():
+                    poller.register(fd, select.POLLIN)
+                poller.poll(100 if starting else 500)
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
 
     # --- helpers ---
 
@@ -322,13 +384,16 @@ class QemuHypervisor:
         with self._lock:
             if self._vms.get(vm.name) is not vm or (token is not None and vm.token != token):
                 return False
-            if state is not None and state is not vm.state:
+            changed = state is not None and state is not vm.state
+            if changed:
                 vm.state = state
                 vm.since = self.clock.now()
             for key, value in fields.items():
                 setattr(vm, key, value)
             self._save_meta(vm)
-            return True
+        if changed:
+            self._notify()
+        return True
 
     @contextmanager
     def _monitor(self, vm: _Vm, timeout: float | None = None) -> Iterator[QmpClient]:
@@ -505,9 +570,8 @@ class QemuHypervisor:
             return
         if rc != 0 or not _alive(pid, starttime):
             _sigkill(pid, starttime)
-            msg = _tail(paths.stderr, 400).splitlines()
             self._set(vm, token, S.FAILED, detail=f"QEMU failed to start (rc {rc}): "
-                      + (msg[-1] if msg else "no message"))
+                      + (_qemu_error(paths.stderr) or "no message"))
             return
         launched = time.monotonic() - t0
         vm.stats = {"launch_s": round(launched, 3)}
@@ -645,9 +709,12 @@ class QemuHypervisor:
         if not _wait_dead(pid, st, 5.0):
             raise HypervisorError(f"{self.host_name}: {name} (pid {pid}) survived SIGKILL")
         with self._lock:
-            if self._vms.get(name) is vm and vm.state not in TERMINAL_STATES:
+            changed = self._vms.get(name) is vm and vm.state not in TERMINAL_STATES
+            if changed:
                 vm.state, vm.since, vm.detail = S.STOPPED, self.clock.now(), "killed"
             self._save_meta(vm)
+        if changed:
+            self._notify()
 
     def _is_our_qemu(self, pid: int, vm: _Vm) -> bool:
         try:
