@@ -40,10 +40,13 @@ class Hypervisor(Protocol):
         """Ask the guest to shut down; it is killed after the stop timeout."""
 
     def kill(self, name: str) -> None:
-        """Terminate at once (self-fence, stale copy). Idempotent."""
+        """Terminate at once (self-fence, stale copy); when it returns, the process is gone.
+        Idempotent."""
 
     def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
-        """Start a paused target for a live migration; state INCOMING once it listens."""
+        """Start a paused target for a live migration; state INCOMING at once (its CPUs never
+        run; it may still be launching, so `migrate_live` retries a refused connection for a few
+        seconds), RUNNING once the migrated VM runs here."""
 
     def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str) -> None:
         """Send the running VM to the prepared target. Ends MIGRATED, or back to RUNNING on failure
