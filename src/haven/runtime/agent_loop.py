@@ -74,11 +74,27 @@ class AgentLoop:
         self.event(f"host {self.host.name}", f"lease {lease.id} granted")
         return True
 
-    def renew(self) -> None:
+    def resume(self, lease: Lease) -> bool:
+        """After a restart of this agent: carry on with the lease the previous run held, if the
+        store still has it (its alive key and statuses are then intact)."""
+        sent = self.clock.now()
+        try:
+            self.store.lease_refresh(lease)
+            self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
+        except StoreError:
+            return False
+        self.lease, self.last_renewal_sent, self.fenced, self.changed = lease, sent, False, True
+        self._arm_watchdog()
+        self.event(f"host {self.host.name}", f"lease {lease.id} resumed")
+        return True
+
+    def renew(self) -> bool:
+        """Refresh the lease (or take a new one once our VMs are gone). True when the lease was
+        just lost: the caller must run `step` at once, which kills every local VM."""
         if self.lease is None:
             if not self.fenced or not self._active_vms():
                 self.register()
-            return
+            return False
         sent = self.clock.now()
         try:
             self.store.lease_refresh(self.lease)
@@ -86,12 +102,12 @@ class AgentLoop:
             self.lease = None
             self.last_renewal_sent = -math.inf  # whatever the clock says, our VMs must die now
             self.event(f"host {self.host.name}", "lease lost")
-            self.step()
-            return
+            return True
         except StoreError:
-            return
+            return False
         self.last_renewal_sent = sent
         self._arm_watchdog()
+        return False
 
     def _arm_watchdog(self) -> None:
         # A backstop for a hung agent: a little after the agent's own deadline, still before the TTL.

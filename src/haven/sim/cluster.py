@@ -155,7 +155,8 @@ class SimHost:
 
     def _renew(self) -> None:
         assert self.agent is not None
-        self.agent.renew()
+        if self.agent.renew():
+            self._agent_step()
         deadline = self.agent.last_renewal_sent + self.settings.self_fence_after_s
         self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6, moved=True)
 
