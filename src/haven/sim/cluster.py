@@ -7,7 +7,9 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import replace
 
 from haven.core.decision import Event
@@ -204,6 +206,25 @@ class SimCluster:
         self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
         for host in self.hosts.values():
             host.power_on()
+
+    @classmethod
+    def from_scenario(cls, path: str | Path) -> SimCluster:
+        """A cluster built from a scenario file whose timeline plays as virtual time advances
+        (for `haven sim serve`)."""
+        from haven.sim.faults import apply_fault
+        from haven.sim.scenario import load_scenario, timings_of
+
+        scenario = load_scenario(path)
+        cluster = cls(scenario.cluster_config(), timings_of(scenario))
+        for step in sorted(scenario.timeline, key=lambda s: s.at):
+            cluster.loop.at(step.at, functools.partial(apply_fault, cluster, step.do))
+        return cluster
+
+    def inject(self, line: str) -> None:
+        """Apply a fault or operator line now (FaultError if it is not understood)."""
+        from haven.sim.faults import apply_fault
+
+        apply_fault(self, line)
 
     @property
     def now(self) -> float:

@@ -87,9 +87,12 @@ class RunResult:
         return not self.violations
 
 
+def timings_of(scenario: Scenario) -> SimTimings:
+    return SimTimings(**scenario.sim.model_dump())
+
+
 def run_scenario(scenario: Scenario) -> RunResult:
-    timings = SimTimings(**scenario.sim.model_dump())
-    cluster = SimCluster(scenario.cluster_config(), timings)
+    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario))
     for step in sorted(scenario.timeline, key=lambda s: s.at):
         cluster.advance_to(step.at)
         try:
