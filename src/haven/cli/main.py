@@ -23,3 +23,7 @@ for module in (ops, sim, plan, node, lab):
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The host daemon's configuration file (`haven node run --config FILE`)."""
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from haven.model.load import load_yaml_file, validate
+from haven.model.spec import HostSpec
+
+
+class ShutdownPolicy(StrEnum):
+    MIGRATE = "migrate"  # drain this host (VMs move away), then leave the cluster
+    STOP = "stop"  # stop this host's VMs, then leave the cluster
+    KEEP = "keep"  # a restart of the daemon: VMs keep running, the next run resumes the lease
+
+
+class ApiConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=1, le=65535)
+    admin_token: str = Field(min_length=8)
+    read_token: str = Field(min_length=8)
+
+
+class GuestConfig(BaseModel):
+    """Boot VMs from this kernel and initrd (the lab guest) instead of their disks."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kernel: Path
+    initrd: Path
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    cluster: str = Field(default="demo")
+    etcd: list[str] = Field(min_length=1, description="etcd client URLs")
+    host: HostSpec
+    pools: dict[str, Path] = Field(description="storage pool name -> directory (shared storage)")
+    run_dir: Path = Path("/run/haven")
+    watchdog_file: Path | None = Field(default=None, description="deadline file the watchdog process reads")
+    vm_bridge: str | None = Field(default=None, description="bridge for VM NIC taps (created on demand)")
+    guest: GuestConfig | None = None
+    accel: str = Field(default="auto", pattern="^(auto|kvm|tcg)$")
+    store_timeout_s: float = Field(default=0.5, gt=0)
+    shutdown: ShutdownPolicy = ShutdownPolicy.MIGRATE
+    shutdown_timeout_s: float = Field(default=120.0, gt=0)
+    api: ApiConfig | None = None
+    migration_bandwidth_mib: int = Field(default=1024, gt=0)
+    downtime_limit_ms: int = Field(default=100, gt=0)
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    return validate(NodeConfig, load_yaml_file(path) or {}, str(path))

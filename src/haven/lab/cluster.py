@@ -1,0 +1,275 @@
+"""The lab: a real haven cluster on one machine.
+
+One network namespace per host (management leg + VM bridge), a client namespace on the VM network,
+a 3-member etcd on the management bridge, a shared storage directory, and per host a real
+`haven node run` daemon plus its watchdog process, running real QEMU guests built from Debian
+packages. Everything it starts or creates is recorded and removed by `down()`, also after a
+failure (`with Lab(...) as lab:`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from haven.daemon.config import ApiConfig, GuestConfig, NodeConfig, ShutdownPolicy
+from haven.daemon.watchdog import qemu_pids
+from haven.drivers.etcd_store import EtcdStore
+from haven.lab.etcd import EtcdCluster
+from haven.lab.guest import build_guest
+from haven.lab.netns import LabNetwork, run_in
+from haven.model.spec import Disk, HostSpec, Nic, Settings, VmSpec
+from haven.model.state import VmState
+from haven.runtime.layout import Layout, read_snapshot
+
+DEFAULT_ROOT = Path("/var/lib/haven-lab")
+CLUSTER = "lab"
+API_PORT = 8470
+ADMIN_TOKEN = "lab-admin-token"
+READ_TOKEN = "lab-read-token"
+
+
+class LabError(RuntimeError):
+    """The lab could not do what was asked; the message says why."""
+
+
+@dataclass
+class LabHost:
+    name: str
+    address: str
+    namespace: str
+    run_dir: Path
+    config_path: Path
+    daemon: subprocess.Popen[bytes] | None = None
+    watchdog: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class Lab:
+    hosts: int = 3
+    vms: int = 3
+    root: Path = DEFAULT_ROOT
+    settings: dict[str, Any] = field(default_factory=dict)
+    memory_mib: int = 128
+    shutdown: ShutdownPolicy = ShutdownPolicy.STOP
+
+    def __post_init__(self) -> None:
+        self.net: LabNetwork | None = None
+        self.etcd: EtcdCluster | None = None
+        self.store: EtcdStore | None = None
+        self.layout = Layout(CLUSTER)
+        self.members: dict[str, LabHost] = {}
+        self.vm_specs: dict[str, VmSpec] = {}
+
+    # --- lifecycle ---
+
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, taps, QEMU)")
+        for binary in ("qemu-system-x86_64", "etcd", "ip"):
+            if shutil.which(binary) is None:
+                raise LabError(f"{binary} is not installed: run scripts/install.sh")
+        shutil.rmtree(self.root / "run", ignore_errors=True)
+        (self.root / "shared").mkdir(parents=True, exist_ok=True)
+        guest = build_guest()
+        self.net = LabNetwork()
+        self.client = self.net.add_client()
+        self.etcd = EtcdCluster(self.root / "run" / "etcd", members=3, host=self.net.mgmt_gateway)
+        self.etcd.start()
+        self.store = EtcdStore(self.etcd.endpoints, timeout=1.0)
+        settings = Settings(**self.settings)
+        self.store.put(self.layout.config(), settings.model_dump_json())
+        for i in range(self.hosts):
+            self._add_host(f"h{i + 1}", guest.kernel, guest.initrd)
+        for name in self.members:
+            self.start_daemon(name)
+        self.wait(lambda snap: snap.alive >= set(self.members) and snap.manager is not None, 30,
+                  "every host up and a manager elected")
+        for k in range(self.vms):
+            self.add_vm(f"vm{k + 1}", k, priority=3 - k % 3)
+        self.wait_all_running(90)
+
+    def _add_host(self, name: str, kernel: str, initrd: str) -> None:
+        assert self.net is not None and self.etcd is not None
+        host_net = self.net.add_host(name)
+        run_dir = self.root / "run" / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = HostSpec(name=name, address=host_net.mgmt_address, vcpus=2, memory_mib=2048,
+                        pools=("shared",))
+        index = len(self.members)
+        config = NodeConfig(
+            cluster=CLUSTER, etcd=self.etcd.endpoints, host=spec, pools={"shared": self.root / "shared"},
+            run_dir=run_dir, watchdog_file=run_dir / "watchdog.deadline", vm_bridge=host_net.bridge,
+            guest=GuestConfig(kernel=Path(kernel), initrd=Path(initrd)), accel="auto", shutdown=self.shutdown,
+            api=ApiConfig(listen=host_net.mgmt_address, port=API_PORT, admin_token=ADMIN_TOKEN,
+                          read_token=READ_TOKEN) if index == 0 else None)
+        config_path = run_dir / "node.yaml"
+        config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+        self.members[name] = LabHost(name, host_net.mgmt_address, host_net.namespace, run_dir, config_path)
+
+    def add_vm(self, name: str, k: int, priority: int = 2, memory_mib: int | None = None) -> VmSpec:
+        assert self.net is not None and self.store is not None
+        spec = VmSpec(name=name, vcpus=1, memory_mib=memory_mib or self.memory_mib, priority=priority,
+                      disks=(Disk(pool="shared", size_mib=64),),
+                      nics=(Nic(mac=f"52:54:00:4c:{self.net.slot:02x}:{k + 1:02x}"),),
+                      kernel_args=f"haven.ip={self.net.vm_cidr(k)} haven.name={name}")
+        self.store.put(self.layout.vm_spec(name), spec.model_dump_json())
+        self.vm_specs[name] = spec
+        return spec
+
+    def start_daemon(self, host: str) -> None:
+        member = self.members[host]
+        log = open(member.run_dir / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
+        member.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", member.namespace, sys.executable, "-m", "haven.cli.main", "node", "run",
+             "--config", str(member.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if member.watchdog is None or member.watchdog.poll() is not None:
+            wlog = open(member.run_dir / "watchdog.log", "ab")  # noqa: SIM115
+            member.watchdog = subprocess.Popen(
+                [sys.executable, "-m", "haven.cli.main", "node", "watchdog", "--deadline-file",
+                 str(member.run_dir / "watchdog.deadline"), "--run-dir", str(member.run_dir / "vms")],
+                stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def down(self) -> None:
+        """Remove every process, namespace, bridge and run file the lab made. Idempotent."""
+        for member in self.members.values():
+            for proc in (member.daemon, member.watchdog):
+                if proc and proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            _kill(qemu_pids(member.run_dir / "vms"))
+        if self.store:
+            self.store.close()
+        if self.etcd:
+            self.etcd.stop()
+        if self.net:
+            self.net.teardown()
+        shutil.rmtree(self.root / "run", ignore_errors=True)
+        shutil.rmtree(self.root / "shared", ignore_errors=True)
+        self.members.clear()
+        self.net = self.etcd = self.store = None
+
+    # --- faults ---
+
+    def crash(self, host: str) -> None:
+        """A power cut: the daemon, its watchdog and its QEMUs die at the same instant."""
+        member = self.members[host]
+        pids = [p.pid for p in (member.daemon, member.watchdog) if p and p.poll() is None]
+        _kill(pids + qemu_pids(member.run_dir / "vms"))
+        for proc in (member.daemon, member.watchdog):
+            if proc:
+                proc.wait(timeout=10)
+        member.watchdog = None
+        (member.run_dir / "lease.json").unlink(missing_ok=True)  # RAM is gone after a power cut
+
+    def isolate(self, host: str) -> None:
+        assert self.net is not None
+        self.net.isolate(host, mgmt=True, vm=False)
+
+    def heal(self, host: str) -> None:
+        assert self.net is not None
+        self.net.heal(host, mgmt=True, vm=True)
+
+    def stop_agent(self, host: str) -> None:
+        """SIGSTOP the daemon (a hung agent); its watchdog keeps running."""
+        daemon = self.members[host].daemon
+        assert daemon is not None
+        os.killpg(daemon.pid, signal.SIGSTOP)
+
+    def continue_agent(self, host: str) -> None:
+        daemon = self.members[host].daemon
+        assert daemon is not None
+        os.killpg(daemon.pid, signal.SIGCONT)
+
+    def restart_agent(self, host: str) -> None:
+        """Restart the daemon, keeping its VMs: it resumes its lease and re-attaches to its QEMUs."""
+        member = self.members[host]
+        assert member.daemon is not None
+        member.daemon.send_signal(signal.SIGHUP)
+        member.daemon.wait(timeout=30)
+        self.start_daemon(host)
+
+    # --- looking at it ---
+
+    def snapshot(self):  # noqa: ANN201 - a layout.Snapshot
+        assert self.store is not None
+        return read_snapshot(self.store, self.layout, with_events=False)
+
+    def wait(self, predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                snap = self.snapshot()
+                if predicate(snap):
+                    return snap
+            except Exception:  # noqa: BLE001 - the store may be settling: try again until the deadline
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+            time.sleep(0.1)
+
+    def placement(self, vm: str):  # noqa: ANN201
+        return self.snapshot().placements.get(vm)
+
+    def wait_all_running(self, timeout: float) -> None:
+        self.wait(lambda snap: all((p := snap.placements.get(vm)) and p.state is VmState.RUNNING
+                                   for vm in self.vm_specs), timeout, "every VM running")
+
+    def vm_address(self, vm: str) -> str:
+        return self.vm_specs[vm].kernel_args.split("haven.ip=")[1].split("/")[0]
+
+    def http(self, vm: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The guest's JSON answer, fetched from the client namespace, or None."""
+        assert self.net is not None
+        script = ("import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=float(sys.argv[2]))"
+                  ".read().decode())")
+        proc = run_in(self.client.namespace, [sys.executable, "-c", script, f"http://{self.vm_address(vm)}/",
+                                              str(timeout)], timeout=timeout + 5)
+        try:
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+        except ValueError:
+            return None
+
+    def qemu_hosts(self, vm: str) -> list[str]:
+        """Hosts whose process table holds a QEMU for `vm` (however paused it may be)."""
+        hosts = []
+        for name, member in self.members.items():
+            pidfile = member.run_dir / "vms" / vm / "qemu.pid"
+            if pidfile.exists() and qemu_pids(member.run_dir / "vms").count(_read_pid(pidfile)):
+                hosts.append(name)
+        return hosts
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
