@@ -1,8 +1,279 @@
-"""CLI commands: ops."""
+"""CLI commands over the API: status, host ..., vm ..., events.
+
+Every command takes `--api URL` (env HAVEN_API), `--token` (env HAVEN_TOKEN) and `--output json`.
+Tables go to stdout; progress displays go to stderr so `--output json` stays machine-readable.
+"""
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+
+from haven.cli import ops_render as render
+from haven.cli.ops_client import (DEFAULT_API, EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, ApiClient,
+                                  CliError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+POLL_S = 0.5
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[f"haven.{name}"] = value
+        return value
+    return callback
+
+
+def common(fn: F) -> F:
+    """--api, --token and --output on a command (kept in ctx.meta)."""
+    fn = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
+                      show_default=True, expose_value=False, callback=_store("output"),
+                      help="text tables, or JSON for scripts")(fn)
+    fn = click.option("--token", envvar="HAVEN_TOKEN", default=None, expose_value=False,
+                      callback=_store("token"), help="API token [env HAVEN_TOKEN]")(fn)
+    fn = click.option("--api", envvar="HAVEN_API", default=DEFAULT_API, show_default=True,
+                      expose_value=False, callback=_store("api"), help="API URL [env HAVEN_API]")(fn)
+    return fn
+
+
+def client() -> ApiClient:
+    meta = click.get_current_context().meta
+    return ApiClient(meta["haven.api"], meta.get("haven.token"))
+
+
+def as_json() -> bool:
+    return click.get_current_context().meta.get("haven.output") == "json"
+
+
+def emit(data: Any, text: Callable[[], None]) -> None:
+    if as_json():
+        click.echo(json.dumps(data, indent=2))
+    else:
+        text()
+
+
+# -- status ------------------------------------------------------------------------------------
+
+@click.command("status", epilog=EXIT_CODES_HELP)
+@common
+def status() -> None:
+    """The cluster at a glance: protection level, hosts, VMs by state."""
+    api = client()
+    summary, hosts = api.get("/api/v1/summary"), api.get("/api/v1/hosts")
+    emit({"summary": summary, "hosts": hosts}, lambda: render.status(summary, hosts))
+
+
+# -- hosts --------------------------------------------------------------------------------------
+
+@click.group("host", epilog=EXIT_CODES_HELP)
+def host() -> None:
+    """List and inspect hosts; drain a host for maintenance and resume it."""
+
+
+@host.command("list", epilog=EXIT_CODES_HELP)
+@common
+def host_list() -> None:
+    """Every host with its state, usage and VMs."""
+    hosts = client().get("/api/v1/hosts")
+    emit(hosts, lambda: render.hosts_table(hosts))
+
+
+@host.command("show", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@common
+def host_show(name: str) -> None:
+    """One host in detail."""
+    data = client().get(f"/api/v1/hosts/{name}")
+    emit(data, lambda: render.host_detail(data))
+
+
+@host.command("drain", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="return once the request is accepted")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="seconds to wait for the drain to finish")
+@common
+def host_drain(name: str, no_wait: bool, timeout: float) -> None:
+    """Put host NAME in maintenance: its VMs move to other hosts, it takes no new ones.
+    Shows progress until the host is empty (unless --no-wait)."""
+    api = client()
+    answer = api.post(f"/api/v1/hosts/{name}/drain")
+    if no_wait:
+        emit(answer, lambda: click.echo(answer["message"]))
+        return
+    total = len(answer["host"]["vms"])
+    result = render.wait(f"draining {name}", total, timeout, api,
+                         lambda: _drain_progress(api, name, total))
+    emit({**answer, **result}, lambda: click.echo(f"host {name} drained in {render.timing(result)}"))
+
+
+def _drain_progress(api: ApiClient, name: str, total: int) -> tuple[int, str, bool]:
+    data = api.get(f"/api/v1/hosts/{name}")
+    if not data["maintenance_requested"]:
+        raise CliError(f"the drain of {name} was cancelled (the host was resumed)", EXIT_FAILED)
+    left = len(data["vms"])
+    done = data["state"] == "maintenance" and left == 0
+    return total - min(left, total), f"{left} VM(s) left on {name}", done
+
+
+@host.command("resume", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@common
+def host_resume(name: str) -> None:
+    """End maintenance on host NAME: it takes VMs again."""
+    answer = client().post(f"/api/v1/hosts/{name}/resume")
+    emit(answer, lambda: click.echo(answer["message"]))
+
+
+# -- VMs ----------------------------------------------------------------------------------------
+
+@click.group("vm", epilog=EXIT_CODES_HELP)
+def vm() -> None:
+    """Declare, inspect, start, stop and migrate VMs."""
+
+
+@vm.command("list", epilog=EXIT_CODES_HELP)
+@common
+def vm_list() -> None:
+    """Every VM with its state and host."""
+    vms = client().get("/api/v1/vms")
+    emit(vms, lambda: render.vms_table(vms))
+
+
+@vm.command("show", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@common
+def vm_show(name: str) -> None:
+    """One VM: spec, placement, agents' reports and recent history."""
+    api = client()
+    data = api.get(f"/api/v1/vms/{name}")
+    history = api.get(f"/api/v1/vms/{name}/history", limit=10)["events"]
+    emit({**data, "history": history}, lambda: render.vm_detail(data, history))
+
+
+@vm.command("create", epilog=EXIT_CODES_HELP)
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the VM spec, YAML or JSON")
+@common
+def vm_create(path: Path) -> None:
+    """Declare a VM from a YAML or JSON spec file, e.g.
+
+    \b
+        name: web
+        memory_mib: 256
+        priority: 3
+        disks: [{pool: shared, size_mib: 64}]
+    """
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise CliError(f"cannot read {path} ({error.strerror})", EXIT_USAGE) from None
+    kind = "application/json" if path.suffix == ".json" else "application/yaml"
+    answer = client().request("POST", "/api/v1/vms", content=content, headers={"Content-Type": kind})
+    emit(answer, lambda: click.echo(answer["message"]))
+
+
+@vm.command("delete", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@common
+def vm_delete(name: str) -> None:
+    """Forget a stopped VM (stop it first)."""
+    answer = client().request("DELETE", f"/api/v1/vms/{name}")
+    emit(answer, lambda: click.echo(answer["message"]))
+
+
+def _simple(action: str, doc: str) -> None:
+    @vm.command(action, help=doc, epilog=EXIT_CODES_HELP)
+    @click.argument("name")
+    @common
+    def command(name: str) -> None:
+        answer = client().post(f"/api/v1/vms/{name}/{action}")
+        emit(answer, lambda: click.echo(answer["message"]))
+
+
+_simple("start", "Start VM NAME (sets desired: running).")
+_simple("stop", "Stop VM NAME (sets desired: stopped; it is no longer restarted).")
+_simple("acknowledge", "Clear the error state of VM NAME so the manager tries again.")
+
+
+@vm.command("migrate", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--live", "kind", flag_value="live", default=True, help="no visible outage (default)")
+@click.option("--quick", "kind", flag_value="quick", help="save, move, restore")
+@click.option("--cold", "kind", flag_value="cold", help="stop, then boot on the target")
+@click.option("--to", "target", default=None, metavar="HOST", help="target host (default: the best host)")
+@click.option("--no-wait", is_flag=True, help="return once the request is accepted")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="seconds to wait for the migration to finish")
+@common
+def vm_migrate(name: str, kind: str, target: str | None, no_wait: bool, timeout: float) -> None:
+    """Move running VM NAME to another host. Shows progress until it runs on the target."""
+    api = client()
+    before = api.get(f"/api/v1/vms/{name}")
+    answer = api.post(f"/api/v1/vms/{name}/migrate", {"kind": kind, "target": target})
+    if no_wait:
+        emit(answer, lambda: click.echo(answer["message"]))
+        return
+    source, request_id = before["host"], answer["request_id"]
+    result = render.wait(f"{kind} migration of {name}", None, timeout, api,
+                         lambda: _migration_progress(api, name, source, request_id))
+    after = api.get(f"/api/v1/vms/{name}")
+    result = {**result, "source": source, "target": after["host"]}
+    emit({**answer, **result},
+         lambda: click.echo(f"VM {name} moved {source} -> {after['host']} ({kind}) in {render.timing(result)}"))
+
+
+def _migration_progress(api: ApiClient, name: str, source: str, request_id: str) -> tuple[int, str, bool]:
+    data = api.get(f"/api/v1/vms/{name}")
+    placement = data["placement"] or {}
+    pending = data["request"] is not None and data["request"]["id"] == request_id
+    if pending:
+        return 0, "waiting for the manager", False
+    if data["state"] == "error":
+        raise CliError(f"VM {name} is in error: {data['reason'] or 'migration failed'}", EXIT_FAILED)
+    if data["state"] == "migrating":
+        migration = placement.get("migration") or {}
+        return 0, f"{source} -> {migration.get('target', '?')}", False
+    if data["state"] == "running":
+        if data["host"] != source:
+            return 1, f"running on {data['host']}", True
+        if placement.get("request_id") == request_id:
+            raise CliError(f"VM {name} stayed on {source}: {data['reason'] or 'the migration did not complete'}",
+                           EXIT_FAILED)
+    return 0, data["state"], False
+
+
+# -- events -------------------------------------------------------------------------------------
+
+@click.command("events", epilog=EXIT_CODES_HELP)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="how many recent events to show")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C to stop)")
+@common
+def events(limit: int, follow: bool) -> None:
+    """Recent cluster events; with --follow, new ones as they happen."""
+    api = client()
+    page = api.get("/api/v1/events", limit=limit)
+    for event in page["events"]:
+        render.event_line(event, as_json())
+    if not follow:
+        return
+    cursor = page["next"]
+    try:
+        while True:
+            for event in api.stream_events(cursor):
+                cursor = event["id"]
+                render.event_line(event, as_json())
+            time.sleep(POLL_S)  # the server ended the stream: reconnect after the last event
+    except KeyboardInterrupt:
+        pass
 
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    for command in (status, host, vm, events):
+        cli.add_command(command)

@@ -1,0 +1,156 @@
+"""How the CLI shows things: rich tables, event lines, and progress while waiting."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from haven.cli.ops_client import EXIT_FAILED, ApiClient, CliError
+
+POLL_S = 0.5
+FACES = {"content": "(^_^)", "worried": "(o_o;)", "ill": "(x_x)"}
+MOOD_STYLE = {"content": "green", "worried": "yellow", "ill": "red"}
+STATE_STYLE = {"running": "green", "online": "green", "starting": "cyan", "migrating": "magenta",
+               "stopping": "yellow", "maintenance": "blue", "recovering": "dark_orange", "lost": "dark_orange",
+               "error": "bold red", "fenced": "red", "stopped": "dim", "offline": "dim", "pending": "dim"}
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def mib(value: int) -> str:
+    return f"{value / 1024:.1f} GiB" if value >= 1024 else f"{value} MiB"
+
+
+def status(summary: dict[str, Any], hosts: list[dict[str, Any]]) -> None:
+    out = console()
+    p = summary["protection"]
+    style = MOOD_STYLE.get(p["mood"], "white")
+    sim = summary.get("simulation")
+    clock = f"sim t={summary['time']:.1f} s" if sim else f"t={summary['time']:.1f}"
+    out.print(f"[bold]cluster {summary['cluster']}[/]  manager: {summary['manager'] or '[red]none[/]'}  {clock}")
+    out.print(f"[{style}]{FACES.get(p['mood'], '(?_?)')} {p['mood']} ({p['level']})[/]: {p['reason']}")
+    counts = lambda d: ", ".join(f"{styled(k)} {v}" for k, v in d.items() if v) or "none"  # noqa: E731
+    out.print(f"hosts: {counts(summary['hosts'])}")
+    out.print(f"VMs:   {counts(summary['vms'])}")
+    hosts_table(hosts)
+
+
+def hosts_table(hosts: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("HOST", "STATE", "MEMORY", "VCPUS", "VMS", ""):
+        table.add_column(column)
+    for h in hosts:
+        mem, cpu = h["memory_mib"], h["vcpus"]
+        table.add_row(h["name"], styled("draining" if h["draining"] else h["state"]),
+                      f"{mib(mem['used'])} / {mib(mem['total'])}", f"{cpu['used']} / {cpu['total']}",
+                      ", ".join(h["vms"]) or "-", "manager" if h["manager"] else "")
+    console().print(table)
+
+
+def host_detail(h: dict[str, Any]) -> None:
+    out = console()
+    out.print(f"[bold]host {h['name']}[/]: {styled(h['state'])}{'  (manager)' if h['manager'] else ''}")
+    if h["reason"]:
+        out.print(f"  reason:      {h['reason']}")
+    spec = h["spec"]
+    out.print(f"  address:     {spec['address']}")
+    out.print(f"  memory:      {mib(h['memory_mib']['used'])} used of {mib(h['memory_mib']['total'])} "
+              f"({mib(h['memory_reserve_mib'])} reserved)")
+    out.print(f"  vCPUs:       {h['vcpus']['used']} used of {h['vcpus']['total']}")
+    out.print(f"  CPU:         {spec['cpu_vendor']}, models {', '.join(spec['cpu_models'])}")
+    out.print(f"  pools:       {', '.join(spec['pools'])}")
+    out.print(f"  maintenance: {'requested' if h['maintenance_requested'] else 'no'}")
+    out.print(f"  VMs:         {', '.join(h['vms']) or '-'}")
+
+
+def vms_table(vms: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VM", "STATE", "HOST", "MEMORY", "VCPUS", "PRIORITY", "DESIRED"):
+        table.add_column(column)
+    for v in vms:
+        spec = v["spec"]
+        table.add_row(v["name"], styled(v["state"]), v["host"] or "-", mib(spec["memory_mib"]),
+                      str(spec["vcpus"]), str(spec["priority"]), v["desired"])
+    console().print(table)
+
+
+def vm_detail(v: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    out = console()
+    spec, placement = v["spec"], v["placement"]
+    out.print(f"[bold]vm {v['name']}[/]: {styled(v['state'])}" + (f" on {v['host']}" if v["host"] else ""))
+    if v["reason"]:
+        out.print(f"  reason:     {v['reason']}")
+    out.print(f"  desired:    {v['desired']}   priority {spec['priority']}{'' if v['ha'] else ' (not HA)'}")
+    out.print(f"  size:       {spec['vcpus']} vCPU, {mib(spec['memory_mib'])}, CPU model {spec['cpu_model']}")
+    if placement:
+        out.print(f"  generation: {placement['generation']}")
+        if placement.get("migration"):
+            m = placement["migration"]
+            out.print(f"  migration:  {m['kind']} {m['source']} -> {m['target']}")
+    for status in v["statuses"]:
+        out.print(f"  agent {status['host']}: {status['state']} (generation {status['generation']})")
+    if v["request"]:
+        r = v["request"]
+        out.print(f"  pending:    {r['action']} {r.get('kind', '')} {r.get('target') or ''} ({r['id']})")
+    if history:
+        out.print("  history:")
+        for event in history:
+            out.print(f"    {event['line']}", markup=False)
+
+
+def event_line(event: dict[str, Any], as_json: bool) -> None:
+    click.echo(json.dumps(event) if as_json else event["line"])
+
+
+def timing(result: dict[str, Any]) -> str:
+    text = f"{result['seconds']:.1f} s"
+    cluster = result.get("cluster_seconds")
+    if cluster is not None and abs(cluster - result["seconds"]) > 0.05:
+        text += f" (cluster clock {cluster:.1f} s)"
+    return text
+
+
+def _cluster_time(api: ApiClient) -> float | None:
+    try:
+        return float(api.get("/api/v1/summary")["time"])
+    except (CliError, KeyError, TypeError, ValueError):
+        return None
+
+
+def wait(what: str, total: int | None, timeout: float, api: ApiClient,
+         step: Callable[[], tuple[int, str, bool]]) -> dict[str, Any]:
+    """Poll `step` -> (completed, detail, done) under a progress display on stderr until done.
+    Returns the timing; raises CliError on timeout."""
+    started, cluster_started = time.monotonic(), _cluster_time(api)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=max(total, 1) if total is not None else None, detail="requested")
+        while True:
+            completed, detail, done = step()
+            progress.update(task, completed=completed, detail=detail)
+            if done:
+                if total is not None:
+                    progress.update(task, completed=max(total, 1))
+                break
+            if time.monotonic() - started > timeout:
+                raise CliError(f"gave up waiting after {timeout:g} s for the {what} ({detail}); it may "
+                               "still finish in the cluster", EXIT_FAILED)
+            time.sleep(POLL_S)
+    seconds = time.monotonic() - started
+    cluster_now = _cluster_time(api)
+    cluster = cluster_now - cluster_started if cluster_now is not None and cluster_started is not None else None
+    return {"result": "succeeded", "seconds": round(seconds, 3),
+            "cluster_seconds": round(cluster, 3) if cluster is not None else None}
