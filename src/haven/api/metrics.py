@@ -95,9 +95,12 @@ class HavenCollector(Collector):
             for (kind, result), n in sorted(s.migrations.items()):
                 migrations.add_metric([kind, result], n)
             yield migrations
-            yield _histogram("haven_migration_downtime_seconds", "guest pause during a migration, as "
-                             "reported in the event log", ["kind"],
-                             [([kind], h) for kind, h in sorted(s.downtime.items())])
+            yield _histogram("haven_migration_duration_seconds", "successful migrations, request to "
+                             "running on the target (from the event log)", ["kind"],
+                             [([kind], h) for kind, h in sorted(s.duration.items())])
+            yield _histogram("haven_migration_downtime_seconds", "guest pause during a migration: "
+                             "reported, or a quick migration's whole duration (from the event log)",
+                             ["kind"], [([kind], h) for kind, h in sorted(s.downtime.items())])
             changes = CounterMetricFamily("haven_manager_changes", "managers taking office "
                                           "(from the event log)")
             changes.add_metric([], s.manager_changes)
