@@ -800,12 +800,13 @@ class QemuHypervisor:
             return
         partial = Path(vm.save_path + ".partial")
         try:
-            fd = os.open(partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(partial, vm.save_path)
+            if partial.exists() or not Path(vm.save_path).exists():  # else: renamed before an agent restart
+                fd = os.open(partial, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(partial, vm.save_path)
         except OSError as exc:
             self._migration_failed(vm, token, vm.attempt, f"save: {exc}")
             return
@@ -906,7 +907,16 @@ class QemuHypervisor:
             self._set(vm, token, detail=f"re-attached, monitor unreachable: {exc}")
             return
         watch: Callable[[], None] | None = None
-        if status == "postmigrate":
+        under_way = migration in ("setup", "active", "device", "pre-switchover", "completed")
+        if vm.state in (S.MIGRATING_OUT, S.SAVING):  # an outgoing migration or save was watched
+            live = vm.state is S.MIGRATING_OUT
+            if under_way or (live and status == "postmigrate"):
+                watch = lambda: self._migrate_thread(vm, token, None, vm.attempt, live)  # noqa: E731
+            else:  # it failed, was cancelled or never began: the VM goes on running here
+                what = "migration" if live else "save"
+                watch = lambda: self._migration_failed(vm, token, vm.attempt,  # noqa: E731
+                                                       f"{what} interrupted by an agent restart")
+        elif status == "postmigrate":
             self._set(vm, token, S.MIGRATED)
         elif status == "inmigrate":
             if vm.origin == "restore":
@@ -915,15 +925,9 @@ class QemuHypervisor:
             else:
                 self._set(vm, token, S.INCOMING)
                 watch = lambda: self._watch_incoming(vm, token)  # noqa: E731
-        elif vm.state in (S.MIGRATING_OUT, S.SAVING) and migration in ("setup", "active", "device",
-                                                                       "pre-switchover", "completed"):
-            live = vm.state is S.MIGRATING_OUT
-            watch = lambda: self._migrate_thread(vm, token, None, vm.attempt, live)  # noqa: E731
-        elif vm.state is S.SAVING:  # the save had failed or never started: keep the VM running
-            watch = lambda: self._migration_failed(vm, token, vm.attempt, "save interrupted by an agent restart")  # noqa: E731
         elif status == "running":
             if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None:
-                pass  # list() still waits for the guest's ready line
+                pass  # the watcher still waits for the guest's ready line
             else:
                 self._set(vm, token, S.RUNNING, detail="" if vm.state is S.RUNNING else vm.detail)
         elif status in ("paused", "prelaunch") and vm.origin == "restore" and vm.state is S.STARTING:
