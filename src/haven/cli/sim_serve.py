@@ -52,6 +52,8 @@ def serve(scenario: Path, speed: float, host: str, port: int, admin_token: str, 
     backend.start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: a normal stop
+        pass
     finally:
         backend.stop()
         sock.close()

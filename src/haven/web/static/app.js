@@ -203,7 +203,7 @@ function renderSummary() {
   const vmsTotal = Object.values(s.vms).reduce((a, b) => a + b, 0);
   $("#stat-hosts").textContent = `${s.hosts.online} / ${hostsTotal}`;
   $("#stat-vms").textContent = `${s.vms.running + s.vms.migrating} / ${vmsTotal}`;
-  $("#stat-ha").textContent = String(s.vms.error + s.vms.recovering + s.hosts.lost + s.hosts.fenced);
+  $("#stat-ha").textContent = String(s.vms.error + s.vms.recovering + s.hosts.lost + s.hosts.fenced + s.hosts.offline);
   $("#state-legend").replaceChildren(...VM_STATES.filter((st) => s.vms[st]).map((st) =>
     h("span", {}, h("i", { class: `swatch s-${st}` }), `${st} ${s.vms[st]}`)));
   renderPet(s.protection);
