@@ -114,6 +114,7 @@ class SimBackend:
 
     def clock(self) -> float:
         with self.lock:
+            self.advance()
             return self.cluster.now
 
     # -- SimControl for the API ------------------------------------------------------------
@@ -125,6 +126,7 @@ class SimBackend:
 
     def info(self) -> dict[str, Any]:
         with self.lock:
+            self.advance()
             return {"scenario": self.scenario, "time": round(self.cluster.now, 3), "speed": self.speed,
                     "error": self.error}
 
