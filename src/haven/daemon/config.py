@@ -48,6 +48,8 @@ class NodeConfig(BaseModel):
     api: ApiConfig | None = None
     migration_bandwidth_mib: int = Field(default=1024, gt=0)
     downtime_limit_ms: int = Field(default=100, gt=0)
+    image_locking: bool = Field(default=True, description="QEMU's image locks; the lab turns them off so "
+                                "that a fencing bug shows as a double run instead of a lock error")
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -36,6 +37,7 @@ from haven.runtime.manager_loop import ManagerLoop
 
 log = logging.getLogger("haven.node")
 LEASE_FILE = "lease.json"
+TAKEOVER_TIMEOUT_S = 5.0
 
 
 class NodeDaemon:
@@ -58,7 +60,8 @@ class NodeDaemon:
             self.name, config.run_dir / "vms", config.pools, None, tap_for, guest, config.accel,
             config.host.address, self.clock, on_change=self.wake_agent.set,
             stop_timeout=self.settings.stop_timeout_s,
-            migration_bandwidth_mib=config.migration_bandwidth_mib, downtime_limit_ms=config.downtime_limit_ms)
+            migration_bandwidth_mib=config.migration_bandwidth_mib, downtime_limit_ms=config.downtime_limit_ms,
+            image_locking=config.image_locking)
         watchdog = FileWatchdog(config.watchdog_file) if config.watchdog_file else None
         self.agent = AgentLoop(config.host, self.store, self.hypervisor, self.clock, self.layout,
                                self.settings, self.emit, watchdog)
@@ -169,10 +172,31 @@ class NodeDaemon:
         self.api_server = server
         server.run()
 
+    def _take_over(self) -> None:
+        """A restart is a handover: the new daemon, loaded and attached to the QEMUs, asks the old
+        one to go (SIGHUP: it renews the lease one last time and leaves the VMs running), then
+        resumes the lease at once, well inside the self-fence interval."""
+        pidfile = self.config.run_dir / "daemon.pid"
+        try:
+            old = int(pidfile.read_text())
+            alive = old != os.getpid() and b"haven" in Path(f"/proc/{old}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            os.kill(old, signal.SIGHUP)
+            deadline = time.monotonic() + TAKEOVER_TIMEOUT_S
+            while Path(f"/proc/{old}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if Path(f"/proc/{old}").exists():  # hung: it cannot protect anything any more
+                os.kill(old, signal.SIGKILL)
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(str(os.getpid()))
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: (setattr(self, "restarting", True), self.stopping.set()))
+        self._take_over()
         self._start_lease()
         cancel_watch = self.store.watch_prefix(self.layout.root, self._on_watch)
         self.agent.refresh_view()
@@ -217,4 +241,5 @@ class NodeDaemon:
 
 def run_node(config: NodeConfig) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per store call is noise
     return NodeDaemon(config).run()

@@ -121,6 +121,7 @@ class Lab:
             cluster=CLUSTER, etcd=self.etcd.endpoints, host=spec, pools={"shared": self.root / "shared"},
             run_dir=run_dir, watchdog_file=run_dir / "watchdog.deadline", vm_bridge=host_net.bridge,
             guest=GuestConfig(kernel=Path(kernel), initrd=Path(initrd)), accel="auto", shutdown=self.shutdown,
+            image_locking=False,
             api=ApiConfig(listen=host_net.mgmt_address, port=API_PORT, admin_token=ADMIN_TOKEN,
                           read_token=READ_TOKEN) if index == 0 else None)
         config_path = run_dir / "node.yaml"
@@ -182,6 +183,10 @@ class Lab:
         member.watchdog = None
         (member.run_dir / "lease.json").unlink(missing_ok=True)  # RAM is gone after a power cut
 
+    def power_on(self, host: str) -> None:
+        """Boot a crashed host again: a fresh daemon and watchdog (it takes a new lease)."""
+        self.start_daemon(host)
+
     def isolate(self, host: str) -> None:
         assert self.net is not None
         self.net.isolate(host, mgmt=True, vm=False)
@@ -203,11 +208,10 @@ class Lab:
 
     def restart_agent(self, host: str) -> None:
         """Restart the daemon, keeping its VMs: it resumes its lease and re-attaches to its QEMUs."""
-        member = self.members[host]
-        assert member.daemon is not None
-        member.daemon.send_signal(signal.SIGHUP)
-        member.daemon.wait(timeout=30)
-        self.start_daemon(host)
+        old = self.members[host].daemon
+        assert old is not None
+        self.start_daemon(host)  # the new daemon takes over from the old one (see NodeDaemon._take_over)
+        old.wait(timeout=30)
 
     # --- looking at it ---
 
