@@ -8,13 +8,13 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from dataclasses import replace
 
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
-from haven.model.state import HostState
+from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.layout import Layout
@@ -189,7 +189,10 @@ class SimHost:
 
 
 class SimCluster:
-    def __init__(self, config: ClusterConfig, timings: SimTimings | None = None) -> None:
+    def __init__(self, config: ClusterConfig, timings: SimTimings | None = None,
+                 running: Mapping[str, str] | None = None) -> None:
+        """`running` (VM -> host) starts the cluster with those VMs already running there, as
+        the planners need to replay a real cluster's present."""
         self.config = config
         self.settings = config.settings
         self.timings = timings or SimTimings()
@@ -204,6 +207,11 @@ class SimCluster:
         for vm in config.vms:
             self.operator.put(self.layout.vm_spec(vm.name), vm.model_dump_json())
         self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
+        specs = {vm.name: vm for vm in config.vms}
+        for vm, host in sorted((running or {}).items()):
+            placement = Placement(vm=vm, state=VmState.RUNNING, host=host, generation=1)
+            self.operator.put(self.layout.placement(vm), placement.model_dump_json())
+            self.hosts[host].hv.adopt_running(specs[vm], 1)
         for host in self.hosts.values():
             host.power_on()
 

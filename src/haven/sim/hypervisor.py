@@ -140,6 +140,10 @@ class FakeHypervisor:
     def state_path(self, spec: VmSpec, generation: int) -> str:
         return f"shared/{spec.name}.{generation}.state"
 
+    def adopt_running(self, spec: VmSpec, generation: int) -> None:
+        """Begin with this VM already running here (replaying a real cluster's present)."""
+        self._set(spec, generation, LocalState.RUNNING, self.world.new_epoch())
+
     # --- faults ---
 
     def crash(self, name: str) -> bool:
