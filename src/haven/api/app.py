@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haven.api import health, metrics, routes_read, routes_sim, routes_stream, routes_write
+from haven.api import health, metrics, routes_plan, routes_read, routes_sim, routes_stream, routes_write
 from haven.api.context import ApiContext, ApiProblem, SimControl, first_line
 from haven.api.schemas import FaultIn, MigrateIn
 from haven.model.spec import VmSpec
@@ -92,7 +92,7 @@ def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: st
     app.state.haven = ctx
     app.state.registry = metrics.make_registry(ctx)
     _install_error_handlers(app, ctx)
-    for module in (health, routes_read, routes_stream, routes_write, metrics):
+    for module in (health, routes_read, routes_stream, routes_write, routes_plan, metrics):
         app.include_router(module.router)
     if sim_control is not None:
         app.include_router(routes_sim.router)

@@ -13,7 +13,7 @@ from haven.sim.faults import apply_fault
 from haven.sim.hypervisor import SimTimings
 
 FAIL_AT = 1.0
-HORIZON_S = 120.0
+HORIZON_S = 60.0
 
 
 @dataclass(frozen=True)
