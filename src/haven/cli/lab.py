@@ -1,8 +1,285 @@
-"""CLI commands: lab."""
+"""CLI commands: `haven lab ...` — a real cluster on this machine (root, QEMU, etcd).
+
+`up` starts a detached supervisor (`haven lab supervise`) that keeps the lab running after the
+command returns and serves the fault commands; `down` stops it and cleans up after it, also if
+it died. `demo` runs the whole story in-process and prints measured times.
+"""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+
+UP_TIMEOUT_S = 600.0
+
+
+class LabCliError(click.ClickException):
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabCliError("haven lab needs root (network namespaces, taps, QEMU): run it with sudo")
+
+
+def _need_tools() -> None:
+    missing = [b for b in ("qemu-system-x86_64", "etcd", "ip") if shutil.which(b) is None]
+    if missing:
+        raise LabCliError(f"not installed: {', '.join(missing)} (run scripts/install.sh)")
+
+
+def _running_state() -> dict[str, Any]:
+    """The state of a lab that is up, or a one-line error."""
+    from haven.lab.supervisor import read_state, supervisor_alive
+
+    state = read_state()
+    if state is None:
+        raise LabCliError("the lab is not up (start it with `haven lab up`)")
+    if not supervisor_alive(state):
+        raise LabCliError("the lab's supervisor is gone (clean up with `haven lab down`)")
+    if state.get("status") == "starting":
+        raise LabCliError("the lab is still coming up (see `haven lab status` in a moment)")
+    if state.get("status") != "up":
+        raise LabCliError(f"the lab is {state.get('status')} (clean up with `haven lab down`)")
+    return state
+
+
+@click.group("lab")
+def lab() -> None:
+    """A real haven cluster on this machine: hosts as network namespaces, real QEMU guests.
+
+    Needs root, QEMU and etcd (scripts/install.sh). `haven lab up` leaves it running; inject
+    faults with crash/isolate/heal/stop-agent/cont-agent/power-on; `haven lab down` removes it.
+    """
+
+
+@lab.command("up")
+@click.option("--hosts", type=click.IntRange(2, 8), default=3, show_default=True, help="number of hosts")
+@click.option("--vms", type=click.IntRange(0, 20), default=3, show_default=True, help="number of HA VMs (128 MiB)")
+def up(hosts: int, vms: int) -> None:
+    """Bring the lab up and leave it running (a detached supervisor keeps it)."""
+    from haven.lab.supervisor import ROOT, STATE_FILE, cleanup, read_state, supervisor_alive
+
+    _need_root()
+    _need_tools()
+    state = read_state()
+    if state is not None:
+        if supervisor_alive(state):
+            raise LabCliError(f"the lab is already {state.get('status', 'up')} (`haven lab down` first)")
+        cleanup(state)  # a dead supervisor's leftovers
+    ROOT.mkdir(parents=True, exist_ok=True)
+    log_path = ROOT / "supervisor.log"
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "haven.cli.main", "lab", "supervise", "--hosts", str(hosts),
+                                 "--vms", str(vms)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd="/")
+    click.echo(f"bringing up {hosts} hosts and {vms} VMs (supervisor pid {proc.pid}, log {log_path}) ...")
+    try:
+        while True:
+            time.sleep(0.3)
+            state = read_state()
+            status = state.get("status") if state and state.get("supervisor_pid") == proc.pid else None
+            if status == "up":
+                break
+            if status == "failed" or proc.poll() is not None:
+                why = (state or {}).get("error") or f"the supervisor exited ({proc.poll()})"
+                if proc.poll() is None:
+                    proc.wait(timeout=60)
+                cleanup(read_state())
+                raise LabCliError(f"lab up failed: {why} (see {log_path})")
+            if time.monotonic() - started > UP_TIMEOUT_S:
+                raise LabCliError(f"lab up timed out after {UP_TIMEOUT_S:g} s (see {log_path}; `haven lab down`)")
+    except KeyboardInterrupt:
+        click.echo("interrupted: tearing the lab down", err=True)
+        _down()
+        raise SystemExit(130) from None
+    assert state is not None
+    click.echo(f"lab up in {time.monotonic() - started:.0f} s (state {STATE_FILE})")
+    _summary(state)
+
+
+def _summary(state: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False, soft_wrap=True)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("HOST", "MANAGEMENT", "NAMESPACE"):
+        table.add_column(column)
+    for name, host in state["hosts"].items():
+        table.add_row(name, host["address"], host["namespace"])
+    out.print(table)
+    vms = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VM", "ADDRESS", "MAC"):
+        vms.add_column(column)
+    for name, vm in state["vms"].items():
+        vms.add_row(name, vm["address"], vm["mac"] or "-")
+    out.print(vms)
+    api = state["api"]
+    out.print(f"API (on {api['host']}): export HAVEN_API={api['url']} HAVEN_TOKEN={api['admin_token']}")
+    out.print(f"probe a VM: ip netns exec {state['client_namespace']} busybox wget -qO- "
+              f"http://{next(iter(state['vms'].values()))['address'] if state['vms'] else '<vm>'}/")
+    out.print("faults: haven lab crash|isolate|heal|stop-agent|cont-agent|power-on HOST;  haven lab status;  "
+              "haven lab down")
+
+
+@lab.command("down")
+def down() -> None:
+    """Stop the lab and remove every namespace, bridge, process and run file (also after a failure)."""
+    _need_root()
+    _down()
+
+
+def _down() -> None:
+    from haven.lab.supervisor import cleanup, read_state, stop_supervisor, supervisor_alive
+
+    state = read_state()
+    went = None
+    if state is not None and supervisor_alive(state):
+        click.echo(f"stopping the supervisor (pid {state['supervisor_pid']}) ...")
+        went = stop_supervisor(state)
+    left = read_state()  # a supervisor that tore down by itself removed its state file
+    done = cleanup(left or state, sweep=left is not None or went is not True)
+    if went is False:
+        click.echo("the supervisor did not stop in time: killed it")
+    for line in done:
+        click.echo(f"  {line}")
+    click.echo("lab down" if state is not None or done else "lab: nothing to tear down")
+
+
+@lab.command("status")
+def status() -> None:
+    """Hosts and VMs of the running lab, from the store."""
+    _need_root()
+    from haven.lab.supervisor import read_state, supervisor_alive
+
+    state = read_state()
+    if state is None:
+        raise LabCliError("the lab is not up (start it with `haven lab up`)")
+    if not supervisor_alive(state):
+        raise LabCliError("the lab's supervisor is gone (clean up with `haven lab down`)")
+    if state.get("status") != "up":
+        click.echo(f"lab {state.get('status')} (supervisor pid {state['supervisor_pid']}, log {state['log']})")
+        return
+    _print_status(state)
+
+
+def _print_status(state: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from haven.cli.ops_render import styled
+    from haven.drivers.etcd_store import EtcdStore
+    from haven.lab.supervisor import pid_state
+    from haven.ports.store import StoreError
+    from haven.runtime.layout import Layout, read_snapshot
+
+    store = EtcdStore(state["etcd"]["endpoints"], timeout=1.0)
+    try:
+        snap = read_snapshot(store, Layout(state["cluster"]), with_events=False)
+    except StoreError as exc:
+        raise LabCliError(f"cannot read the lab's store: {exc}") from None
+    finally:
+        store.close()
+    out = Console(highlight=False, soft_wrap=True)
+    up_for = time.time() - state["started"]
+    out.print(f"[bold]lab[/] slot {state['slot']}, up {up_for / 60:.0f} min, manager: {snap.manager or '[red]none[/]'}"
+              f", API {state['api']['url']}")
+    hosts = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("HOST", "ADDRESS", "STATE", "LEASE", "DAEMON", "NETWORK", "VMS", ""):
+        hosts.add_column(column)
+    for name, host in state["hosts"].items():
+        record = snap.records.get(name)
+        daemon = pid_state(host.get("daemon_pid"))
+        vms = sorted(vm for vm, p in snap.placements.items() if p.host == name)
+        hosts.add_row(name, host["address"], styled(record.state.value) if record else "-",
+                      "[green]held[/]" if name in snap.alive else "[red]none[/]",
+                      {"running": "[green]running[/]", "stopped": "[yellow]SIGSTOPped[/]"}.get(daemon, "[red]down[/]"),
+                      "[red]isolated[/]" if host.get("isolated") else "ok", ", ".join(vms) or "-",
+                      "manager" if snap.manager == name else "")
+    out.print(hosts)
+    vms_table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VM", "STATE", "HOST", "GEN", "ADDRESS", "QEMU ON", "REASON"):
+        vms_table.add_column(column)
+    for name in sorted(snap.specs):
+        p = snap.placements.get(name)
+        qemu_on = [h for h, host in state["hosts"].items() if _qemu_running(Path(host["run_dir"]), name)]
+        vms_table.add_row(name, styled(p.state.value) if p else "-", (p.host or "-") if p else "-",
+                          str(p.generation) if p else "-", state["vms"].get(name, {}).get("address", "-"),
+                          ", ".join(qemu_on) or "-", (p.reason if p else "") or "")
+    out.print(vms_table)
+
+
+def _qemu_running(run_dir: Path, vm: str) -> bool:
+    try:
+        pid = int((run_dir / "vms" / vm / "qemu.pid").read_text().strip())
+        return b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def _fault(cmd: str, host: str) -> None:
+    _need_root()
+    from haven.lab.supervisor import send_command
+
+    state = _running_state()
+    if host not in state["hosts"]:
+        raise LabCliError(f"unknown host {host!r} (hosts: {', '.join(state['hosts'])})")
+    try:
+        reply = send_command(cmd, host)
+    except OSError as exc:
+        raise LabCliError(f"the lab's supervisor does not answer ({exc}); `haven lab down` cleans up") from None
+    if not reply.get("ok"):
+        raise LabCliError(reply.get("error", "failed"))
+    click.echo(reply.get("message", "done"))
+
+
+def _fault_command(cmd: str, help_text: str) -> None:
+    @lab.command(cmd, help=help_text)
+    @click.argument("host")
+    def command(host: str) -> None:
+        _fault(cmd, host)
+
+
+_fault_command("crash", "Power-cut HOST: kill its daemon, watchdog and QEMUs at once.")
+_fault_command("isolate", "Cut HOST's management leg (store, peers); its VM network stays.")
+_fault_command("heal", "Bring HOST's network legs back up.")
+_fault_command("stop-agent", "SIGSTOP HOST's daemon (a hung agent); its watchdog keeps running.")
+_fault_command("cont-agent", "SIGCONT HOST's daemon.")
+_fault_command("power-on", "Boot a crashed HOST again: a fresh daemon and watchdog.")
+
+
+@lab.command("supervise", hidden=True)
+@click.option("--hosts", type=click.IntRange(2, 8), default=3)
+@click.option("--vms", type=click.IntRange(0, 20), default=3)
+def supervise(hosts: int, vms: int) -> None:
+    """Keep a lab running (started detached by `haven lab up`)."""
+    _need_root()
+    from haven.lab.supervisor import Supervisor
+
+    raise SystemExit(Supervisor(hosts, vms).run())
+
+
+@lab.command("demo")
+@click.option("--keep", is_flag=True, help="leave the lab up after the report, until Ctrl-C")
+@click.option("--vms", type=click.IntRange(2, 6), default=4, show_default=True, help="HA VMs (128 MiB each)")
+def demo(keep: bool, vms: int) -> None:
+    """The real thing: a 3-host lab, a host crash, a live and a quick migration, measured."""
+    _need_root()
+    _need_tools()
+    from haven.lab.demo import run_demo
+
+    raise SystemExit(run_demo(keep=keep, vms=vms))
 
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    cli.add_command(lab)
