@@ -4,17 +4,20 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import httpx
 
 from .conftest import AUTH_READ, Cluster, live_ctx
 
 
-def read_events(response: httpx.Response, count: int, timeout: float = 10.0) -> list[dict]:
+def read_events(lines: Iterator[str], count: int, timeout: float = 10.0) -> list[dict]:
+    """Read `count` events. Takes the line iterator so the caller keeps it: dropping a half-read
+    httpx iterator closes the connection."""
     events: list[dict] = []
     deadline = time.monotonic() + timeout
     kind = ""
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith("event: "):
             kind = line[7:]
         elif line.startswith("data: ") and kind == "event":
@@ -23,6 +26,13 @@ def read_events(response: httpx.Response, count: int, timeout: float = 10.0) -> 
                 return events
         assert time.monotonic() < deadline, f"got only {events}"
     return events
+
+
+def wait_for(condition: Callable[[], bool], message: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
 
 
 def test_stream_delivers_new_events_and_ends_on_disconnect(live: str, cluster: Cluster) -> None:
@@ -37,17 +47,15 @@ def test_stream_delivers_new_events_and_ends_on_disconnect(live: str, cluster: C
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             writer.start()
-            events = read_events(response, 2)
-            assert live_ctx(live).open_streams == 1
+            lines = response.iter_lines()
+            events = read_events(lines, 2)
+            wait_for(lambda: live_ctx(live).open_streams == 1, "the stream is not counted as open")
         # The stream starts at the end of the log: the three seeded events are not replayed.
         assert [e["message"] for e in events] == ["running -> migrating (live to h2)",
                                                   "migrating -> running on h2"]
         # After the client went away the server ends the stream and still answers.
         assert client.get("/api/v1/summary").status_code == 200
-    deadline = time.monotonic() + 5
-    while live_ctx(live).open_streams:
-        assert time.monotonic() < deadline, "the stream did not end after the client left"
-        time.sleep(0.05)
+    wait_for(lambda: live_ctx(live).open_streams == 0, "the stream did not end after the client left")
     writer.join()
 
 
@@ -56,7 +64,8 @@ def test_stream_resumes_after_last_event_id(live: str) -> None:
         first = client.get("/api/v1/events", params={"after": "", "limit": 1}).json()["next"]
         with client.stream("GET", "/api/v1/events/stream",
                            headers={"Last-Event-ID": first}) as response:
-            events = read_events(response, 2)
+            lines = response.iter_lines()
+            events = read_events(lines, 2)
     assert [e["message"] for e in events] == ["starting -> running on h1", "offline -> online"]
 
 
