@@ -131,6 +131,17 @@ def test_dashboard(server: str, browser: object) -> None:
     api(server, "POST", "/api/v1/hosts/h2/resume")
     expect(page.locator('[data-host="h2"]')).to_have_attribute("data-state", "online", timeout=10_000)
     expect(page.locator("#pet")).to_have_attribute("data-mood", "content", timeout=20_000)
+
+    # Migrate web live to h2 from the VM table, with the target picked in the dialog.
+    source = page.locator('#vms tr[data-vm="web"] td').nth(2).inner_text()
+    page.locator('#vms tr[data-vm="web"] button[data-action="migrate"]').click()
+    expect(page.locator("#confirm-title")).to_have_text("Migrate web")
+    page.locator("#migrate-target").select_option("h2")
+    page.locator("#confirm-ok").click()
+    expect(page.locator(".toast.ok .detail", has_text="web:")).to_contain_text(
+        f"web: {source} → h2 in", timeout=20_000)
+    assert "web" in chips(page, "h2")
+
     victim = "h1" if chips(page, "h1") else "h3"
     api(server, "POST", "/api/v1/sim/fault", json={"line": f"power off {victim}"})
     expect(page.locator("#pet")).not_to_have_attribute("data-mood", "content", timeout=20_000)

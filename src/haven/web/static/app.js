@@ -322,7 +322,11 @@ async function run(title, request, track) {
   try {
     const answer = await request();
     t.progress(null, answer.message);
-    if (track) track(answer, t); else t.finish(true, answer.message);
+    if (track) {
+      // The operation's clock starts now: read the cluster time fresh, not from the last refresh.
+      const start = { t0: (await api("summary")).time, wall0: Date.now() };
+      track(answer, t, start);
+    } else t.finish(true, answer.message);
     refreshSoon();
   } catch (error) {
     t.finish(false, error.message);
@@ -346,8 +350,8 @@ async function confirmMigrate(vm) {
   if (!(await confirmDialog(`Migrate ${vm.name}`, `${vm.name} runs on ${vm.host}. Where should it go?`, fields))) return;
   const kind = document.querySelector('#confirm-fields input[name="kind"]:checked').value;
   const target = select.value || null;
-  run(`Migrating ${vm.name} (${kind})`, () => post(`vms/${vm.name}/migrate`, { kind, target }), (answer, t) => {
-    operations.vms[vm.name] = { id: answer.request_id, from: vm.host, kind, t0: now(), wall0: Date.now(), toast: t, seen: false };
+  run(`Migrating ${vm.name} (${kind})`, () => post(`vms/${vm.name}/migrate`, { kind, target }), (answer, t, start) => {
+    operations.vms[vm.name] = { id: answer.request_id, from: vm.host, kind, ...start, toast: t, seen: false };
   });
 }
 
@@ -361,8 +365,8 @@ async function confirmSimple(vm, action) {
 async function confirmDrain(host) {
   const text = `Put ${host.name} in maintenance? Its ${host.vms.length} VM(s) move to other hosts and it takes no new VMs until resumed.`;
   if (!(await confirmDialog(`Drain ${host.name}`, text))) return;
-  run(`Draining ${host.name}`, () => post(`hosts/${host.name}/drain`), (answer, t) => {
-    operations.hosts[host.name] = { total: Math.max(1, host.vms.length), pct: 0, t0: now(), wall0: Date.now(), toast: t };
+  run(`Draining ${host.name}`, () => post(`hosts/${host.name}/drain`), (answer, t, start) => {
+    operations.hosts[host.name] = { total: Math.max(1, host.vms.length), pct: 0, ...start, toast: t };
   });
 }
 
