@@ -229,3 +229,27 @@ def test_one_etcd_member_down_the_cluster_keeps_working(healthy: Lab) -> None:
         assert lab.snapshot().alive >= set(lab.members)  # no host lost its lease
     finally:
         lab.etcd.restart_member(follower)
+
+
+def test_api_cli_and_dashboard_are_served_by_a_host_daemon(healthy: Lab) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    from haven.lab.cluster import ADMIN_TOKEN, API_PORT, READ_TOKEN
+
+    lab = healthy
+    url = f"http://{lab.members['h1'].address}:{API_PORT}"
+    summary = httpx.get(f"{url}/api/v1/summary", headers={"Authorization": f"Bearer {READ_TOKEN}"},
+                        timeout=5).json()
+    assert summary["hosts"]["online"] == 3 and summary["vms"]["running"] == 3
+    assert summary["protection"]["mood"] == "content"
+    assert "haven" in httpx.get(url, timeout=5).text  # the dashboard page
+    status = subprocess.run([sys.executable, "-m", "haven.cli.main", "status", "--output", "json"],
+                            env={**os.environ, "HAVEN_API": url, "HAVEN_TOKEN": ADMIN_TOKEN},
+                            capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["summary"]["vms"]["running"] == 3 and len(shown["hosts"]) == 3

@@ -4,15 +4,15 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class Timer:
     at: float
     seq: int
-    fn: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    fn: Callable[[], None]
+    cancelled: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -23,24 +23,24 @@ class EventLoop:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self._queue: list[Timer] = []
+        self._queue: list[tuple[float, int, Timer]] = []  # tuples compare fast; seq breaks ties
         self._seq = itertools.count()
 
     def at(self, t: float, fn: Callable[[], None]) -> Timer:
         timer = Timer(max(t, self.now), next(self._seq), fn)
-        heapq.heappush(self._queue, timer)
+        heapq.heappush(self._queue, (timer.at, timer.seq, timer))
         return timer
 
     def after(self, delay: float, fn: Callable[[], None]) -> Timer:
         return self.at(self.now + delay, fn)
 
     def next_time(self) -> float | None:
-        while self._queue and self._queue[0].cancelled:
+        while self._queue and self._queue[0][2].cancelled:
             heapq.heappop(self._queue)
-        return self._queue[0].at if self._queue else None
+        return self._queue[0][0] if self._queue else None
 
     def pop(self) -> Timer:
-        timer = heapq.heappop(self._queue)
+        _, _, timer = heapq.heappop(self._queue)
         self.now = timer.at
         return timer
 

@@ -64,6 +64,7 @@ class MemoryStore:
         self._watchers: dict[int, _Watcher] = {}
         self._watch_ids = itertools.count(1)
         self._delivering = False
+        self._caught_up = -1  # every watcher had every event up to this sequence number
         self.lost_watch_events = 0  # events a held-back watcher missed because history wrapped
 
     def client(self, name: str, reachable: Callable[[], bool] = lambda: True) -> MemoryStoreClient:
@@ -182,6 +183,7 @@ class MemoryStore:
                         if e.mod_revision >= start_revision), self._seq_end)
         w = _Watcher(next(self._watch_ids), prefix, callback, reachable, seq, start_revision)
         self._watchers[w.id] = w
+        self._caught_up = -1  # it may start behind
         self.deliver()
         return w
 
@@ -200,15 +202,17 @@ class MemoryStore:
         """Deliver pending events to every reachable watcher, event by event in global order.
         Re-entrant calls (a callback that writes) return at once; the outer loop picks up
         the new events."""
-        if self._delivering:
+        if self._delivering or self._caught_up == self._seq_end:
             return
         self._delivering = True
         try:
             while True:
                 first_seq = self._seq_end - len(self._history)
-                pending = [w for w in self._watchers.values()
-                           if not w.cancelled and w.next_seq < self._seq_end and w.reachable()]
+                behind = [w for w in self._watchers.values() if not w.cancelled and w.next_seq < self._seq_end]
+                pending = [w for w in behind if w.reachable()]
                 if not pending:
+                    if not behind:  # everyone has everything: skip the scan until the next event
+                        self._caught_up = self._seq_end
                     return
                 for w in pending:
                     if w.next_seq < first_seq:  # held back longer than history: events lost
