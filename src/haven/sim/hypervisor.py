@@ -53,12 +53,15 @@ class FakeHypervisor:
     timings: SimTimings = field(default_factory=SimTimings)
     vms: dict[str, SimVm] = field(default_factory=dict)
     on_change: Callable[[], None] = lambda: None
+    _listed: dict[str, LocalVm] | None = None
 
     # --- port ---
 
     def list(self) -> dict[str, LocalVm]:
-        return {name: LocalVm(name, vm.generation, vm.state, vm.detail, vm.since, vm.failed_migration)
-                for name, vm in sorted(self.vms.items())}
+        if self._listed is None:  # rebuilt only after a change: agents ask on every tick
+            self._listed = {name: LocalVm(name, vm.generation, vm.state, vm.detail, vm.since, vm.failed_migration)
+                            for name, vm in sorted(self.vms.items())}
+        return dict(self._listed)
 
     def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
         old = self.vms.get(spec.name)
@@ -67,6 +70,7 @@ class FakeHypervisor:
         if restore_from is not None and restore_from not in self.world.state_files:
             vm = self._set(spec, generation, LocalState.FAILED, self.world.new_epoch())
             vm.detail = f"no saved state at {restore_from}"
+            self._listed = None
             return
         epoch = self.world.state_files.pop(restore_from) if restore_from else self.world.new_epoch()
         vm = self._set(spec, generation, LocalState.STARTING, epoch)
@@ -80,6 +84,7 @@ class FakeHypervisor:
         vm = self.vms.get(name)
         if vm and vm.state in (LocalState.RUNNING, LocalState.STARTING) and not vm.detail.startswith("stopping"):
             vm.detail = "stopping"
+            self._listed = None
             self._later(vm, self.timings.stop_s, LocalState.STOPPED)
 
     def kill(self, name: str) -> None:
@@ -136,6 +141,7 @@ class FakeHypervisor:
         vm = self.vms.get(name)
         if vm and vm.state not in ACTIVE_LOCAL_STATES:
             del self.vms[name]
+            self._listed = None
 
     def state_path(self, spec: VmSpec, generation: int) -> str:
         return f"shared/{spec.name}.{generation}.state"
@@ -184,6 +190,7 @@ class FakeHypervisor:
         self._changed()
 
     def _changed(self) -> None:
+        self._listed = None
         self.world.monitor.dirty = True
         self.on_change()
 
