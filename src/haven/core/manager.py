@@ -513,7 +513,7 @@ class _VmStep:
         if self.host_trouble():
             return
         source = self.status(m.source, self.p.generation)
-        if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED):
+        if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
             target = m.target if self.r.host_state(m.target) in UP else None
             target = target or self.select(exclude=(m.source,)).host or m.source
             self.start_on(target, "migrating", f"cold migration from {m.source}")
