@@ -31,7 +31,7 @@ from haven.model.spec import Settings
 from haven.model.state import HostState
 from haven.ports.store import Lease, StoreError, WatchEvent
 from haven.runtime import intents
-from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
 from haven.runtime.layout import Layout, encode_event
 from haven.runtime.manager_loop import ManagerLoop
 
@@ -117,11 +117,13 @@ class NodeDaemon:
         while not self.stopping.is_set():
             started = self.clock.now()
             had = self.agent.lease
-            if self.agent.renew():
+            result = self.agent.renew()
+            if result in (Renewal.LOST, Renewal.REGAINED):
                 self.wake_agent.set()
             if self.agent.lease is not had:
                 self._save_lease()
-            self.stopping.wait(max(0.0, self.settings.renew_interval - (self.clock.now() - started)))
+            interval = RENEW_RETRY_S if result is Renewal.FAILED else self.settings.renew_interval
+            self.stopping.wait(max(0.0, interval - (self.clock.now() - started)))
 
     def _agent_loop(self) -> None:
         while not self.stopping.is_set():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from enum import Enum
 from collections.abc import Callable
 
 from haven.core.agent import (DEAD, Action, AgentInput, concerns, CancelMigration, Forget, Kill, MigrateLive,
@@ -21,6 +22,14 @@ from haven.ports.store import EventType, KeyValue, Lease, LeaseLost, Store, Stor
 from haven.runtime.layout import DecodeCache, Layout
 
 EventSink = Callable[[Event], None]
+RENEW_RETRY_S = 0.1  # after a failed renewal: an etcd leader change lasts ~1 s, the budget is 1.5 s
+
+
+class Renewal(Enum):
+    OK = "ok"
+    FAILED = "failed"  # the store did not answer: retry after RENEW_RETRY_S
+    LOST = "lost"  # the lease is gone
+    REGAINED = "regained"  # valid again after the self-fence deadline (or a new lease): step now
 FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
@@ -88,26 +97,27 @@ class AgentLoop:
         self.event(f"host {self.host.name}", f"lease {lease.id} resumed")
         return True
 
-    def renew(self) -> bool:
-        """Refresh the lease (or take a new one once our VMs are gone). True when the lease was
-        just lost: the caller must run `step` at once, which kills every local VM."""
+    def renew(self) -> Renewal:
+        """Refresh the lease (or take a new one once our VMs are gone). On LOST the caller must
+        run `step` at once, which kills every local VM; on FAILED it should retry soon."""
         if self.lease is None:
             if not self.fenced or not self._active_vms():
-                self.register()
-            return False
+                return Renewal.REGAINED if self.register() else Renewal.FAILED
+            return Renewal.FAILED
         sent = self.clock.now()
+        was_valid = lease_valid(sent, self.last_renewal_sent, self.settings)
         try:
             self.store.lease_refresh(self.lease)
         except LeaseLost:
             self.lease = None
             self.last_renewal_sent = -math.inf  # whatever the clock says, our VMs must die now
             self.event(f"host {self.host.name}", "lease lost")
-            return True
+            return Renewal.LOST
         except StoreError:
-            return False
+            return Renewal.FAILED
         self.last_renewal_sent = sent
         self._arm_watchdog()
-        return False
+        return Renewal.OK if was_valid else Renewal.REGAINED
 
     def _arm_watchdog(self) -> None:
         # A backstop for a hung agent: a little after the agent's own deadline, still before the TTL.

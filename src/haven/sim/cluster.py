@@ -16,7 +16,7 @@ from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import WatchEvent
-from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
 from haven.runtime.layout import Layout
 from haven.runtime.manager_loop import ManagerLoop
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
@@ -157,8 +157,13 @@ class SimHost:
 
     def _renew(self) -> None:
         assert self.agent is not None
-        if self.agent.renew():
+        result = self.agent.renew()
+        if result is Renewal.LOST:
             self._agent_step()
+        elif result is Renewal.REGAINED:
+            self.wake_agent()
+        elif result is Renewal.FAILED:
+            self._soon("renew retry", self._renew, RENEW_RETRY_S)
         deadline = self.agent.last_renewal_sent + self.settings.self_fence_after_s
         self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6, moved=True)
 
@@ -264,7 +269,8 @@ class SimCluster:
         monitor = self.world.monitor
         while True:
             next_timer = self.loop.next_time()
-            expiry = self.store.next_expiry()
+            # A store without quorum expires nothing; on its return it restarts every lease (etcd does).
+            expiry = None if self.world.network.store_down else self.store.next_expiry()
             if expiry is not None and expiry <= until and (next_timer is None or expiry <= next_timer):
                 self.loop.now = max(self.loop.now, expiry)
                 for lease_id in self.store.expire(self.loop.now):

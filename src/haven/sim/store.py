@@ -243,9 +243,9 @@ class MemoryStoreClient:
         if self._closed:
             raise StoreUnavailable(f"store client {self.name} is closed")
         s = self.server
-        s.expire(s._now())  # lazily, so no call sees a key whose lease is past expiry
-        if not self._reachable():
+        if not self._reachable():  # first: an unreachable store expires nothing on our behalf
             raise StoreUnavailable(f"store unreachable from {self.name}")
+        s.expire(s._now())  # lazily, so no call sees a key whose lease is past expiry
         s.deliver()  # a healed partition catches up before the call
         return s
 
