@@ -1,0 +1,476 @@
+"""Real-cluster benchmark (issue 3, item 7): a 3-host lab with real QEMU guests, as root.
+
+    sudo python3 bench/lab_bench.py [--runs 10] [--live-runs 5] [--quick-runs 5] [--idle-s 30] [--load-s 60]
+
+- RTO: host power cut -> the VM's service answers again elsewhere (HTTP from a client namespace,
+  new boot counter), median and max over --runs crashes (the host is powered on again between
+  runs), split into detection (crash -> the manager marks the host lost), fencing wait (lost ->
+  fenced), restart (fenced -> QEMU started on the new host) and guest boot (-> HTTP answers).
+  Goal: <= 5 s excluding guest boot.
+- Live migration: QEMU-reported downtime, blackout seen by a non-retrying ICMP probe every 10 ms,
+  failed requests of an HTTP client (every 50 ms, 1 s timeout). Goal: blackout <= 100 ms, 0 failed.
+- Quick migration of a 128 MiB guest: the source stops the guest -> HTTP answers on the target.
+  Goal: <= 1 s.
+- Control-plane cost while idle: CPU of each daemon (and its watchdog, and etcd) from
+  /proc/<pid>/stat, etcd writes (revisions) per second per host.
+- False self-fencing under load: the idle cluster for --load-s with both cores saturated by two
+  busy loops (nice 0): self-fences, lost leases, watchdog firings. Goal: 0.
+
+Every figure prints beside its goal and the anchors. The machine is shared and noisy: the load
+average is printed with the results. `--json FILE` also writes every sample.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from haven.lab.cluster import Lab, LabError
+from haven.lab.netns import IcmpProbe
+from haven.lab.demo import (ANCHOR_DETECTION, ANCHOR_DOWNTIME, GOAL_BLACKOUT_MS, GOAL_QUICK_S,
+                            GOAL_RTO_EXCL_BOOT_S, CrashSample, DemoError, LiveSample, QuickSample, accelerator,
+                            events_since, exclusive_root, load_average, measure_crash, measure_live, measure_quick,
+                            pick_target, wait_healthy)
+from haven.model.state import HostState, VmState
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def med_max(values: list[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "-"
+    med, top = statistics.median(values) * scale, max(values) * scale
+    return f"{med:.{digits}f} {unit} median, {top:.{digits}f} max (n={len(values)})"
+
+
+def verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("MET" if ok else "MISSED")
+
+
+def print_rows(title: str, rows: list[tuple[str, str, str, bool | None, str]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for measure, value, goal, ok, anchor in rows:
+        goal_text = f"goal {goal}" if goal else ""
+        print(f"  {measure:<{widths[0]}}  {value:<{widths[1]}}  {goal_text:<{widths[2] + 5}}  {verdict(ok):<6}  "
+              f"{anchor}".rstrip())
+    sys.stdout.flush()
+
+
+# --- RTO ----------------------------------------------------------------------------------------
+
+def crash_host_for_run(lab: Lab, run: int) -> str:
+    """A non-manager host running the fewest VMs (at least one), rotating on ties; the manager's
+    host only when every VM runs there."""
+    snap = lab.snapshot()
+    counts: dict[str, int] = {}
+    for p in snap.placements.values():
+        if p.host and p.state is VmState.RUNNING and p.host in snap.alive:
+            counts[p.host] = counts.get(p.host, 0) + 1
+    candidates = sorted(h for h in counts if h != snap.manager) or sorted(counts)
+    if not candidates:
+        raise DemoError("no host runs a VM")
+    fewest = min(counts[h] for h in candidates)
+    ties = [h for h in candidates if counts[h] == fewest]
+    return ties[run % len(ties)]
+
+
+def power_on_and_settle(lab: Lab, host: str) -> float:
+    """Power `host` on; wait until it is online and every VM answers, and until the host-settle
+    time has passed (a host back from lost takes no VMs before). Returns power-on -> online."""
+    t0 = time.monotonic()
+    lab.power_on(host)
+    snap = lab.wait(lambda s: host in s.alive and (r := s.records.get(host)) is not None
+                    and r.state is HostState.ONLINE, 120, f"{host} back online")
+    online = time.monotonic() - t0
+    wait_healthy(lab)
+    time.sleep(max(0.0, snap.records[host].since + snap.settings.host_settle_s - time.monotonic()) + 0.3)
+    return online
+
+
+def bench_rto(lab: Lab, runs: int) -> tuple[list[CrashSample], list[float]]:
+    samples: list[CrashSample] = []
+    power_on_times: list[float] = []
+    for run in range(runs):
+        host = crash_host_for_run(lab, run)
+        got = measure_crash(lab, host)
+        samples += got
+        for s in got:
+            say(f"RTO run {run + 1}/{runs}: crash {host}{' (manager)' if s.was_manager else ''}: {s.vm} answers on "
+                f"{s.to} after {s.rto:.2f} s = detection {fmt(s.detection)} + fencing {fmt(s.fencing)} + restart "
+                f"{fmt(s.restart)} + boot {fmt(s.boot)}")
+        power_on_times.append(power_on_and_settle(lab, host))
+    return samples, power_on_times
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+def icmp_baseline(lab: Lab, vm: str, seconds: float = 5.0) -> dict[str, Any]:
+    """The same ICMP probe with nothing happening: what the machine's noise alone shows."""
+    assert lab.net is not None
+    with IcmpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.01) as probe:
+        time.sleep(seconds)
+    probe.stop()
+    return probe.summary()
+
+
+def bench_live(lab: Lab, runs: int) -> list[LiveSample]:
+    samples = []
+    vms = sorted(lab.vm_specs)
+    for run in range(runs):
+        vm = vms[run % len(vms)]
+        source = lab.placement(vm).host or ""
+        s = measure_live(lab, vm, pick_target(lab, source))
+        samples.append(s)
+        say(f"live run {run + 1}/{runs}: {vm} {s.source} -> {s.target}: ICMP blackout {fmt_ms(s.blackout_ms)} "
+            f"({s.icmp_lost}/{s.icmp_sent} lost), QEMU downtime {fmt_ms(s.qemu_downtime_ms)} (total "
+            f"{fmt_ms(s.qemu_total_ms)}), HTTP {s.http_failures} failed of {s.http_requests}, max HTTP gap "
+            f"{s.http_max_gap_ms:.0f} ms")
+        time.sleep(1.0)
+    return samples
+
+
+def bench_quick(lab: Lab, runs: int) -> list[QuickSample]:
+    samples = []
+    vms = sorted(lab.vm_specs)
+    for run in range(runs):
+        vm = vms[(run + 1) % len(vms)]
+        source = lab.placement(vm).host or ""
+        s = measure_quick(lab, vm, pick_target(lab, source))
+        samples.append(s)
+        say(f"quick run {run + 1}/{runs}: {vm} {s.source} -> {s.target}: stop -> serving {s.stop_to_serving:.2f} s "
+            f"(save {fmt(s.save)}, handover {fmt(s.handover)}, restore {fmt(s.restore)}, guest answers "
+            f"{fmt(s.answer)}); RAM {'kept' if s.ram_kept else 'LOST'}")
+        time.sleep(1.0)
+    return samples
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+# --- control plane ------------------------------------------------------------------------------
+
+def cpu_ticks(pid: int | None) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError, TypeError):
+        return None
+
+
+def etcd_revision(endpoints: list[str]) -> int:
+    key = base64.b64encode(b"/").decode()
+    for url in endpoints:
+        try:
+            r = httpx.post(url + "/v3/kv/range", json={"key": key, "keys_only": True, "limit": 1}, timeout=2.0,
+                           trust_env=False)
+            return int(r.json()["header"]["revision"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            continue
+    raise DemoError("no etcd member answers")
+
+
+def etcd_proposals(endpoints: list[str]) -> int | None:
+    for url in endpoints:
+        try:
+            text = httpx.get(url + "/metrics", timeout=2.0, trust_env=False).text
+        except httpx.HTTPError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("etcd_server_proposals_committed_total "):
+                return int(float(line.split()[1]))
+    return None
+
+
+class KeyCounter:
+    """Counts writes under the cluster prefix by kind (hosts/, status/, events/, ...) and the
+    deletions of alive keys (a lost lease)."""
+
+    def __init__(self, lab: Lab) -> None:
+        assert lab.store is not None
+        self.root = lab.layout.root
+        self.kinds: dict[str, int] = {}
+        self.alive_deleted: list[str] = []
+        self._cancel = lab.store.watch_prefix(self.root, self._on)
+
+    def _on(self, event: Any) -> None:
+        kind = event.key[len(self.root):].split("/")[0]
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if kind == "alive" and not event.value:
+            self.alive_deleted.append(event.key.rsplit("/", 1)[1])
+
+    def close(self) -> None:
+        self._cancel()
+
+
+def bench_idle(lab: Lab, window: float) -> dict[str, Any]:
+    assert lab.etcd is not None
+    endpoints = lab.etcd.endpoints
+    daemons = {h: m.daemon.pid for h, m in lab.members.items() if m.daemon}
+    watchdogs = {h: m.watchdog.pid for h, m in lab.members.items() if m.watchdog}
+    etcd_pids = [m.proc.pid for m in lab.etcd._members if m.proc is not None]  # noqa: SLF001 - the lab's own
+    counter = KeyCounter(lab)
+    t0 = time.monotonic()
+    start = {pid: cpu_ticks(pid) for pid in [*daemons.values(), *watchdogs.values(), *etcd_pids]}
+    rev0, prop0 = etcd_revision(endpoints), etcd_proposals(endpoints)
+    time.sleep(window)
+    rev1, prop1 = etcd_revision(endpoints), etcd_proposals(endpoints)
+    elapsed = time.monotonic() - t0
+    end = {pid: cpu_ticks(pid) for pid in start}
+    counter.close()
+
+    def pct(pid: int) -> float | None:
+        a, b = start.get(pid), end.get(pid)
+        return None if a is None or b is None else (b - a) / CLK_TCK / elapsed * 100
+
+    hosts = len(lab.members)
+    return {
+        "window_s": elapsed,
+        "daemon_cpu_pct": {h: pct(pid) for h, pid in daemons.items()},
+        "watchdog_cpu_pct": {h: pct(pid) for h, pid in watchdogs.items()},
+        "etcd_cpu_pct": [pct(pid) for pid in etcd_pids],
+        "revisions": rev1 - rev0,
+        "writes_per_s_per_host": (rev1 - rev0) / elapsed / hosts,
+        "raft_proposals_per_s": (prop1 - prop0) / elapsed if prop0 is not None and prop1 is not None else None,
+        "writes_by_kind": counter.kinds,
+        "keepalives_per_s_per_host": 1 / lab.snapshot().settings.renew_interval,
+        "manager": lab.snapshot().manager,
+    }
+
+
+# --- false self-fencing under load --------------------------------------------------------------
+
+HOG = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end: pass\n"
+
+
+def watchdog_firings(lab: Lab) -> int:
+    total = 0
+    for m in lab.members.values():
+        try:
+            total += (m.run_dir / "watchdog.log").read_text().count("deadline passed")
+        except OSError:
+            pass
+    return total
+
+
+def bench_load(lab: Lab, window: float, hogs: int) -> dict[str, Any]:
+    before = lab.snapshot()
+    fired0 = watchdog_firings(lab)
+    counter = KeyCounter(lab)
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", HOG, str(window)]) for _ in range(hogs)]
+    try:
+        for proc in procs:
+            proc.wait(timeout=window + 30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    time.sleep(2.0)  # a lease lost at the very end still shows
+    counter.close()
+    events = events_since(lab, t0)
+    after = lab.snapshot()
+    moved = sorted(vm for vm, p in after.placements.items()
+                   if (b := before.placements.get(vm)) is None or (b.host, b.generation) != (p.host, p.generation))
+    return {
+        "window_s": window, "hogs": hogs,
+        "self_fences": sum(1 for e in events if e["message"].startswith("self-fence")),
+        "leases_lost_agent": sum(1 for e in events if e["message"] == "lease lost"),
+        "hosts_marked_lost": sum(1 for e in events if e["source"] == "manager" and "-> lost" in e["message"]),
+        "alive_keys_expired": counter.alive_deleted,
+        "watchdog_firings": watchdog_firings(lab) - fired0,
+        "vms_moved_or_restarted": moved,
+        "load_average": load_average(),
+    }
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10, help="host crashes for the RTO (default 10)")
+    parser.add_argument("--live-runs", type=int, default=5)
+    parser.add_argument("--quick-runs", type=int, default=5)
+    parser.add_argument("--idle-s", type=float, default=30.0, help="idle window for the control-plane cost")
+    parser.add_argument("--load-s", type=float, default=60.0, help="window under CPU load for false self-fencing")
+    parser.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="busy loops during the load window")
+    parser.add_argument("--vms", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write every sample to this file")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("lab bench skipped: it needs root (network namespaces, taps, QEMU)")
+        return 0
+    missing = [b for b in ("qemu-system-x86_64", "etcd", "ip") if shutil.which(b) is None]
+    if missing:
+        print(f"lab bench skipped: not installed: {', '.join(missing)} (run scripts/install.sh)")
+        return 0
+    try:
+        with exclusive_root("bench") as root:
+            return run(args, root)
+    except KeyboardInterrupt:
+        print("interrupted: the lab is torn down")
+        return 130
+    except (DemoError, LabError) as exc:
+        print(f"error: {exc}")
+        return 1
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
+    started = time.monotonic()
+    say(f"lab: 3 hosts, {args.vms} VMs of 128 MiB (load average {load_average()})")
+    with Lab(hosts=3, vms=args.vms, root=root, memory_mib=128) as lab:
+        wait_healthy(lab)
+        settings = lab.snapshot().settings
+        accel = accelerator(lab)
+        say(f"lab up in {time.monotonic() - started:.0f} s; {accel}; lease TTL {settings.lease_ttl_s:g} s, renew every "
+            f"{settings.renew_interval:g} s, self-fence after {settings.self_fence_after_s:g} s, fence grace "
+            f"{settings.fence_grace_s:g} s")
+        time.sleep(5.0)
+        say(f"control plane: {args.idle_s:g} s idle ...")
+        idle = bench_idle(lab, args.idle_s)
+        say(f"false self-fencing: {args.load_s:g} s idle with {args.hogs} busy loops ...")
+        load = bench_load(lab, args.load_s, args.hogs)
+        say(f"  {load}")
+        wait_healthy(lab)
+        say(f"RTO: {args.runs} host crashes ...")
+        crash, power_on = bench_rto(lab, args.runs)
+        baseline = icmp_baseline(lab, sorted(lab.vm_specs)[0])
+        say(f"ICMP probe baseline, no migration: longest gap {baseline.get('max_gap_s', 0) * 1000:.0f} ms, "
+            f"{baseline.get('lost')} of {baseline.get('sent')} lost")
+        say(f"live migration: {args.live_runs} runs ...")
+        live = bench_live(lab, args.live_runs)
+        say(f"quick migration: {args.quick_runs} runs ...")
+        quick = bench_quick(lab, args.quick_runs)
+        load_end = load_average()
+    report(args, accel, crash, power_on, live, quick, idle, load, load_end, baseline)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "accel": accel, "crash": [asdict(s) for s in crash], "power_on_to_online_s": power_on,
+            "live": [asdict(s) for s in live], "icmp_baseline": baseline, "quick": [asdict(s) for s in quick], "idle": idle, "load": load},
+            indent=1))
+        say(f"samples written to {args.json}")
+    say(f"lab bench done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+def report(args: argparse.Namespace, accel: str, crash: list[CrashSample], power_on: list[float],
+           live: list[LiveSample], quick: list[QuickSample], idle: dict[str, Any], load: dict[str, Any],
+           load_end: str, baseline: dict[str, Any]) -> None:
+    rto = [s.rto for s in crash]
+    excl = [s.excl_boot for s in crash if s.boot is not None]
+    rows = [
+        ("host crash -> answers elsewhere", med_max(rto), "", None,
+         "Pacemaker defaults 12.75 s (13.19 max) here, tuned 5.17 s; Proxmox HA ~120 s"),
+        ("  excluding guest boot", med_max(excl), f"<= {GOAL_RTO_EXCL_BOOT_S:g} s",
+         (max(excl) <= GOAL_RTO_EXCL_BOOT_S) if excl else None, "Pacemaker defaults ~8.75 s excl. its ~4 s boot"),
+        ("  detection (crash -> lost)", med_max([s.detection for s in crash if s.detection is not None]), "", None,
+         ANCHOR_DETECTION),
+        ("  fencing wait (lost -> fenced)", med_max([s.fencing for s in crash if s.fencing is not None]), "", None,
+         "Pacemaker ~50 ms fencing + ~1 s controller delay"),
+        ("  restart (fenced -> QEMU started)", med_max([s.restart for s in crash if s.restart is not None]), "",
+         None, ""),
+        ("  guest boot (QEMU -> HTTP)", med_max([s.boot for s in crash if s.boot is not None]), "", None,
+         f"{accel}; 2.8-3.6 s alone on an idle machine (LAB-NOTES)"),
+        ("  crashes of the manager's host", f"{sum(1 for s in crash if s.was_manager)} of {len(crash)} samples", "",
+         None, ""),
+        ("  power-on -> host online again", med_max(power_on), "", None, ""),
+    ]
+    print_rows(f"RTO over {args.runs} host crashes ({len(crash)} VM samples)", rows)
+    blackout = [s.blackout_ms for s in live if s.blackout_ms is not None]
+    downtime = [s.qemu_downtime_ms for s in live if s.qemu_downtime_ms is not None]
+    failures = sum(s.http_failures for s in live)
+    rows = [
+        ("blackout, ICMP every 10 ms", med_max(blackout, "ms", digits=0), f"<= {GOAL_BLACKOUT_MS:g} ms",
+         (max(blackout) <= GOAL_BLACKOUT_MS) if blackout else None, ANCHOR_DOWNTIME),
+        ("  probe noise: longest gap, no migration", f"{(baseline.get('max_gap_s') or 0) * 1000:.0f} ms over 5 s",
+         "", None, "what the shared machine alone shows"),
+        ("QEMU-reported downtime", med_max(downtime, "ms", digits=0), "", None,
+         ANCHOR_DOWNTIME + "; LAB-NOTES 17-73 ms"),
+        ("failed HTTP requests", f"{failures} of {sum(s.http_requests for s in live)}", "0",
+         failures == 0 if live else None, "LAB-NOTES: 0-1 per migration with a retrying client"),
+        ("longest HTTP gap", med_max([s.http_max_gap_ms for s in live], "ms", digits=0), "", None, ""),
+        ("QEMU-reported total time", med_max([s.qemu_total_ms for s in live if s.qemu_total_ms is not None], "ms",
+                                             digits=0), "", None, "LAB-NOTES 560-650 ms"),
+        ("request -> running on the target", med_max([s.duration_s for s in live]), "", None, ""),
+    ]
+    print_rows(f"live migration, {len(live)} runs, 128 MiB guest", rows)
+    q = [s.stop_to_serving for s in quick]
+    rows = [
+        ("stop -> serving on the target", med_max(q), f"<= {GOAL_QUICK_S:g} s", (max(q) <= GOAL_QUICK_S) if q else None,
+         "LAB-NOTES by hand: 0.46-1.08 s"),
+        ("  save (stop -> saved)", med_max([s.save for s in quick if s.save is not None]), "", None, ""),
+        ("  handover (saved -> target QEMU)", med_max([s.handover for s in quick if s.handover is not None]), "",
+         None, ""),
+        ("  restore (QEMU start, load, cont)", med_max([s.restore for s in quick if s.restore is not None]), "",
+         None, "LAB-NOTES: load 0.15-0.19 s"),
+        ("  guest answers (running -> HTTP)", med_max([s.answer for s in quick if s.answer is not None]), "",
+         None, ""),
+        ("client-seen gap", med_max([s.client_gap_s for s in quick]), "", None, ""),
+        ("RAM state kept", f"{sum(s.ram_kept for s in quick)} of {len(quick)}", f"{len(quick)} of {len(quick)}",
+         all(s.ram_kept for s in quick) if quick else None, ""),
+    ]
+    print_rows(f"quick migration, {len(quick)} runs, 128 MiB guest", rows)
+    daemon = [v for v in idle["daemon_cpu_pct"].values() if v is not None]
+    watchdog = [v for v in idle["watchdog_cpu_pct"].values() if v is not None]
+    etcd_cpu = [v for v in idle["etcd_cpu_pct"] if v is not None]
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(idle["writes_by_kind"].items())) or "none"
+    rows = [
+        ("daemon CPU per host", " / ".join(f"{h} {v:.1f} %" for h, v in idle["daemon_cpu_pct"].items()
+                                           if v is not None) + f" (manager {idle['manager']})", "", None,
+         "% of one core"),
+        ("watchdog process CPU per host", f"{statistics.mean(watchdog):.1f} % mean" if watchdog else "-", "report",
+         None, "polls its deadline file every 20 ms"),
+        ("etcd CPU per member", f"{statistics.mean(etcd_cpu):.1f} % mean" if etcd_cpu else "-", "", None, ""),
+        ("etcd writes per second per host", f"{idle['writes_per_s_per_host']:.2f} ({idle['revisions']} revisions in "
+         f"{idle['window_s']:.0f} s: {kinds})", "", None, ""),
+        ("lease keepalives per second per host", f"{idle['keepalives_per_s_per_host']:.1f}", "", None,
+         "not revisions: served by the etcd leader"),
+        ("raft proposals per second (cluster)", f"{idle['raft_proposals_per_s']:.1f}"
+         if idle["raft_proposals_per_s"] is not None else "-", "", None, ""),
+    ]
+    if daemon:
+        rows.insert(1, ("daemon CPU, mean", f"{statistics.mean(daemon):.1f} % of a core", "", None, ""))
+    print_rows(f"control plane while idle, {idle['window_s']:.0f} s", rows)
+    bad = load["self_fences"] + load["leases_lost_agent"] + load["hosts_marked_lost"] + load["watchdog_firings"] \
+        + len(load["alive_keys_expired"])
+    rows = [
+        ("self-fences", str(load["self_fences"]), "0", load["self_fences"] == 0, ""),
+        ("leases lost (agents)", str(load["leases_lost_agent"]), "0", load["leases_lost_agent"] == 0, ""),
+        ("alive keys expired", str(len(load["alive_keys_expired"])), "0", not load["alive_keys_expired"], ""),
+        ("hosts marked lost by the manager", str(load["hosts_marked_lost"]), "0", load["hosts_marked_lost"] == 0, ""),
+        ("watchdog firings", str(load["watchdog_firings"]), "0", load["watchdog_firings"] == 0, ""),
+        ("VMs moved or restarted", ", ".join(load["vms_moved_or_restarted"]) or "none", "none",
+         not load["vms_moved_or_restarted"], ""),
+    ]
+    print_rows(f"false self-fencing: {load['window_s']:g} s idle under {load['hogs']} busy loops (load average "
+               f"{load['load_average']}) -> {'none' if bad == 0 else 'SOME'}", rows)
+    print(f"\n{accel} guests; machine load average at the end: {load_end}; anchors from LAB-NOTES.md and vendor docs.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
