@@ -61,7 +61,7 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
             new = (HostState.OFFLINE, "not running")
     elif record.state in UP:
         if not host.alive:
-            new = (HostState.LOST, "lease expired")
+            new = (HostState.LOST, "lease gone")  # expired, or given up by a self-fenced host
             decision.fence_hosts.append(name)
         elif want_maintenance and record.state is HostState.ONLINE:
             new = (HostState.MAINTENANCE, "drain requested")
@@ -291,7 +291,7 @@ class _VmStep:
             return True
         return False
 
-    def recover(self, why: str) -> None:
+    def recover(self, why: str, prefer: str | None = None) -> None:
         before = self.vm.placement.state.value if self.vm.placement else "stopped"
         if self.spec.desired is not DesiredState.RUNNING:
             self.change(f"{before} -> stopped ({why})", state=VmState.STOPPED, host=None, migration=None)
@@ -301,9 +301,9 @@ class _VmStep:
                         f"acknowledge to start it)", state=VmState.ERROR, host=None, migration=None,
                         reason=f"{why}; priority 0")
             return
-        # No exclusion: the old host is lost, fenced or gone, so never a candidate, and the reason
-        # stays the same from one iteration to the next (one line per change, not two).
-        choice = self.select()
+        # No exclusion: the old host is lost, fenced or gone, so never a candidate (or, settled
+        # again, the preferred one), and the reason stays the same from one iteration to the next.
+        choice = self.select(prefer=prefer)
         if not choice:
             waiting = f"waiting: {choice.reason}"
             if before != VmState.RECOVERING.value:
@@ -414,11 +414,13 @@ class _VmStep:
         if host is not None and state is HostState.LOST:
             return
         if host is not None and state in UP:
-            # Back before the fence: its agent killed the VM when its lease ran out; start afresh.
-            if self.spec.desired is DesiredState.RUNNING and self.spec.ha:
-                self.start_on(host, "recovering", f"host {host} back before the fence")
-            else:
-                self.recover(f"host {host} rejoined")
+            # Back before the fence: its agent killed the VM when its lease ran out. Let the host
+            # prove itself stable first (a flapping host would kill the VM again and again).
+            record = self.r.records[host]
+            if self.r.now < record.since + _settle(record, self.r.settings):
+                self.note(f"waiting for {host} to settle (back before the fence)")
+                return
+            self.recover(f"host {host} back before the fence", prefer=host)
             return
         self.recover(f"host {host} {state.value}" if host and state else "room available")
 

@@ -51,7 +51,7 @@ class AgentLoop:
         self.specs: dict[str, VmSpec] = {}
         self.peers: dict[tuple[str, str], VmStatus] = {}
         self.addresses: dict[str, str] = {}
-        self.published: dict[str, LocalVm] = {}
+        self.published: dict[str, LocalVm | None] | None = {}  # None: unknown, re-read
         self.known: dict[str, LocalVm] = {}
         self.decoded = DecodeCache()
         self.stale = True
@@ -93,6 +93,7 @@ class AgentLoop:
         except StoreError:
             return False
         self.lease, self.last_renewal_sent, self.fenced, self.changed = lease, sent, False, True
+        self.published = None  # the previous run's reports are in the store: re-read them
         self._arm_watchdog()
         self.event(f"host {self.host.name}", f"lease {lease.id} resumed")
         return True
@@ -196,14 +197,29 @@ class AgentLoop:
         self.changed = bool(decision.actions)  # retry next time until they are done
         if decision.self_fenced and not self.fenced:
             self.fenced = True
-            self.event(f"host {self.host.name}", f"self-fence: killing {len(decision.actions)} VM(s)")
+            self.event(f"host {self.host.name}", f"self-fence: lease not renewed in time; killing "
+                                                 f"{len(decision.actions)} VM(s), giving the lease up")
         for action in decision.actions:
             self._execute(action)
         if decision.actions:
             local = self.hypervisor.list()
             self._note_local_changes(local)
-        if not decision.self_fenced and self.lease:
+        if decision.self_fenced:
+            self._give_up_lease(local)
+        elif self.lease:
             self._publish(local)
+
+    def _give_up_lease(self, local: dict[str, LocalVm]) -> None:
+        """After a self-fence, once every VM here is dead, hand the lease back: the cluster then
+        knows this host ran nothing (its VMs recover at once instead of on expiry), and this host
+        rejoins with a fresh lease rather than flapping on a late one."""
+        if self.lease is None or any(vm.state not in DEAD for vm in local.values()):
+            return
+        lease, self.lease = self.lease, None
+        try:
+            self.store.lease_revoke(lease)
+        except StoreError:
+            pass  # it expires on its own
 
     def _note_local_changes(self, local: dict[str, LocalVm]) -> None:
         for name in sorted(set(local) | set(self.known)):
@@ -242,6 +258,10 @@ class AgentLoop:
     def _publish(self, local: dict[str, LocalVm]) -> None:
         """Report local VMs that changed since the last report, bound to our lease."""
         try:
+            if self.published is None:  # after a failed write: learn what the store holds
+                self.published = {}
+                for kv in self.store.get_prefix(self.layout.status_prefix(self.host.name)):
+                    self.published[kv.key.rsplit("/", 1)[-1]] = None
             for name, vm in sorted(local.items()):
                 if self.published.get(name) != vm:
                     status = status_of(self.host.name, vm)
@@ -252,7 +272,7 @@ class AgentLoop:
                 self.store.delete(self.layout.status(self.host.name, name))
                 del self.published[name]
         except StoreError:
-            self.published = {}  # unknown what landed: write everything again next time
+            self.published = None  # unknown what landed: re-read and write again next time
             self.changed = True
 
     def shutdown(self) -> None:

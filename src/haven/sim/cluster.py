@@ -86,7 +86,8 @@ class SimHost:
         self.agent = AgentLoop(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
                                self.watchdog)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
-        self.agent.register()
+        if self.agent.register() and self.agent.lease:
+            c.lease_hosts[self.agent.lease.id] = self.name
         root = c.layout.root
         self.unwatch = [c.store.watch_stream(root + "vms/", self._on_store_event, self.reaches_store),
                         c.store.watch_stream(root + "status/", self._on_store_event, self.reaches_store),
@@ -158,6 +159,8 @@ class SimHost:
     def _renew(self) -> None:
         assert self.agent is not None
         result = self.agent.renew()
+        if self.agent.lease:
+            self.cluster.lease_hosts[self.agent.lease.id] = self.name
         if result is Renewal.LOST:
             self._agent_step()
         elif result is Renewal.REGAINED:
@@ -207,6 +210,7 @@ class SimCluster:
         self.world = World(lambda: self.loop.now)
         self.events: list[Event] = []
         self._requests = 0
+        self.lease_hosts: dict[int, str] = {}  # every lease a host held, for the log
         self.operator = self.store.client("operator", lambda: not self.world.network.store_down)
         self.operator.put(self.layout.config(), self.settings.model_dump_json())
         for vm in config.vms:
@@ -262,7 +266,8 @@ class SimCluster:
         for host in self.hosts.values():
             if host.agent and host.agent.lease and host.agent.lease.id == lease_id:
                 return f"host {host.name}"
-        return f"lease {lease_id}"
+        owner = self.lease_hosts.get(lease_id)
+        return f"host {owner} (an earlier lease)" if owner else f"lease {lease_id}"
 
     def advance_to(self, until: float) -> None:
         """Run every event up to virtual time `until`, checking safety after each."""

@@ -27,6 +27,11 @@ from haven.sim.cluster import SimCluster, SimHost
 from haven.sim.world import STORE
 
 
+# The defaults (TTL 2, margin 0.5, grace 0.3) are safe while (2 - 0.5) / rate < 2 + 0.3, i.e. for a
+# host clock running at 65 % of true speed or faster; the language stops a little above that.
+MIN_CLOCK_RATE = 0.7
+
+
 class FaultError(ValueError):
     """A fault line could not be understood; the message says what is allowed."""
 
@@ -140,8 +145,9 @@ def _normal(cluster: SimCluster, args: list[str]) -> None:
 def _skew(cluster: SimCluster, args: list[str]) -> None:
     _expect(args, 2, "skew HOST RATE")
     rate = _number(args[1])
-    if not 0.5 <= rate <= 2.0:
-        raise FaultError("skew RATE must be between 0.5 and 2.0")
+    if not MIN_CLOCK_RATE <= rate <= 2.0:
+        raise FaultError(f"skew RATE must be between {MIN_CLOCK_RATE} and 2.0: haven's timing tolerates a host "
+                         f"clock that runs slow only while (TTL - margin) / rate < TTL + fence_grace")
     _host(cluster, args[0]).clock.set_rate(rate)
 
 
