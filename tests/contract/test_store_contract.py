@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from haven.ports.store import (
-    Compare, Delete, EventType, LeaseLost, Put, StoreError, StoreUnavailable, WatchEvent,
+    Compare, Delete, LeaseLost, Put, StoreError, StoreUnavailable, WatchEvent,
 )
 from haven.sim.store import MemoryStore
 

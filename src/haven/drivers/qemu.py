@@ -44,7 +44,7 @@ from typing import Any
 
 from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, build_cmdline, disk_format,
                                         migration_port, restore_uri, save_uri)
-from haven.drivers.qmp import QmpClient, QmpConnectError, QmpError
+from haven.drivers.qmp import QmpClient, QmpError
 from haven.model.spec import VmSpec
 from haven.model.state import LocalState
 from haven.ports.clock import Clock

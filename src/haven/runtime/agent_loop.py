@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from enum import Enum
 from collections.abc import Callable
+from enum import Enum
 
-from haven.core.agent import (DEAD, Action, AgentInput, concerns, CancelMigration, Forget, Kill, MigrateLive,
-                              PrepareIncoming, Save, Start, Stop, lease_valid, reconcile, status_of)
+from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
+                              PrepareIncoming, Save, Start, Stop, concerns, lease_valid, reconcile, status_of)
 from haven.core.decision import Event
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import Placement, VmStatus
@@ -23,6 +23,7 @@ from haven.runtime.layout import DecodeCache, Layout
 
 EventSink = Callable[[Event], None]
 RENEW_RETRY_S = 0.1  # after a failed renewal: an etcd leader change lasts ~1 s, the budget is 1.5 s
+FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
 class Renewal(Enum):
@@ -30,7 +31,6 @@ class Renewal(Enum):
     FAILED = "failed"  # the store did not answer: retry after RENEW_RETRY_S
     LOST = "lost"  # the lease is gone
     REGAINED = "regained"  # valid again after the self-fence deadline (or a new lease): step now
-FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
 class AgentLoop:
