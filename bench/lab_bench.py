@@ -29,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -443,7 +442,7 @@ def report(args: argparse.Namespace, accel: str, crash: list[CrashSample], power
         ("daemon CPU per host", " / ".join(f"{h} {v:.1f} %" for h, v in idle["daemon_cpu_pct"].items()
                                            if v is not None) + f" (manager {idle['manager']})", "", None,
          "% of one core"),
-        ("watchdog process CPU per host", f"{statistics.mean(watchdog):.1f} % mean" if watchdog else "-", "report",
+        ("watchdog process CPU per host", f"{statistics.mean(watchdog):.1f} % mean" if watchdog else "-", "",
          None, "polls its deadline file every 20 ms"),
         ("etcd CPU per member", f"{statistics.mean(etcd_cpu):.1f} % mean" if etcd_cpu else "-", "", None, ""),
         ("etcd writes per second per host", f"{idle['writes_per_s_per_host']:.2f} ({idle['revisions']} revisions in "
