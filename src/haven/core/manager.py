@@ -469,9 +469,11 @@ class _VmStep:
             self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
         elif target and target.state in (LocalState.CRASHED, LocalState.FAILED):
             self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
-        elif source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
-            # Killed by a self-fence (its lease survived) or crashed: nothing left to move. Back to
-            # the source, whose agent boots it again (or the manager restarts a crashed one).
+        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
+            self.restart(f"{source.state.value} on {m.source} during a live migration", m.source, True)
+        elif source is None or source.state is LocalState.STOPPED:
+            # Killed (a self-fence whose lease survived): nothing left to move. Back to the
+            # source, whose agent boots it again.
             self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
         elif source and source.failed_migration == m.attempt:
             self.abort_migration(m, source.detail or "failed on the source")
@@ -521,15 +523,21 @@ class _VmStep:
             self.start_on(target, "migrating", f"cold migration from {m.source}")
 
 
+def _runs_on(vm: VmView, p: Placement) -> bool:
+    status = vm.statuses.get(p.host) if p.host else None
+    return status is not None and status.generation == p.generation and status.state is LocalState.RUNNING
+
+
 def _balance(r: _Round) -> None:
     placements = list(r.placements())
     if any(p.state is VmState.MIGRATING for p in placements):
         return
     specs = r.specs
-    # A VM on its first preferred host stays: failback would only bring it back (ping-pong).
+    # Only VMs that run for sure and were left alone this round. A VM on its first preferred host
+    # stays: failback would only bring it back (ping-pong).
     movable = [p.vm for p in placements
-               if p.state is VmState.RUNNING and specs[p.vm].migratable and specs[p.vm].ha
-               and specs[p.vm].preferred_hosts[:1] != (p.host,)]
+               if p.state is VmState.RUNNING and p.vm not in r.current and _runs_on(r.view.vms[p.vm], p)
+               and specs[p.vm].migratable and specs[p.vm].ha and specs[p.vm].preferred_hosts[:1] != (p.host,)]
     loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
     for move in plan_balance(loads, specs, movable, r.settings):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

@@ -77,11 +77,13 @@ class ManagerLoop:
     def _current_view(self, now: float) -> ClusterView | None:
         """The cluster as last read; re-read when a watch, our own write or the clock says so."""
         if self.stale or self.view is None or now - self.read_at >= FULL_REFRESH_S:
+            self.stale = False  # before the read: a change that lands during it marks us stale again
             try:
                 snapshot = read_snapshot(self.store, self.layout, with_events=False, cache=self.decoded)
             except StoreError:
+                self.stale = True
                 return None
-            self.stale, self.read_at = False, now
+            self.read_at = now
             self._update_index(snapshot.view(self.since, self.fence_confirmed))
         return self.view
 
