@@ -352,7 +352,8 @@ class _VmStep:
             self.change("starting -> stopping (stop requested)", state=VmState.STOPPING)
         elif status and status.state is LocalState.RUNNING:
             self.change(f"starting -> running on {host}", state=VmState.RUNNING, restore_from=None)
-        elif status and status.state in (LocalState.FAILED, LocalState.CRASHED):
+        elif status and status.state in (LocalState.FAILED, LocalState.CRASHED, LocalState.STOPPED):
+            # STOPPED unasked: killed while booting (a watchdog or a self-fence); start it again
             self.restart(f"start failed on {host}: {status.detail or status.state.value}", host or "", False)
         elif self.r.now - self.p.since > self.r.settings.start_timeout_s:
             self.restart(f"not running on {host} after {self.r.settings.start_timeout_s:g} s", host or "", False)
