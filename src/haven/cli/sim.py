@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from haven.cli.sim_serve import register_serve
 from haven.model.load import ConfigError
 from haven.sim.scenario import EXPECTED_FILE, load_scenario, run_scenario
 from haven.sim.swarm import SwarmRun, run_seed, summarize
@@ -95,10 +96,5 @@ def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, as
 
 
 def register(cli: click.Group) -> None:
-    try:
-        from haven.cli.sim_serve import register_serve
-    except ImportError:  # the API extra is optional for the simulator
-        pass
-    else:
-        register_serve(sim)
+    register_serve(sim)
     cli.add_command(sim)
