@@ -29,7 +29,7 @@ from haven.lab.guest import GuestImage
 from haven.drivers.tap import bridge_taps
 from haven.model.spec import Settings
 from haven.model.state import HostState
-from haven.ports.store import Lease, StoreError, WatchEvent
+from haven.ports.store import EventType, Lease, StoreError, WatchEvent
 from haven.runtime import intents
 from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
 from haven.runtime.layout import Layout, encode_event
@@ -156,6 +156,8 @@ class NodeDaemon:
         if key.startswith(("vms/", "status/", "hosts/")):
             self.watched.put(event)
             self.wake_agent.set()
+        if key == "manager":
+            self.manager.observe_leader_key(event.type is EventType.PUT)
         if not key.startswith(("events/", "hoststate/")) and not key.endswith("/placement"):
             self.manager.mark_stale()
             self.wake_manager.set()

@@ -7,6 +7,7 @@ lease (or was deposed) cannot write (DESIGN.md section 3).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 
 from haven.core.decision import Decision, Event
@@ -41,6 +42,8 @@ class ManagerLoop:
         self.index: ClusterIndex | None = None
         self.stale = True
         self.read_at = 0.0
+        self.leader_key_present = False
+        self.campaigned_at = -math.inf
 
     @property
     def leading(self) -> bool:
@@ -87,10 +90,18 @@ class ManagerLoop:
             self._update_index(snapshot.view(self.since, self.fence_confirmed))
         return self.view
 
+    def observe_leader_key(self, present: bool) -> None:
+        """A watch saw the leader key appear or go: a follower campaigns only once it is gone."""
+        self.leader_key_present = present
+
     def step(self) -> Decision | None:
-        if not self.leading and not self.campaign():
-            return None
         now = self.clock.now()
+        if not self.leading:
+            if self.leader_key_present and now - self.campaigned_at < FULL_REFRESH_S:
+                return None  # someone leads; the watch tells us when that ends
+            self.campaigned_at = now
+            if not self.campaign():
+                return None
         view = self._current_view(now)
         if view is None:
             return None

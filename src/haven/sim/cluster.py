@@ -15,7 +15,7 @@ from dataclasses import replace
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
-from haven.ports.store import WatchEvent
+from haven.ports.store import EventType, WatchEvent
 from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
 from haven.runtime.layout import Layout
 from haven.runtime.manager_loop import ManagerLoop
@@ -26,24 +26,36 @@ from haven.sim.world import World
 
 
 class SimWatchdog:
-    """The lab's watchdog process: kills the host's VMs if not re-armed before the deadline."""
+    """The lab's watchdog process: kills the host's VMs if not re-armed before the deadline.
+
+    One timer at a time: re-arming only moves the deadline; a timer that fires early (the
+    deadline moved on meanwhile) sets itself again, so renewals cost no timer churn."""
 
     def __init__(self, host: SimHost) -> None:
         self.host = host
+        self.deadline: float | None = None  # host clock
         self.timer: Timer | None = None
 
     def arm(self, deadline: float) -> None:
-        self.disarm()
-        self.timer = self.host.cluster.loop.at(self.host.clock.to_world(deadline), self._fire)
+        self.deadline = deadline
+        if self.timer is None:
+            self.timer = self.host.cluster.loop.at(self.host.clock.to_world(deadline), self._fire)
 
     def disarm(self) -> None:
+        self.deadline = None
         if self.timer:
             self.timer.cancel()
             self.timer = None
 
     def _fire(self) -> None:
         self.timer = None
-        if self.host.powered and self.host.hv.kill_all():
+        if self.deadline is None or not self.host.powered:
+            return
+        loop = self.host.cluster.loop
+        at = self.host.clock.to_world(self.deadline)
+        if at > loop.now + 1e-9:  # moved on since: wait for the new deadline (world time, no float loop)
+            self.timer = loop.at(at, self._fire)
+        elif self.host.hv.kill_all():
             self.host.cluster.log(Event(self.host.cluster.now, f"wdog {self.host.name}",
                                         f"host {self.host.name}", "deadline passed: killed every VM"))
 
@@ -66,7 +78,8 @@ class SimHost:
         self.reaches_store = lambda: world.network.host_reaches_store(self.name)
         self.client = cluster.store.client(self.name, self.reaches_store)
         self.watchdog = SimWatchdog(self)
-        self.timers: list[Timer] = []
+        self.periodic: dict[str, Timer] = {}  # the next tick of each periodic task
+        self.deadline_timer: Timer | None = None
         self.pending: dict[str, Timer] = {}
         self.unwatch: list[Callable[[], None]] = []
         self.agent: AgentLoop | None = None
@@ -104,9 +117,10 @@ class SimHost:
         if not self.powered:
             return
         self.powered = False
-        for timer in self.timers + list(self.pending.values()):
-            timer.cancel()
-        self.timers, self.pending = [], {}
+        for timer in list(self.periodic.values()) + list(self.pending.values()) + [self.deadline_timer]:
+            if timer:
+                timer.cancel()
+        self.periodic, self.pending, self.deadline_timer = {}, {}, None
         for cancel in self.unwatch:
             cancel()
         self.watchdog.disarm()
@@ -119,26 +133,26 @@ class SimHost:
 
     def _every(self, interval: Callable[[], float], fn: Callable[[], None], offset: float) -> None:
         loop = self.cluster.loop
+        name = fn.__name__
 
         def tick() -> None:
             if not self.powered:
                 return
             if not self.hung:
                 fn()
-            self.timers.append(loop.after(self.clock.world_delay(interval()), tick))
-            self.timers = [t for t in self.timers if not t.cancelled and t.at >= loop.now]
+            self.periodic[name] = loop.after(self.clock.world_delay(interval()), tick)
 
-        self.timers.append(loop.after(self.clock.world_delay(interval()) + offset, tick))
+        self.periodic[name] = loop.after(self.clock.world_delay(interval()) + offset, tick)
 
-    def _soon(self, what: str, fn: Callable[[], None], delay: float = 0.0, moved: bool = False) -> None:
+    def _soon(self, what: str, fn: Callable[[], None], delay: float = 0.0) -> None:
         """Run `fn` after `delay` host seconds, once, however often asked meanwhile (the earliest
-        request wins, unless `moved`: then the latest request replaces the pending one)."""
+        request wins)."""
         if not self.powered or self.hung:
             return
         loop = self.cluster.loop
         at = loop.now + self.clock.world_delay(delay)
         pending = self.pending.get(what)
-        if pending and not pending.cancelled and pending.at <= at and not moved:
+        if pending and not pending.cancelled and pending.at <= at:
             return
 
         def run() -> None:
@@ -167,8 +181,20 @@ class SimHost:
             self.wake_agent()
         elif result is Renewal.FAILED:
             self._soon("renew retry", self._renew, RENEW_RETRY_S)
-        deadline = self.agent.last_renewal_sent + self.settings.self_fence_after_s
-        self._soon("deadline", self._agent_step, max(0.0, deadline - self.clock.now()) + 1e-6, moved=True)
+        if self.deadline_timer is None or self.deadline_timer.cancelled:
+            self._at_deadline()
+
+    def _at_deadline(self) -> None:
+        """Step the agent right when its self-fence deadline passes. One timer: when it fires
+        early (renewals moved the deadline on), it sets itself for the new deadline."""
+        self.deadline_timer = None
+        if not self.powered or self.agent is None:
+            return
+        at = self.clock.to_world(self.agent.last_renewal_sent + self.settings.self_fence_after_s) + 1e-6
+        if at > self.cluster.loop.now + 1e-9:
+            self.deadline_timer = self.cluster.loop.at(at, self._at_deadline)
+        elif not self.hung:
+            self._agent_step()
 
     def _agent_step(self) -> None:
         assert self.agent is not None
@@ -192,7 +218,8 @@ class SimHost:
                     and not event.key.endswith("/placement"):
                 self.manager.mark_stale()
                 self.wake_manager()
-        elif event.key == self.cluster.layout.manager():
+        elif event.key == self.cluster.layout.manager() and self.manager:
+            self.manager.observe_leader_key(event.type is EventType.PUT)
             self.wake_manager()
 
 

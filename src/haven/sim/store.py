@@ -29,6 +29,9 @@ from haven.ports.store import (
 )
 
 
+_UNKNOWN = object()
+
+
 @dataclass
 class _Lease:
     id: int
@@ -65,6 +68,7 @@ class MemoryStore:
         self._watch_ids = itertools.count(1)
         self._delivering = False
         self._caught_up = -1  # every watcher had every event up to this sequence number
+        self._next_expiry: float | None | object = _UNKNOWN
         self.lost_watch_events = 0  # events a held-back watcher missed because history wrapped
 
     def client(self, name: str, reachable: Callable[[], bool] = lambda: True) -> MemoryStoreClient:
@@ -77,10 +81,17 @@ class MemoryStore:
 
     def next_expiry(self) -> float | None:
         """Earliest lease expiry on the virtual clock, or None without leases."""
-        return min((lease.expiry for lease in self._leases.values()), default=None)
+        if self._next_expiry is _UNKNOWN:  # the simulator asks after every event: remember it
+            self._next_expiry = min((lease.expiry for lease in self._leases.values()), default=None)
+        return self._next_expiry  # type: ignore[return-value]
+
+    def _leases_changed(self) -> None:
+        self._next_expiry = _UNKNOWN
 
     def expire(self, now: float) -> list[int]:
         """Revoke every lease whose expiry <= now (deleting its keys); the ids, in id order."""
+        if self.next_expiry() is None or self._next_expiry > now:  # type: ignore[operator]
+            return []
         expired = sorted(i for i, lease in self._leases.items() if lease.expiry <= now)
         for lease_id in expired:
             self._revoke(lease_id)
@@ -90,11 +101,13 @@ class MemoryStore:
         """After an outage etcd's new leader gives every lease a full TTL again; so do we."""
         for lease in self._leases.values():
             lease.expiry = now + lease.ttl
+        self._leases_changed()
 
     def _revoke(self, lease_id: int) -> None:
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             return
+        self._leases_changed()
         events = [self._delete_key(k) for k in sorted(lease.keys)]
         self._commit([e for e in events if e is not None])
 
@@ -279,6 +292,7 @@ class MemoryStoreClient:
         s = self._enter()
         lease_id = next(s._lease_ids)
         s._leases[lease_id] = _Lease(lease_id, ttl, s._now() + ttl)
+        s._leases_changed()
         return Lease(lease_id, ttl)
 
     def lease_refresh(self, lease: Lease) -> None:
@@ -287,6 +301,7 @@ class MemoryStoreClient:
         if held is None:
             raise LeaseLost(f"lease {lease.id} expired or revoked")
         held.expiry = s._now() + held.ttl
+        s._leases_changed()
 
     def lease_revoke(self, lease: Lease) -> None:
         self._enter()._revoke(lease.id)
