@@ -45,18 +45,8 @@ def healthy(lab: Lab) -> Lab:
              and all(r.state is HostState.ONLINE for r in snap.records.values()), 60, "every host online")
     lab.wait_all_running(120)
     for vm in lab.vm_specs:
-        wait_answer(lab, vm, 60)
+        lab.wait_answer(vm, 60)
     return lab
-
-
-def wait_answer(lab: Lab, vm: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = lab.http(vm, timeout=0.5)
-        if answer:
-            return answer
-        time.sleep(0.05)
-    raise AssertionError(f"{vm} did not answer within {timeout:g} s")
 
 
 class DoubleRunSampler:
@@ -95,9 +85,9 @@ def test_host_crash_restarts_its_vms_elsewhere_with_their_disk(healthy: Lab) -> 
     lab = healthy
     vm = "vm1"
     host = lab.placement(vm).host
-    before = wait_answer(lab, vm, 10)
+    before = lab.wait_answer(vm, 10)
     lab.crash(host)
-    after = wait_answer(lab, vm, 60)
+    after = lab.wait_answer(vm, 60)
     assert lab.placement(vm).host != host
     assert after["boot_count"] == before["boot_count"] + 1  # a cold boot of the same disk
     # the disk heartbeat went on from where it was: no write acknowledged before the crash is lost
@@ -112,7 +102,7 @@ def test_isolated_host_fences_itself_before_its_vm_starts_elsewhere(healthy: Lab
         lab.isolate(host)
         lab.wait(lambda snap: snap.placements[vm].state is VmState.RUNNING and snap.placements[vm].host != host,
                  60, f"{vm} running elsewhere")
-        wait_answer(lab, vm, 30)
+        lab.wait_answer(vm, 30)
         assert host not in lab.qemu_hosts(vm)
     assert sampler.samples > 50
     assert sampler.doubles == []
@@ -128,7 +118,7 @@ def test_hung_agent_is_fenced_by_its_watchdog(healthy: Lab) -> None:
             lab.wait(lambda snap: snap.placements[vm].host != host
                      and snap.placements[vm].state is VmState.RUNNING, 60, f"{vm} recovered")
             assert host not in lab.qemu_hosts(vm)  # the watchdog killed it
-            wait_answer(lab, vm, 30)
+            lab.wait_answer(vm, 30)
         finally:
             lab.continue_agent(host)
     assert sampler.doubles == []
@@ -141,7 +131,7 @@ def test_live_migration_keeps_the_guest_running(healthy: Lab) -> None:
     vm = "vm1"
     source = lab.placement(vm).host
     target = next(h for h in sorted(lab.members) if h != source)
-    before = wait_answer(lab, vm, 10)
+    before = lab.wait_answer(vm, 10)
     with HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=1.0) as probe:
         time.sleep(0.5)
         intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.LIVE, target)
@@ -150,7 +140,7 @@ def test_live_migration_keeps_the_guest_running(healthy: Lab) -> None:
         time.sleep(0.5)
     records = probe.records
     failures = [r for r in records if "error" in r]
-    after = wait_answer(lab, vm, 10)
+    after = lab.wait_answer(vm, 10)
     assert after["boot_count"] == before["boot_count"]
     assert after["ram_counter"] > before["ram_counter"]  # RAM came along
     assert len(records) > 10 and failures == []
@@ -161,24 +151,24 @@ def test_quick_migration_keeps_the_guest_memory(healthy: Lab) -> None:
     vm = "vm2"
     source = lab.placement(vm).host
     target = next(h for h in sorted(lab.members) if h != source)
-    before = wait_answer(lab, vm, 10)
+    before = lab.wait_answer(vm, 10)
     intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.QUICK, target)
     lab.wait(lambda snap: snap.placements[vm].host == target
              and snap.placements[vm].state is VmState.RUNNING, 60, "quick migration done")
-    after = wait_answer(lab, vm, 20)
+    after = lab.wait_answer(vm, 20)
     assert after["ram_counter"] > before["ram_counter"] and after["boot_count"] == before["boot_count"]
 
 
 def test_drain_moves_every_vm_off_the_host(healthy: Lab) -> None:
     lab = healthy
     host = lab.placement("vm3").host
-    before = {vm: wait_answer(lab, vm, 10) for vm in lab.vm_specs if lab.placement(vm).host == host}
+    before = {vm: lab.wait_answer(vm, 10) for vm in lab.vm_specs if lab.placement(vm).host == host}
     intents.set_maintenance(lab.store, lab.layout, host, True)
     try:
         lab.wait(lambda snap: all(p.host != host and p.state is VmState.RUNNING
                                   for p in snap.placements.values()), 90, f"{host} drained")
         for vm, answer in before.items():  # moved live: the same boot, still serving
-            assert wait_answer(lab, vm, 10)["boot_count"] == answer["boot_count"]
+            assert lab.wait_answer(vm, 10)["boot_count"] == answer["boot_count"]
         assert not any(host in lab.qemu_hosts(vm) for vm in lab.vm_specs)
     finally:
         intents.set_maintenance(lab.store, lab.layout, host, False)
@@ -188,13 +178,13 @@ def test_agent_restart_keeps_vms_running(healthy: Lab) -> None:
     lab = healthy
     host = lab.placement("vm1").host
     vm = vm_on(lab, host)
-    before = wait_answer(lab, vm, 10)
+    before = lab.wait_answer(vm, 10)
     lab.restart_agent(host)
     time.sleep(5)
     snap = lab.snapshot()
     assert snap.placements[vm].host == host and snap.placements[vm].state is VmState.RUNNING
     assert host in snap.alive
-    after = wait_answer(lab, vm, 10)
+    after = lab.wait_answer(vm, 10)
     assert after["boot_count"] == before["boot_count"]  # never restarted
     assert after["ram_counter"] > before["ram_counter"]
 
@@ -210,7 +200,7 @@ def test_manager_host_crash_a_new_manager_fails_over(healthy: Lab) -> None:
     for vm in victims:
         lab.wait(lambda s, vm=vm: s.placements[vm].host != manager
                  and s.placements[vm].state is VmState.RUNNING, 60, f"{vm} recovered")
-        wait_answer(lab, vm, 30)
+        lab.wait_answer(vm, 30)
 
 
 def test_one_etcd_member_down_the_cluster_keeps_working(healthy: Lab) -> None:

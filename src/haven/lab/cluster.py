@@ -254,6 +254,16 @@ class Lab:
         except ValueError:
             return None
 
+    def wait_answer(self, vm: str, timeout: float, request_timeout: float = 0.5) -> dict[str, Any]:
+        """The guest's first answer within `timeout` (one request at a time), or LabError."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.http(vm, timeout=request_timeout)
+            if answer:
+                return answer
+            time.sleep(0.05)
+        raise LabError(f"{vm} did not answer within {timeout:g} s")
+
     def qemu_hosts(self, vm: str) -> list[str]:
         """Hosts whose process table holds a QEMU for `vm` (however paused it may be)."""
         hosts = []

@@ -109,23 +109,13 @@ def first(events: list[dict[str, Any]], source: str | None = None, subject: str 
     return None
 
 
-def wait_answer(lab: Lab, vm: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = lab.http(vm, timeout=1.0)
-        if answer:
-            return answer
-        time.sleep(0.1)
-    raise DemoError(f"{vm} did not answer within {timeout:g} s")
-
-
 def wait_healthy(lab: Lab, timeout: float = 180.0) -> None:
     """Every host online with its lease, every VM running and answering."""
     lab.wait(lambda s: s.alive >= set(lab.members)
              and all(r.state is HostState.ONLINE for r in s.records.values()), timeout, "every host online")
     lab.wait_all_running(timeout)
     for vm in lab.vm_specs:
-        wait_answer(lab, vm, timeout)
+        lab.wait_answer(vm, timeout, request_timeout=1.0)
 
 
 def vms_on(lab: Lab, host: str) -> list[str]:
@@ -253,7 +243,7 @@ def measure_crash(lab: Lab, host: str, timeout: float = 180.0) -> list[CrashSamp
     if not victims:
         raise DemoError(f"{host} runs no VM")
     was_manager = snap.manager == host
-    before = {vm: wait_answer(lab, vm, 30) for vm in victims}
+    before = {vm: lab.wait_answer(vm, 30, request_timeout=1.0) for vm in victims}
     probes = {vm: ServiceProbe(lab.client.namespace, lab.vm_address(vm)) for vm in victims}
     try:
         time.sleep(0.5)
@@ -388,7 +378,7 @@ def measure_live(lab: Lab, vm: str, target: str | None = None, timeout: float = 
     source = lab.placement(vm).host
     assert source is not None
     target = target or pick_target(lab, source)
-    wait_answer(lab, vm, 30)
+    lab.wait_answer(vm, 30, request_timeout=1.0)
     watch = StatusWatch(lab, vm)
     icmp = IcmpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.01)
     http = HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=1.0)
@@ -441,7 +431,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     source = lab.placement(vm).host
     assert source is not None
     target = target or pick_target(lab, source)
-    before = wait_answer(lab, vm, 30)
+    before = lab.wait_answer(vm, 30, request_timeout=1.0)
     http = ServiceProbe(lab.client.namespace, lab.vm_address(vm))
     try:
         time.sleep(0.5)
@@ -468,7 +458,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     running = first(events, f"agent {target}", f"vm {vm}", startswith="running", after=started["t"])
     if saving is None:
         raise DemoError(f"no save of {vm} on {source} in the event log")
-    after = wait_answer(lab, vm, 10)
+    after = lab.wait_answer(vm, 10, request_timeout=1.0)
     return QuickSample(
         vm=vm, source=source, target=target, stop_to_serving=serving - saving["t"],
         save=saved["t"] - saving["t"] if saved else None,
@@ -567,7 +557,7 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
     _say(out, f"lab up in {time.monotonic() - t0:.0f} s; manager {snap.manager}; placement: "
               + ", ".join(f"{vm} on {p.host}" for vm, p in sorted(snap.placements.items())))
     _say(out, f"a client ({lab.client.namespace}) probes every VM: "
-              + ", ".join(f"{vm} http://{lab.vm_address(vm)}/ (boot {wait_answer(lab, vm, 30)['boot_count']})"
+              + ", ".join(f"{vm} http://{lab.vm_address(vm)}/ (boot {lab.wait_answer(vm, 30, request_timeout=1.0)['boot_count']})"
                           for vm in sorted(lab.vm_specs)))
 
     host = pick_crash_host(lab)
