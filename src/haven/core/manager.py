@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from haven.core.decision import Decision, Event
 from haven.core.index import ClusterIndex
+from haven.core.migration import MigrationSteps
 from haven.core.scheduler import Capacity, Selection, admission_problem, occupied_hosts, plan_balance
 from haven.model.spec import DesiredState, MigrationKind, Settings, VmSpec
-from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Migration,
-                               Placement, RequestAction, VmState, VmStatus, VmView)
-
-GONE = frozenset({HostState.FENCED, HostState.OFFLINE})
-UP = frozenset({HostState.ONLINE, HostState.MAINTENANCE})
+from haven.model.state import HOST_GONE as GONE
+from haven.model.state import HOST_UP as UP
+from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Placement,
+                               RequestAction, VmState, VmStatus, VmView)
 
 
 def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> Decision:
@@ -170,7 +170,7 @@ class _Round:
                 self._capacity.add(host, spec)
 
 
-class _VmStep:
+class _VmStep(MigrationSteps):
     """One VM's turn in one iteration."""
 
     def __init__(self, r: _Round, vm: VmView) -> None:
@@ -235,26 +235,6 @@ class _VmStep:
         target = request.target or self.select(exclude=(self.p.host or "",)).host
         assert target is not None
         self.begin_migration(request.kind, target, "operator request")
-
-    def migration_refusal(self, kind: MigrationKind, target: str | None) -> str | None:
-        if self.p.state is not VmState.RUNNING or self.p.host is None:
-            return f"VM is {self.p.state.value}, not running"
-        if kind is MigrationKind.LIVE and not self.spec.migratable:
-            return "VM is not live-migratable (use quick)"
-        if target == self.p.host:
-            return f"already on {target}"
-        if target is not None:
-            reason = self.r.capacity.why_not(self.spec, target)
-            return f"{target}: {reason}" if reason else None
-        choice = self.select(exclude=(self.p.host,))
-        return None if choice else choice.reason
-
-    def begin_migration(self, kind: MigrationKind, target: str, reason: str) -> None:
-        assert self.p.host is not None
-        migration = Migration(kind=kind, source=self.p.host, target=target,
-                              generation=self.p.generation + 1, started=self.r.now, reason=reason)
-        self.change(f"running -> migrating ({kind.value} {self.p.host} -> {target}, {reason})",
-                    state=VmState.MIGRATING, migration=migration, reason="")
 
     def on_stopped(self) -> None:
         if self.spec.desired is not DesiredState.RUNNING:
@@ -427,102 +407,6 @@ class _VmStep:
 
     def on_error(self) -> None:
         pass
-
-    def on_migrating(self) -> None:
-        m = self.p.migration
-        if m is None:  # cannot happen in records we write; heal it
-            self.change("migrating -> running (no migration recorded)", state=VmState.RUNNING)
-            return
-        if m.kind is MigrationKind.LIVE:
-            self.live_migration(m)
-        elif m.kind is MigrationKind.QUICK:
-            self.quick_migration(m)
-        else:
-            self.cold_migration(m)
-
-    def finish_migration(self, m: Migration) -> None:
-        took = self.r.now - m.started
-        self.change(f"migrating -> running on {m.target} ({m.kind.value} from {m.source}, {took:.3f} s)",
-                    state=VmState.RUNNING, host=m.target, generation=m.generation, migration=None,
-                    restore_from=None, reason="")
-
-    def abort_migration(self, m: Migration, why: str) -> None:
-        self.change(f"migrating -> running on {m.source} ({m.kind.value} migration to {m.target} "
-                    f"aborted: {why})", state=VmState.RUNNING, migration=None, reason="")
-
-    def live_migration(self, m: Migration) -> None:
-        source = self.status(m.source, self.p.generation)
-        target = self.status(m.target, m.generation)
-        target_state = self.r.host_state(m.target)
-        if target and target.state is LocalState.RUNNING and target_state in UP:
-            self.finish_migration(m)
-        elif source and source.state is LocalState.MIGRATED:
-            # The source handed over: the VM lives on the target now, whatever became of it.
-            self.p = self.p.model_copy(update={"host": m.target, "generation": m.generation})
-            if target_state in UP and target and target.state in (LocalState.CRASHED, LocalState.FAILED):
-                self.restart(f"crashed on {m.target} after live migration", m.target, False)
-            elif target_state not in UP:
-                self.change(f"migrating -> recovering (target {m.target} lost after handover)",
-                            state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
-        elif self.host_trouble():
-            return
-        elif target_state not in UP:
-            self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
-        elif target and target.state in (LocalState.CRASHED, LocalState.FAILED):
-            self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
-        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
-            self.restart(f"{source.state.value} on {m.source} during a live migration", m.source, True)
-        elif source is None or source.state is LocalState.STOPPED:
-            # Killed (a self-fence whose lease survived): nothing left to move. Back to the
-            # source, whose agent boots it again.
-            self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
-        elif source and source.failed_migration == m.attempt:
-            self.abort_migration(m, source.detail or "failed on the source")
-        elif self.r.now - m.started > self.r.settings.migration_timeout_s:
-            self.abort_migration(m, f"timeout after {self.r.settings.migration_timeout_s:g} s")
-
-    def quick_migration(self, m: Migration) -> None:
-        if self.p.host == m.target:  # phase 2: restoring on the target
-            if self.host_trouble():
-                return
-            status = self.status(m.target, m.generation)
-            if status and status.state is LocalState.RUNNING:
-                self.finish_migration(m)
-            elif status and status.state in (LocalState.FAILED, LocalState.CRASHED):
-                self.restart(f"restore failed on {m.target}: {status.detail or status.state.value}",
-                             m.target, False)
-            return
-        if self.host_trouble():
-            return
-        source = self.status(m.source, self.p.generation)
-        if source and source.state is LocalState.SAVED:
-            target = m.target
-            if self.r.host_state(target) not in UP:
-                choice = self.select(exclude=(m.source, target))
-                if not choice:
-                    self.restart(f"saved on {m.source} but no target: {choice.reason}", m.source, True)
-                    return
-                assert choice.host is not None
-                target = choice.host
-            moved = m.model_copy(update={"target": target})
-            self.change(f"migrating: saved on {m.source}, restoring on {target} (generation {m.generation})",
-                        host=target, generation=m.generation, migration=moved, restore_from=source.detail)
-        elif source and source.state is LocalState.RUNNING and source.failed_migration == m.attempt:
-            self.abort_migration(m, source.detail or "save failed")
-        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
-            self.restart(f"crashed on {m.source} while saving", m.source, True)
-        elif source is None or source.state is LocalState.STOPPED:
-            self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
-
-    def cold_migration(self, m: Migration) -> None:
-        if self.host_trouble():
-            return
-        source = self.status(m.source, self.p.generation)
-        if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
-            target = m.target if self.r.host_state(m.target) in UP else None
-            target = target or self.select(exclude=(m.source,)).host or m.source
-            self.start_on(target, "migrating", f"cold migration from {m.source}")
-
 
 def _runs_on(vm: VmView, p: Placement) -> bool:
     status = vm.statuses.get(p.host) if p.host else None

@@ -26,6 +26,10 @@ class HostState(StrEnum):
     OFFLINE = "offline"  # declared but not up, and nothing of ours runs there
 
 
+HOST_UP = frozenset({HostState.ONLINE, HostState.MAINTENANCE})  # running its agent, holding its lease
+HOST_GONE = frozenset({HostState.FENCED, HostState.OFFLINE})  # certainly running nothing of ours
+
+
 class VmState(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
