@@ -105,3 +105,13 @@ def test_operator_migration_to_an_unfit_host_is_refused_with_the_reason():
     assert decision.done_requests == ["a"]
     assert decision.placements["a"].state is VmState.RUNNING
     assert "refused: h2: needs 1024 MiB" in decision.events[0].message
+
+
+def test_a_live_migration_event_carries_the_hypervisors_downtime():
+    migration = Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2, started=1.0)
+    p = Placement(vm="a", state=VmState.MIGRATING, host="h1", generation=1, migration=migration)
+    statuses = [VmStatus(vm="a", host="h2", generation=2, state=LocalState.RUNNING),
+                VmStatus(vm="a", host="h1", generation=1, state=LocalState.MIGRATED,
+                         detail="to h2: 465 ms, downtime 23 ms")]
+    decision = decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=statuses), now=1.6)
+    assert decision.events[-1].message.endswith("(live from h1, 0.600 s; to h2: 465 ms, downtime 23 ms)")

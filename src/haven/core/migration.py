@@ -65,7 +65,10 @@ class MigrationSteps:
 
     def finish_migration(self, m: Migration) -> None:
         took = self.r.now - m.started
-        self.change(f"migrating -> running on {m.target} ({m.kind.value} from {m.source}, {took:.3f} s)",
+        source = self.status(m.source, self.p.generation) if m.kind is MigrationKind.LIVE else None
+        # the hypervisor's own account, e.g. "to h2: 465 ms, downtime 23 ms" (metrics read it)
+        measured = f"; {source.detail}" if source and source.state is LocalState.MIGRATED and source.detail else ""
+        self.change(f"migrating -> running on {m.target} ({m.kind.value} from {m.source}, {took:.3f} s{measured})",
                     state=VmState.RUNNING, host=m.target, generation=m.generation, migration=None,
                     restore_from=None, reason="")
 
