@@ -70,3 +70,10 @@ def test_timing_settings_must_leave_room_for_self_fencing():
         Settings(lease_ttl_s=2, self_fence_margin_s=2)
     with pytest.raises(ValueError, match="renew_interval_s must be shorter"):
         Settings(lease_ttl_s=2, renew_interval_s=1.6)
+
+
+def test_the_example_node_configuration_is_valid():
+    from haven.daemon.config import ShutdownPolicy, load_node_config
+
+    config = load_node_config(Path(__file__).parents[2] / "examples" / "node.yaml")
+    assert config.host.name == "h1" and config.shutdown is ShutdownPolicy.MIGRATE and len(config.etcd) == 3
