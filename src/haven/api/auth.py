@@ -43,9 +43,6 @@ def require_read(request: Request, credentials: HTTPAuthorizationCredentials | N
 def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                   ctx: ApiContext = Depends(context)) -> str:
     """Allow only the admin token."""
-    token = _token(credentials, request)
-    if _matches(token, ctx.admin_token):
-        return "admin"
-    if _matches(token, ctx.read_token):
+    if require_read(request, credentials, ctx) == "read":
         raise ApiProblem(403, "this token may only read: changes need the admin token")
-    raise ApiProblem(403, "invalid token")
+    return "admin"
