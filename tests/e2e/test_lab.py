@@ -77,6 +77,16 @@ class DoubleRunSampler:
         self._thread.join(timeout=5)
 
 
+def migrate_elsewhere(lab: Lab, vm: str, kind: MigrationKind) -> str:
+    """Ask for a migration of `vm` to another host and wait until it runs there; the target."""
+    source = lab.placement(vm).host
+    target = next(h for h in sorted(lab.members) if h != source)
+    intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, kind, target)
+    lab.wait(lambda snap: snap.placements[vm].host == target and snap.placements[vm].state is VmState.RUNNING,
+             60, f"{kind.value} migration of {vm} to {target}")
+    return target
+
+
 def vm_on(lab: Lab, host: str) -> str:
     return next(vm for vm in sorted(lab.vm_specs) if lab.placement(vm).host == host)
 
@@ -129,14 +139,10 @@ def test_hung_agent_is_fenced_by_its_watchdog(healthy: Lab) -> None:
 def test_live_migration_keeps_the_guest_running(healthy: Lab) -> None:
     lab = healthy
     vm = "vm1"
-    source = lab.placement(vm).host
-    target = next(h for h in sorted(lab.members) if h != source)
     before = lab.wait_answer(vm, 10)
     with HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=1.0) as probe:
         time.sleep(0.5)
-        intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.LIVE, target)
-        lab.wait(lambda snap: snap.placements[vm].host == target
-                 and snap.placements[vm].state is VmState.RUNNING, 60, "live migration done")
+        migrate_elsewhere(lab, vm, MigrationKind.LIVE)
         time.sleep(0.5)
     records = probe.records
     failures = [r for r in records if "error" in r]
@@ -149,12 +155,8 @@ def test_live_migration_keeps_the_guest_running(healthy: Lab) -> None:
 def test_quick_migration_keeps_the_guest_memory(healthy: Lab) -> None:
     lab = healthy
     vm = "vm2"
-    source = lab.placement(vm).host
-    target = next(h for h in sorted(lab.members) if h != source)
     before = lab.wait_answer(vm, 10)
-    intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.QUICK, target)
-    lab.wait(lambda snap: snap.placements[vm].host == target
-             and snap.placements[vm].state is VmState.RUNNING, 60, "quick migration done")
+    migrate_elsewhere(lab, vm, MigrationKind.QUICK)
     after = lab.wait_answer(vm, 20)
     assert after["ram_counter"] > before["ram_counter"] and after["boot_count"] == before["boot_count"]
 
@@ -210,12 +212,7 @@ def test_one_etcd_member_down_the_cluster_keeps_working(healthy: Lab) -> None:
     follower = next(i for i in range(3) if i != leader)
     lab.etcd.kill_member(follower)
     try:
-        vm = "vm3"
-        source = lab.placement(vm).host
-        target = next(h for h in sorted(lab.members) if h != source)
-        intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.LIVE, target)
-        lab.wait(lambda snap: snap.placements[vm].host == target
-                 and snap.placements[vm].state is VmState.RUNNING, 60, "migration with a member down")
+        migrate_elsewhere(lab, "vm3", MigrationKind.LIVE)
         assert lab.snapshot().alive >= set(lab.members)  # no host lost its lease
     finally:
         lab.etcd.restart_member(follower)
