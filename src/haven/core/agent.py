@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from haven.core.decision import Event
 from haven.model.spec import MigrationKind, Settings, VmSpec
-from haven.model.state import LocalState, Placement, VmState, VmStatus
+from haven.model.state import DEAD_LOCAL_STATES, LocalState, Placement, VmState, VmStatus
 from haven.ports.hypervisor import LocalVm
 
-DEAD = frozenset({LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED, LocalState.SAVED})
+DEAD = DEAD_LOCAL_STATES
 
 
 @dataclass(frozen=True, slots=True)

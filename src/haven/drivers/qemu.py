@@ -46,12 +46,12 @@ from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, b
                                         migration_port, restore_uri, save_uri)
 from haven.drivers.qmp import QmpClient, QmpError
 from haven.model.spec import VmSpec
-from haven.model.state import LocalState
+from haven.model.state import DEAD_LOCAL_STATES, LocalState
 from haven.ports.clock import Clock
 from haven.ports.hypervisor import HypervisorError, LocalVm
 
 S = LocalState
-DEAD_STATES = frozenset({S.STOPPED, S.CRASHED, S.FAILED, S.SAVED})
+DEAD_STATES = DEAD_LOCAL_STATES
 TERMINAL_STATES = DEAD_STATES | {S.MIGRATED}  # a process exit changes nothing any more
 DEFAULT_ACCEL_CACHE = Path("/var/cache/haven/accel.json")
 MIB = 1024 * 1024

@@ -40,6 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from haven.drivers.tap import tap_name
+
 LOCK_DIR = Path("/run/haven-lab")
 MAX_SLOTS = 16
 IFNAMSIZ = 15  # usable characters in a Linux interface name
@@ -291,7 +293,7 @@ class LabNetwork:
 
     @staticmethod
     def tap_name(vm: str, nic_index: int = 0) -> str:
-        return short_name("tap", f"{nic_index}-{vm}") if nic_index else short_name("tap-", vm)
+        return tap_name(vm, nic_index)  # the same names as a daemon's own taps
 
     def add_tap(self, host: str, vm: str, nic_index: int = 0) -> str:
         """A persistent tap for `vm` on `host`'s VM bridge (idempotent); returns its name."""

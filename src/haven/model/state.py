@@ -55,6 +55,9 @@ class LocalState(StrEnum):
     SAVED = "saved"  # quick migration: state saved, process gone
 
 
+# Local states of a VM whose process is gone (only its record is left).
+DEAD_LOCAL_STATES = frozenset({LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED, LocalState.SAVED})
+
 # Local states in which the guest's CPUs may execute (and so write to its disks).
 ACTIVE_LOCAL_STATES = frozenset({LocalState.STARTING, LocalState.RUNNING, LocalState.MIGRATING_OUT,
                                  LocalState.SAVING})
