@@ -156,14 +156,36 @@ def test_dashboard(server: str, browser: object) -> None:
 
 
 def test_page_asks_for_a_token_and_rejects_a_wrong_one(server: str, browser: object) -> None:
+    """The first refresh sends several requests; the refusals of all but one are held back until the
+    operator has typed the right token, so a late refusal must neither clear the input nor drop it."""
     page = browser.new_page()  # type: ignore[attr-defined]
     expect = playwright_api.expect
+    refusals: list[object] = []
+
+    def hold_late_refusals(route: object) -> None:
+        wrong = route.request.headers.get("authorization") == "Bearer not-the-token"  # type: ignore[attr-defined]
+        if wrong and refusals:
+            refusals.append(route)
+        else:
+            if wrong:
+                refusals.append(None)  # the first refusal passes and opens the dialog again
+            route.continue_()  # type: ignore[attr-defined]
+
+    page.route("**/api/v1/**", hold_late_refusals)
     page.goto(server)
     expect(page.locator("#token-dialog")).to_be_visible()
     page.locator("#token-input").fill("not-the-token")
     page.locator("#token-ok").click()
     expect(page.locator("#token-error")).to_contain_text("invalid token")
     page.locator("#token-input").fill(READ)
+    held = [route for route in refusals if route is not None]
+    assert len(held) >= 2, "the first refresh should have sent several requests with the wrong token"
+    for route in held:
+        route.continue_()  # type: ignore[attr-defined]
+    for route in held:
+        assert route.request.response().status in (401, 403)  # type: ignore[attr-defined]
+    page.wait_for_timeout(300)  # and let the page handle them
+    expect(page.locator("#token-input")).to_have_value(READ)
     page.locator("#token-ok").click()
     expect(page.locator('[data-host="h1"]')).to_be_visible()
     page.close()

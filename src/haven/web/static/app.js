@@ -36,18 +36,28 @@ function initToken() {
   state.token = sessionStorage.getItem("haven-token");
 }
 
+// One sign-in dialog at a time: every call that finds no token (the first refresh makes several at
+// once) waits for the same answer, and a late refusal does not clear what the operator is typing.
+let signIn = null;
+
 function askToken(message = "") {
-  const dialog = $("#token-dialog");
+  if (signIn) {
+    if (message) $("#token-error").textContent = message;
+    return signIn;
+  }
   $("#token-error").textContent = message;
+  const dialog = $("#token-dialog");
   $("#token-input").value = "";
   if (!dialog.open) dialog.showModal();
-  return new Promise((resolve) => {
+  signIn = new Promise((resolve) => {
     dialog.addEventListener("close", () => {
       const token = $("#token-input").value.trim();
       if (token) { sessionStorage.setItem("haven-token", token); state.token = token; }
+      signIn = null;
       resolve(state.token);
     }, { once: true });
   });
+  return signIn;
 }
 
 class ApiError extends Error {
@@ -60,15 +70,19 @@ class ApiError extends Error {
 
 async function api(path, options = {}) {
   if (!state.token) await askToken();
+  const token = state.token;
   const response = await fetch(path.startsWith("/") ? path : `${API}/${path}`, {
-    ...options, headers: { Authorization: `Bearer ${state.token}`, ...(options.headers || {}) },
+    ...options, headers: { Authorization: `Bearer ${token}`, ...(options.headers || {}) },
   });
   let body = null;
   try { body = await response.json(); } catch { /* not JSON */ }
   if (response.status === 401 || (response.status === 403 && !options.method)) {
-    sessionStorage.removeItem("haven-token");
-    state.token = null;
-    await askToken(body && body.detail ? `The token was refused: ${body.detail}.` : "Please sign in.");
+    // Only the token this request carried is refused; another may have been entered meanwhile.
+    if (state.token === token) {
+      sessionStorage.removeItem("haven-token");
+      state.token = null;
+      await askToken(body && body.detail ? `The token was refused: ${body.detail}.` : "Please sign in.");
+    }
     return api(path, options);
   }
   if (!response.ok) throw new ApiError(response.status, body);
