@@ -124,6 +124,14 @@ def wait_state(hv: QemuHypervisor, name: str, wanted: set[S], timeout: float = B
         time.sleep(0.05)
 
 
+def wait_pid(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (pid := hv.pid(name)) is None:
+        assert time.monotonic() < deadline, hv.list()[name]
+        time.sleep(0.02)
+    return pid
+
+
 def wait_listening(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while "listening" not in hv.list()[name].detail:
@@ -256,7 +264,8 @@ def test_live_migration_keeps_ram_state_and_address(hosts: Hosts) -> None:
     assert answer["ram_counter"] > seen[-1] and answer["boot_count"] == 1, (answer, seen[-1])
 
 
-def test_quick_migration_keeps_ram_state(hosts: Hosts) -> None:
+@pytest.mark.parametrize("standby", [True, False], ids=["into-standby", "new-process"])
+def test_quick_migration_keeps_ram_state(hosts: Hosts, standby: bool) -> None:
     h = hosts
     spec = spec_for(h.lab)
     ip = h.lab.vm_address(0)
@@ -267,14 +276,22 @@ def test_quick_migration_keeps_ram_state(hosts: Hosts) -> None:
     try:
         time.sleep(0.5)
         t0 = time.monotonic()
+        if standby:  # as the agent does: the target launches a standby while the source saves
+            h.hv2.prepare_restore(spec, 2)
+            assert h.hv2.list()["web"].state is S.INCOMING
         h.hv1.save("web", path, "quick-1")
         saved = wait_state(h.hv1, "web", {S.SAVED, S.RUNNING, S.CRASHED}, 60)
         t_saved = time.monotonic() - t0
         assert saved.state is S.SAVED and saved.detail == path and Path(path).is_file(), saved
+        if standby:
+            assert h.hv2.list()["web"].state is S.INCOMING  # waited, never ran
+            standby_pid = wait_pid(h.hv2, "web")
         h.hv2.start(spec, 2, restore_from=saved.detail)
         restored = wait_state(h.hv2, "web", {S.RUNNING, S.FAILED, S.CRASHED}, 60)
         t_running = time.monotonic() - t0
         assert restored.state is S.RUNNING, restored
+        if standby:
+            assert h.hv2.pid("web") == standby_pid  # restored into the standby, no new process
         wait_http(h.lab, ip, 10)
         t_http = time.monotonic() - t0
         time.sleep(0.5)

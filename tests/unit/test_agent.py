@@ -1,4 +1,5 @@
-from haven.core.agent import AgentInput, Kill, MigrateLive, PrepareIncoming, Save, Start, reconcile, status_of
+from haven.core.agent import (AgentInput, Kill, MigrateLive, PrepareIncoming, PrepareRestore, Save, Start, reconcile,
+                              status_of)
 from haven.model.spec import MigrationKind, Settings, VmSpec
 from haven.model.state import LocalState, Migration, Placement, VmState, VmStatus
 from haven.ports.hypervisor import LocalVm
@@ -51,12 +52,25 @@ def test_live_migration_target_prepares_then_source_sends_when_target_is_ready()
     assert agent({"a": p}, failed, peers=[ready]).actions == []  # do not retry a failed attempt
 
 
-def test_quick_migration_saves_and_the_target_restores():
+def test_quick_migration_saves_while_the_target_prepares_a_standby_then_restores_into_it():
     m = Migration(kind=MigrationKind.QUICK, source="h1", target="h2", generation=2, started=5.0)
     source = placed("a", "h1", 1, VmState.MIGRATING, migration=m)
     assert agent({"a": source}, [LocalVm("a", 1, LocalState.RUNNING)]).actions == [Save("a", m.attempt)]
+    assert agent({"a": source}, host="h2").actions == [PrepareRestore("a", 2)]
+    standby = [LocalVm("a", 2, LocalState.INCOMING)]
+    assert agent({"a": source}, standby, host="h2").actions == []  # waits for the state file
     target = placed("a", "h2", 2, VmState.MIGRATING, migration=m, restore_from="/pool/a.state")
+    assert agent({"a": target}, standby, host="h2").actions == [Start("a", 2, "/pool/a.state")]
+    # no standby (it failed to launch, or the manager picked another target): a new process
     assert agent({"a": target}, host="h2").actions == [Start("a", 2, "/pool/a.state")]
+    restoring = [LocalVm("a", 2, LocalState.STARTING)]
+    assert agent({"a": target}, restoring, host="h2").actions == []
+
+
+def test_a_standby_left_by_an_aborted_quick_migration_is_killed():
+    back = placed("a", "h1", 1, VmState.RUNNING)
+    out = agent({"a": back}, [LocalVm("a", 2, LocalState.INCOMING)], host="h2")
+    assert out.actions == [Kill("a", "stale copy (placed on h1 generation 1)")]
 
 
 def test_a_status_reports_the_local_vm():

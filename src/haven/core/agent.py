@@ -45,6 +45,12 @@ class PrepareIncoming:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepareRestore:
+    vm: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class MigrateLive:
     vm: str
     target: str
@@ -68,7 +74,7 @@ class Forget:
     vm: str
 
 
-Action = Start | Stop | Kill | PrepareIncoming | MigrateLive | CancelMigration | Save | Forget
+Action = Start | Stop | Kill | PrepareIncoming | PrepareRestore | MigrateLive | CancelMigration | Save | Forget
 
 
 @dataclass(frozen=True)
@@ -126,14 +132,16 @@ def _reconcile_vm(inp: AgentInput, name: str, p: Placement | None, local: LocalV
     acts = out.actions
     here = p is not None and p.host == inp.host and p.state in (
         VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.MIGRATING)
+    # The target of a live migration, or of a quick one whose source still saves: get ready.
     incoming = (p is not None and p.state is VmState.MIGRATING and p.migration is not None
-                and p.migration.kind is MigrationKind.LIVE and p.migration.target == inp.host
+                and p.migration.kind is not MigrationKind.COLD and p.migration.target == inp.host
                 and p.host != inp.host)
     if incoming:
         assert p is not None and p.migration is not None
         if local is None or (local.state in DEAD and local.generation < p.migration.generation):
             if name in inp.specs:
-                acts.append(PrepareIncoming(name, p.migration.generation))
+                prepare = PrepareIncoming if p.migration.kind is MigrationKind.LIVE else PrepareRestore
+                acts.append(prepare(name, p.migration.generation))
         elif local.generation != p.migration.generation and local.state not in DEAD:
             acts.append(Kill(name, f"stale generation {local.generation}"))
         return
@@ -153,6 +161,9 @@ def _reconcile_vm(inp: AgentInput, name: str, p: Placement | None, local: LocalV
             acts.append(Stop(name))
         return
     if local is not None and local.generation == p.generation and local.state is LocalState.INCOMING:
+        if p.state is VmState.MIGRATING and p.restore_from:
+            acts.append(Start(name, p.generation, p.restore_from))  # into the standby prepared for it
+            return
         # A target prepared for a migration that was abandoned: it never ran; start afresh.
         acts.append(Kill(name, "abandoned incoming migration"))
         local = None

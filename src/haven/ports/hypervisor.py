@@ -34,7 +34,8 @@ class Hypervisor(Protocol):
         """Every VM this host knows of, by name."""
 
     def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
-        """Boot the VM (or restore it from a saved state file and continue it)."""
+        """Boot the VM, or restore it from a saved state file and continue it: into the standby
+        that `prepare_restore` launched for this generation if there is one, else a new process."""
 
     def stop(self, name: str) -> None:
         """Ask the guest to shut down; it is killed after the stop timeout."""
@@ -47,6 +48,11 @@ class Hypervisor(Protocol):
         """Start a paused target for a live migration; state INCOMING at once (its CPUs never
         run; it may still be launching, so `migrate_live` retries a refused connection for a few
         seconds), RUNNING once the migrated VM runs here."""
+
+    def prepare_restore(self, spec: VmSpec, generation: int) -> None:
+        """Quick-migration target: launch a paused standby while the source still saves, so that
+        `start(..., restore_from)` only has to load the state; INCOMING until then (its CPUs never
+        run)."""
 
     def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str) -> None:
         """Send the running VM to the prepared target. Ends MIGRATED, or back to RUNNING on failure

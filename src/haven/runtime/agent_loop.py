@@ -11,7 +11,8 @@ from collections.abc import Callable
 from enum import Enum
 
 from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
-                              PrepareIncoming, Save, Start, Stop, concerns, lease_valid, reconcile, status_of)
+                              PrepareIncoming, PrepareRestore, Save, Start, Stop, concerns, lease_valid, reconcile,
+                              status_of)
 from haven.core.decision import Event
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import Placement, VmStatus
@@ -243,6 +244,8 @@ class AgentLoop:
                     hv.forget(vm)
                 case PrepareIncoming(vm, generation):
                     hv.prepare_incoming(self.specs[vm], generation)
+                case PrepareRestore(vm, generation):
+                    hv.prepare_restore(self.specs[vm], generation)
                 case MigrateLive(vm, target, address, attempt):
                     hv.migrate_live(vm, target, address, attempt)
                 case CancelMigration(vm):

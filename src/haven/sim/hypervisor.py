@@ -25,7 +25,8 @@ class SimTimings:
     boot_s: float = 3.0
     fail_s: float = 0.5  # a failing start is noticed after this
     stop_s: float = 1.0
-    restore_s: float = 0.3
+    launch_s: float = 0.1  # a restore launches a process, unless a standby was prepared
+    load_s: float = 0.2  # a restore loads the state
     bandwidth_mib_s: float = 1000.0  # live migration and save
 
 
@@ -39,6 +40,7 @@ class SimVm:
     ram_epoch: int
     detail: str = ""
     failed_migration: str = ""
+    standby: bool = False  # INCOMING from prepare_restore: waits for a state file
 
 
 _instances = itertools.count(1)
@@ -65,8 +67,12 @@ class FakeHypervisor:
 
     def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
         old = self.vms.get(spec.name)
-        if old and old.state not in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED, LocalState.SAVED):
+        # a prepared target of this generation is replaced (QEMU: loads into the standby)
+        prepared = old is not None and old.state is LocalState.INCOMING and old.generation == generation
+        if old and not prepared and old.state not in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED,
+                                                      LocalState.SAVED):
             raise HypervisorError(f"{spec.name} is {old.state.value}")
+        standby = prepared and old is not None and old.standby
         if restore_from is not None and restore_from not in self.world.state_files:
             vm = self._set(spec, generation, LocalState.FAILED, self.world.new_epoch())
             vm.detail = f"no saved state at {restore_from}"
@@ -78,7 +84,8 @@ class FakeHypervisor:
         if self.world.take_start_failure(spec.name):
             self._later(vm, self.timings.fail_s, LocalState.FAILED, "guest failed to start")
         else:
-            self._later(vm, self.timings.restore_s if restore_from else self.timings.boot_s, LocalState.RUNNING)
+            restore = self.timings.load_s + (0.0 if standby else self.timings.launch_s)
+            self._later(vm, restore if restore_from else self.timings.boot_s, LocalState.RUNNING)
 
     def stop(self, name: str) -> None:
         vm = self.vms.get(name)
@@ -97,6 +104,10 @@ class FakeHypervisor:
         if old and old.state in ACTIVE_LOCAL_STATES:
             raise HypervisorError(f"{spec.name} is {old.state.value}")
         self._set(spec, generation, LocalState.INCOMING, 0)
+
+    def prepare_restore(self, spec: VmSpec, generation: int) -> None:
+        self.prepare_incoming(spec, generation)
+        self.vms[spec.name].standby = True
 
     def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str) -> None:
         vm = self._running(name)

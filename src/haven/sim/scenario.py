@@ -41,7 +41,8 @@ class SimOptions(BaseModel):
     boot_s: float = Field(default=3.0, gt=0)
     fail_s: float = Field(default=0.5, gt=0)
     stop_s: float = Field(default=1.0, gt=0)
-    restore_s: float = Field(default=0.3, gt=0)
+    launch_s: float = Field(default=0.1, gt=0)
+    load_s: float = Field(default=0.2, gt=0)
     bandwidth_mib_s: float = Field(default=1000.0, gt=0)
 
 
