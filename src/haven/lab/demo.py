@@ -418,6 +418,7 @@ class QuickSample:
     answer: float | None  # running -> HTTP answers
     client_gap_s: float  # longest gap between successful answers seen by the client
     ram_kept: bool
+    icmp_blackout_ms: float | None = None  # 10 ms ICMP probe: the guest's network outage
 
 
 def answer_gap(records: list[dict[str, Any]]) -> float:
@@ -433,6 +434,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     target = target or pick_target(lab, source)
     before = lab.wait_answer(vm, 30, request_timeout=1.0)
     http = ServiceProbe(lab.client.namespace, lab.vm_address(vm))
+    icmp = IcmpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.01)
     try:
         time.sleep(0.5)
         t0 = time.monotonic()
@@ -450,6 +452,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
         time.sleep(0.3)
     finally:
         http.stop()
+        icmp.stop()
     if serving is None:
         raise DemoError(f"{vm} did not answer on {target} after its quick migration")
     events = events_since(lab, t0)
@@ -459,6 +462,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     if saving is None:
         raise DemoError(f"no save of {vm} on {source} in the event log")
     after = lab.wait_answer(vm, 10, request_timeout=1.0)
+    gap = icmp.summary().get("max_gap_s")
     return QuickSample(
         vm=vm, source=source, target=target, stop_to_serving=serving - saving["t"],
         save=saved["t"] - saving["t"] if saved else None,
@@ -467,7 +471,8 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
         answer=serving - running["t"] if running else None,
         client_gap_s=answer_gap(http.records),
         ram_kept=after.get("ram_counter", 0) > before.get("ram_counter", 0)
-        and after.get("boot_count") == before.get("boot_count"))
+        and after.get("boot_count") == before.get("boot_count"),
+        icmp_blackout_ms=max(0.0, (gap - 0.01) * 1000) if gap is not None else None)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -639,6 +644,8 @@ def demo_rows(crash: list[CrashSample], live: list[LiveSample], quick: list[Quic
     q = [s.stop_to_serving for s in quick]
     rows.append(("quick migration: stop -> serving", med_max(q), f"<= {GOAL_QUICK_S:g} s",
                  max(q) <= GOAL_QUICK_S if q else None, "by hand: 0.46-1.08 s"))
+    icmp = [s.icmp_blackout_ms for s in quick if s.icmp_blackout_ms is not None]
+    rows.append(("  ICMP blackout (network back)", med_max(icmp, fmt_ms), "-", None, ""))
     rows.append(("  save/handover/restore/answer",
                  " / ".join(fmt_s(stats([getattr(s, k) for s in quick if getattr(s, k) is not None])[0])
                             if any(getattr(s, k) is not None for s in quick) else "-"
