@@ -100,10 +100,5 @@ def context(request: Request) -> ApiContext:
     return request.app.state.haven
 
 
-def revision_of(kv: KeyValue | None) -> int:
-    """The mod revision to guard a transaction with (0 = the key must not exist)."""
-    return kv.mod_revision if kv is not None else 0
-
-
 def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"))

@@ -1,38 +1,51 @@
 """Write routes: they validate, then write intent in one transaction; the manager acts on it.
 
 - create / update a VM: put `vms/<vm>/spec`; delete: delete it (only once the VM is stopped);
-- start / stop: put the spec with `desired` changed;
-- migrate / acknowledge: put `vms/<vm>/request` (a `VmRequest` with a fresh id);
-- drain / resume: put `hostadmin/<host>` (`HostAdmin`).
+- start / stop, migrate / acknowledge, drain / resume: `runtime.intents`, which the CLI, the daemon
+  and the simulator use too.
 
-Every transaction is guarded by the mod revisions read while validating, so a concurrent change
+Every transaction is guarded by the mod revisions of the keys it checked, so a concurrent change
 gives 409 instead of a decision taken on stale facts.
 """
 from __future__ import annotations
 
-import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends
 
 from haven.api import views
 from haven.api.auth import require_admin
 from haven.api.bodies import documented, model_body, parse, raw_mapping
-from haven.api.context import ApiContext, conflict, context, invalid, not_found, revision_of
+from haven.api.context import ApiContext, ApiProblem, conflict, context, invalid, not_found
 from haven.api.schemas import CONFLICT, ERRORS, INVALID, NOT_FOUND, Accepted, MigrateIn
 from haven.api.spec_checks import cluster_problems
 from haven.core.protection import host_state
 from haven.model.spec import DesiredState, MigrationKind, VmSpec
-from haven.model.state import HostAdmin, HostState, RequestAction, VmRequest, VmState
+from haven.model.state import HostState, RequestAction, VmState
 from haven.ports.store import Compare, Delete, Put
+from haven.runtime import intents
+from haven.runtime.intents import IntentConflict, IntentError, revision_of
 from haven.runtime.layout import Snapshot
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)],
                    responses={**ERRORS, **INVALID})
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex[:12]
+T = TypeVar("T")
+
+
+def _intent(ctx: ApiContext, write: Callable[[], T]) -> T:
+    """Run one `intents` write: 404 for what does not exist, 409 for a conflict."""
+    try:
+        result = write()
+    except IntentError as error:
+        raise ApiProblem(404, str(error)) from None
+    except IntentConflict as error:
+        raise conflict(str(error)) from None
+    if ctx.on_write is not None:
+        ctx.on_write()
+    return result
 
 
 def _require_vm(snap: Snapshot, name: str) -> VmSpec:
@@ -110,17 +123,8 @@ def delete_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
 
 
 def _set_desired(ctx: ApiContext, name: str, desired: DesiredState) -> Accepted:
-    key = ctx.layout.vm_spec(name)
-    kv = ctx.get(key)
-    snap = ctx.snapshot()
-    if kv is None or name not in snap.specs:
-        raise not_found("VM", name)
-    spec = snap.specs[name]
-    if spec.desired == desired:
+    if not _intent(ctx, lambda: intents.set_desired(ctx.store, ctx.layout, name, desired)):
         return _accepted_vm(ctx, name, f"VM {name} is already meant to be {desired.value}")
-    changed = spec.model_copy(update={"desired": desired})
-    ctx.commit([Compare(key, mod_revision=kv.mod_revision)], [Put(key, changed.model_dump_json())],
-               f"VM {name!r}")
     verb = "start" if desired == DesiredState.RUNNING else "stop"
     return _accepted_vm(ctx, name, f"VM {name}: {verb} requested")
 
@@ -137,19 +141,6 @@ def start_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
 def stop_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     """Set `desired: stopped` (an HA VM is then no longer restarted)."""
     return _set_desired(ctx, name, DesiredState.STOPPED)
-
-
-def _put_request(ctx: ApiContext, snap: Snapshot, name: str, request: VmRequest) -> None:
-    key = ctx.layout.request(name)
-    placement_key = ctx.layout.placement(name)
-    pending = snap.requests.get(name)
-    if pending is not None:
-        raise conflict(f"VM {name} already has a pending {pending.action.value} request "
-                       f"({pending.id}): wait until the manager has handled it")
-    ctx.commit([Compare(key, mod_revision=0),
-                Compare(ctx.layout.vm_spec(name), mod_revision=revision_of(ctx.get(ctx.layout.vm_spec(name)))),
-                Compare(placement_key, mod_revision=revision_of(ctx.get(placement_key)))],
-               [Put(key, request.model_dump_json())], f"VM {name!r}")
 
 
 def _check_migration(snap: Snapshot, name: str, body: MigrateIn) -> None:
@@ -186,8 +177,8 @@ def migrate_vm(name: str, ctx: ApiContext = Depends(context),
     snap = ctx.snapshot()
     _require_vm(snap, name)
     _check_migration(snap, name, body)
-    request = VmRequest(id=new_request_id(), action=RequestAction.MIGRATE, kind=body.kind, target=body.target)
-    _put_request(ctx, snap, name, request)
+    request = _intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.MIGRATE, body.kind,
+                                                   body.target))
     to = body.target or "the best host"
     return _accepted_vm(ctx, name, f"{body.kind.value} migration of VM {name} to {to} requested", request.id)
 
@@ -202,20 +193,12 @@ def acknowledge_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     if placement is None or placement.state != VmState.ERROR:
         state = placement.state.value if placement else "not placed yet"
         raise conflict(f"VM {name} is {state}, not in error: nothing to acknowledge")
-    request = VmRequest(id=new_request_id(), action=RequestAction.ACKNOWLEDGE)
-    _put_request(ctx, snap, name, request)
+    request = _intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.ACKNOWLEDGE))
     return _accepted_vm(ctx, name, f"error of VM {name} acknowledged", request.id)
 
 
 def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool) -> Accepted:
-    host_key, admin_key = ctx.layout.host(name), ctx.layout.host_admin(name)
-    host_kv = ctx.get(host_key)
-    if host_kv is None:
-        raise not_found("host", name)
-    admin = HostAdmin(maintenance=maintenance, request_id=new_request_id())
-    ctx.commit([Compare(host_key, mod_revision=host_kv.mod_revision),
-                Compare(admin_key, mod_revision=revision_of(ctx.get(admin_key)))],
-               [Put(admin_key, admin.model_dump_json())], f"host {name!r}")
+    admin = _intent(ctx, lambda: intents.set_maintenance(ctx.store, ctx.layout, name, maintenance))
     snap = ctx.snapshot()
     host = views.host_out(snap, snap.view(), name)
     message = (f"host {name}: drain requested ({len(host.vms)} VM(s) to move)" if maintenance

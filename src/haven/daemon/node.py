@@ -227,8 +227,8 @@ class NodeDaemon:
         if policy is ShutdownPolicy.MIGRATE:
             try:
                 intents.set_maintenance(self.store, self.layout, self.name, True)
-            except StoreError:
-                pass
+            except (StoreError, intents.IntentConflict):
+                pass  # the VMs stay: the shutdown timeout below still bounds the wait
         else:
             for name in list(self.hypervisor.list()):
                 self.hypervisor.stop(name)

@@ -47,7 +47,7 @@ def apply_fault(cluster: SimCluster, line: str) -> None:
     cluster.log(Event(cluster.now, "operator" if operator else "fault", "cluster", line))
     try:
         handler(cluster, words[1:])
-    except StoreError as error:
+    except (StoreError, intents.IntentConflict) as error:
         if not operator:
             raise
         cluster.log(Event(cluster.now, "operator", "cluster", f"command failed: {error}"))
