@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,57 +47,17 @@ from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, b
 from haven.drivers.qemu_process import (DEFAULT_ACCEL_CACHE, MonotonicClock, _alive, _proc_stat, _qemu_error,
                                         _read_pidfile, _sigkill, _supports_o_direct, _tail, _wait_dead,
                                         probe_accel)
+from haven.drivers.qemu_vm import DEAD_STATES, TERMINAL_STATES, S, _Vm
 from haven.drivers.qmp import QmpClient, QmpError
 from haven.model.spec import VmSpec
-from haven.model.state import DEAD_LOCAL_STATES, LocalState
+from haven.model.state import LocalState
 from haven.ports.clock import Clock
 from haven.ports.hypervisor import HypervisorError, LocalVm
 
-S = LocalState
-DEAD_STATES = DEAD_LOCAL_STATES
-TERMINAL_STATES = DEAD_STATES | {S.MIGRATED}  # a process exit changes nothing any more
 MIB = 1024 * 1024
 
 TapFor = Callable[[VmSpec, int], str]
 
-
-@dataclass
-class _Vm:
-    name: str
-    generation: int
-    spec: VmSpec
-    paths: VmPaths
-    state: LocalState
-    since: float
-    detail: str = ""
-    failed_migration: str = ""
-    origin: str = "boot"  # boot | incoming | standby (for a restore) | restore
-    restore_from: str = ""
-    pid: int | None = None
-    starttime: str = ""  # /proc/<pid>/stat field 22: tells a reused pid from ours
-    intent: str = ""  # "" | stop | kill | saved (state file complete, quit sent)
-    attempt: str = ""  # the outgoing migration or save in progress
-    save_path: str = ""
-    target_host: str = ""
-    token: int = 0  # bumped by kill/forget/start: a background thread with an older token stops writing
-    serial_pos: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)  # last migration / save / restore figures
-    qmp_lock: threading.Lock = field(default_factory=threading.Lock)
-    launcher: threading.Thread | None = None
-
-    def public(self) -> LocalVm:
-        return LocalVm(self.name, self.generation, self.state, self.detail, self.since, self.failed_migration)
-
-    def meta(self) -> dict[str, Any]:
-        return {"name": self.name, "generation": self.generation, "state": self.state.value,
-                "since": self.since, "detail": self.detail, "failed_migration": self.failed_migration,
-                "origin": self.origin, "restore_from": self.restore_from, "pid": self.pid,
-                "starttime": self.starttime, "intent": self.intent, "attempt": self.attempt,
-                "save_path": self.save_path, "target_host": self.target_host,
-                "spec": self.spec.model_dump(mode="json"), "stats": self.stats}
-
-
-# --- the driver --------------------------------------------------------------------------------
 
 class QemuHypervisor:
     """The Hypervisor port for one host. See the module docstring for states and files.
