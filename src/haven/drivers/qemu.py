@@ -1,10 +1,11 @@
 """QemuHypervisor: the Hypervisor port over `qemu-system-x86_64` processes driven by QMP.
 
 One QEMU per VM, started with `-daemonize` (so it outlives the agent and is never its child), one
-QMP unix socket per VM, serial console to a file. Per VM a run-directory entry
-(`<run_dir>/<vm>/`: meta.json, qmp.sock, qemu.pid, serial.log, qemu.stderr) lets a restarted agent
-re-attach to the QEMUs that still run instead of killing them: `QemuHypervisor(...)` on the same
-run dir lists them again (and resumes watching an outgoing migration or save in progress).
+QMP unix socket per VM, serial console to a file, all in the VM's run-directory entry (`qemu_vm`).
+This module boots, stops, kills and watches VMs. The rest of the driver: the mixins `qemu_migration`
+(live and quick migration) and `qemu_reattach` (taking back the QEMUs that still run after an agent
+restart), `qemu_process` (/proc, signals, the KVM probe), `qemu_cmdline` (the argv) and `qmp` (the
+monitor client).
 
 States (`LocalState`) of a VM booted here; the migration states (INCOMING, MIGRATING_OUT, MIGRATED,
 SAVING, SAVED) and a restore's STARTING are described in `qemu_migration`, which this class mixes in:
@@ -38,6 +39,7 @@ from haven.drivers.qemu_migration import QemuMigration
 from haven.drivers.qemu_process import (DEFAULT_ACCEL_CACHE, MonotonicClock, _alive, _proc_stat, _qemu_error,
                                         _read_pidfile, _sigkill, _supports_o_direct, _tail, _wait_dead,
                                         probe_accel)
+from haven.drivers.qemu_reattach import QemuReattach
 from haven.drivers.qemu_vm import DEAD_STATES, TERMINAL_STATES, S, _Vm
 from haven.drivers.qmp import QmpClient, QmpError
 from haven.model.spec import VmSpec
@@ -50,8 +52,9 @@ MIB = 1024 * 1024
 TapFor = Callable[[VmSpec, int], str]
 
 
-class QemuHypervisor(QemuMigration):
-    """The Hypervisor port for one host. See the module docstring for states and files.
+class QemuHypervisor(QemuMigration, QemuReattach):
+    """The Hypervisor port for one host. States: the module docstrings here and in `qemu_migration`;
+    files: `qemu_vm`.
 
     host_name: this host's name (details, logs). run_dir: per-VM entries (local, not shared).
     pools: pool name -> directory (shared storage). network_namespace: run QEMU under
@@ -479,80 +482,3 @@ class QemuHypervisor(QemuMigration):
             vm.token = self._token()
             del self._vms[name]
             shutil.rmtree(vm.paths.dir, ignore_errors=True)
-
-    # --- re-attach ---
-
-    def _reattach(self) -> None:
-        for meta_path in sorted(self.run_dir.glob("*/meta.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                spec = VmSpec.model_validate(meta["spec"])
-                vm = _Vm(meta["name"], int(meta["generation"]), spec, VmPaths(meta_path.parent),
-                         LocalState(meta["state"]), float(meta.get("since", 0.0)),
-                         detail=meta.get("detail", ""), failed_migration=meta.get("failed_migration", ""),
-                         origin=meta.get("origin", "boot"), restore_from=meta.get("restore_from", ""),
-                         pid=meta.get("pid"), starttime=meta.get("starttime", ""), intent=meta.get("intent", ""),
-                         attempt=meta.get("attempt", ""), save_path=meta.get("save_path", ""),
-                         target_host=meta.get("target_host", ""), stats=meta.get("stats", {}))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if vm.pid is None:  # the agent died while launching: the daemon may have come up
-                pid = _read_pidfile(vm.paths.pidfile)
-                if pid and self._is_our_qemu(pid, vm):
-                    stat = _proc_stat(pid)
-                    vm.pid, vm.starttime = pid, stat[1] if stat else ""
-            vm.token = self._token()
-            with self._lock:
-                self._vms[vm.name] = vm
-            if vm.state in TERMINAL_STATES and vm.state is not S.MIGRATED:
-                continue
-            if not _alive(vm.pid, vm.starttime):
-                if vm.state is S.SAVING and vm.save_path and Path(vm.save_path).is_file():
-                    vm.intent = "saved"
-                with self._lock:
-                    if vm.state is not S.MIGRATED:
-                        self._on_exit(vm)
-                continue
-            self._resume(vm)
-
-    def _resume(self, vm: _Vm) -> None:
-        """A live QEMU from an earlier agent: find out where it stands, resume watching it."""
-        token = vm.token
-        try:
-            status = self._status(vm)
-            migration = self._qmp(vm, "query-migrate").get("status", "")
-        except (OSError, QmpError) as exc:
-            self._set(vm, token, detail=f"re-attached, monitor unreachable: {exc}")
-            return
-        watch: Callable[[], None] | None = None
-        under_way = migration in ("setup", "active", "device", "pre-switchover", "completed")
-        if vm.state in (S.MIGRATING_OUT, S.SAVING):  # an outgoing migration or save was watched
-            live = vm.state is S.MIGRATING_OUT
-            if under_way or (live and status == "postmigrate"):
-                watch = lambda: self._migrate_thread(vm, token, None, vm.attempt, live)  # noqa: E731
-            else:  # it failed, was cancelled or never began: the VM goes on running here
-                what = "migration" if live else "save"
-                watch = lambda: self._migration_failed(vm, token, vm.attempt,  # noqa: E731
-                                                       f"{what} interrupted by an agent restart")
-        elif status == "postmigrate":
-            self._set(vm, token, S.MIGRATED)
-        elif status == "inmigrate" and vm.origin == "standby":  # still waiting for its state file
-            self._set(vm, token, S.INCOMING)
-        elif status == "inmigrate":
-            if vm.origin == "restore":
-                self._set(vm, token, S.STARTING)
-                watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
-            else:
-                self._set(vm, token, S.INCOMING)
-                watch = lambda: self._watch_incoming(vm, token)  # noqa: E731
-        elif status == "running":
-            if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None:
-                pass  # the watcher still waits for the guest's ready line
-            else:
-                self._set(vm, token, S.RUNNING, detail="" if vm.state is S.RUNNING else vm.detail)
-        elif status in ("paused", "prelaunch") and vm.origin == "restore" and vm.state is S.STARTING:
-            watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
-        else:
-            self._set(vm, token, detail=f"re-attached, QEMU status {status}")
-        if watch is not None:
-            threading.Thread(target=watch, name=f"qemu-reattach-{vm.name}", daemon=True).start()
