@@ -333,7 +333,7 @@ def test_restarted_agent_reattaches_to_running_qemu(hosts: Hosts) -> None:
 
 
 def test_accel_probe_is_cached(guest: GuestImage, tmp_path: Path) -> None:
-    from haven.drivers.qemu import _ACCEL_MEMO, probe_accel
+    from haven.drivers.qemu_process import _ACCEL_MEMO, probe_accel
     _ACCEL_MEMO.clear()
     t0 = time.monotonic()
     first = probe_accel(guest, cache_file=tmp_path / "accel.json")

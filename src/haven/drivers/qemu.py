@@ -1,28 +1,19 @@
 """QemuHypervisor: the Hypervisor port over `qemu-system-x86_64` processes driven by QMP.
 
 One QEMU per VM, started with `-daemonize` (so it outlives the agent and is never its child), one
-QMP unix socket per VM, serial console to a file. Per VM a run-directory entry
-(`<run_dir>/<vm>/`: meta.json, qmp.sock, qemu.pid, serial.log, qemu.stderr) lets a restarted agent
-re-attach to the QEMUs that still run instead of killing them: `QemuHypervisor(...)` on the same
-run dir lists them again (and resumes watching an outgoing migration or save in progress).
+QMP unix socket per VM, serial console to a file, all in the VM's run-directory entry (`qemu_vm`).
+This module boots, stops, kills and watches VMs. The rest of the driver: the mixins `qemu_migration`
+(live and quick migration) and `qemu_reattach` (taking back the QEMUs that still run after an agent
+restart), `qemu_process` (/proc, signals, the KVM probe), `qemu_cmdline` (the argv) and `qmp` (the
+monitor client).
 
-States (`LocalState`):
+States (`LocalState`) of a VM booted here; the migration states (INCOMING, MIGRATING_OUT, MIGRATED,
+SAVING, SAVED) and a restore's STARTING are described in `qemu_migration`, which this class mixes in:
 - STARTING from `start()` until the guest is up: with the lab guest (`guest` given) that is the
   guest's ready line on the serial console (HTTP answers); without it, QEMU's run state `running`.
-  A restore (quick migration) is STARTING until the state is loaded and the VM continued.
 - FAILED: QEMU would not start, or died before the VM reached RUNNING (detail: QEMU's stderr).
 - CRASHED: the process died unasked while RUNNING, MIGRATING_OUT or SAVING.
 - STOPPED: after `stop()` (guest powered off or killed after the stop timeout) or `kill()`.
-- INCOMING from `prepare_incoming()` (CPUs never run; QEMU listens on
-  `tcp:<address>:<migration_port(vm)>` once launched, within a few hundred ms: `migrate_live`
-  on the source retries a refused connection for `connect_retry_s`), RUNNING once the migrated VM
-  runs here.
-- INCOMING from `prepare_restore()`: a standby launched with `-incoming defer` while the source
-  saves; `start(..., restore_from)` of the same generation then only loads the state into it
-  (`migrate-incoming`), which saves the process launch (~0.1 s of a quick migration's outage).
-- MIGRATING_OUT -> MIGRATED (paused for good, process kept until `kill`) or back to RUNNING with
-  `failed_migration = attempt`.
-- SAVING -> SAVED (state file complete and fsynced, QEMU quit; detail = path) or back to RUNNING.
 
 Locking: one QMP connection at a time per VM (QEMU serves one client), short-lived; no QMP in
 `list()`, which only reads /proc and, while STARTING, the serial log. A watcher thread does the
@@ -34,237 +25,36 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, build_cmdline, disk_format,
-                                        migration_port, restore_uri, save_uri)
+                                        migration_port, restore_uri)
+from haven.drivers.qemu_migration import QemuMigration
+from haven.drivers.qemu_process import (DEFAULT_ACCEL_CACHE, MonotonicClock, _alive, _proc_stat, _qemu_error,
+                                        _read_pidfile, _sigkill, _supports_o_direct, _tail, _wait_dead,
+                                        probe_accel)
+from haven.drivers.qemu_reattach import QemuReattach
+from haven.drivers.qemu_vm import DEAD_STATES, TERMINAL_STATES, S, _Vm
 from haven.drivers.qmp import QmpClient, QmpError
 from haven.model.spec import VmSpec
-from haven.model.state import DEAD_LOCAL_STATES, LocalState
+from haven.model.state import LocalState
 from haven.ports.clock import Clock
 from haven.ports.hypervisor import HypervisorError, LocalVm
 
-S = LocalState
-DEAD_STATES = DEAD_LOCAL_STATES
-TERMINAL_STATES = DEAD_STATES | {S.MIGRATED}  # a process exit changes nothing any more
-DEFAULT_ACCEL_CACHE = Path("/var/cache/haven/accel.json")
 MIB = 1024 * 1024
-
-
-class MonotonicClock:
-    def now(self) -> float:
-        return time.monotonic()
-
 
 TapFor = Callable[[VmSpec, int], str]
 
 
-@dataclass
-class _Vm:
-    name: str
-    generation: int
-    spec: VmSpec
-    paths: VmPaths
-    state: LocalState
-    since: float
-    detail: str = ""
-    failed_migration: str = ""
-    origin: str = "boot"  # boot | incoming | standby (for a restore) | restore
-    restore_from: str = ""
-    pid: int | None = None
-    starttime: str = ""  # /proc/<pid>/stat field 22: tells a reused pid from ours
-    intent: str = ""  # "" | stop | kill | saved (state file complete, quit sent)
-    attempt: str = ""  # the outgoing migration or save in progress
-    save_path: str = ""
-    target_host: str = ""
-    token: int = 0  # bumped by kill/forget/start: a background thread with an older token stops writing
-    serial_pos: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)  # last migration / save / restore figures
-    qmp_lock: threading.Lock = field(default_factory=threading.Lock)
-    launcher: threading.Thread | None = None
-
-    def public(self) -> LocalVm:
-        return LocalVm(self.name, self.generation, self.state, self.detail, self.since, self.failed_migration)
-
-    def meta(self) -> dict[str, Any]:
-        return {"name": self.name, "generation": self.generation, "state": self.state.value,
-                "since": self.since, "detail": self.detail, "failed_migration": self.failed_migration,
-                "origin": self.origin, "restore_from": self.restore_from, "pid": self.pid,
-                "starttime": self.starttime, "intent": self.intent, "attempt": self.attempt,
-                "save_path": self.save_path, "target_host": self.target_host,
-                "spec": self.spec.model_dump(mode="json"), "stats": self.stats}
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, starttime) of a process, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-        return rest[0], rest[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int | None, starttime: str) -> bool:
-    if not pid:
-        return False
-    st = _proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X") and (not starttime or st[1] == starttime)
-
-
-def _wait_dead(pid: int | None, starttime: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid, starttime):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _sigkill(pid: int | None, starttime: str) -> None:
-    if _alive(pid, starttime):
-        try:
-            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        except ProcessLookupError:
-            pass
-
-
-def _read_pidfile(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Path, limit: int = 600) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _qemu_error(path: Path) -> str:
-    """QEMU's last error from its stderr, without timestamps and echoed options."""
-    lines = [ln.strip() for ln in _tail(path, 1500).splitlines() if ln.strip()]
-    out: list[str] = []
-    for line in lines[-2:]:
-        head, sep, rest = line.partition(": ")
-        if sep and "qemu-system" in head:  # "<timestamp> qemu-system-x86_64: [-option ...: ]message"
-            line = rest.split(": ", 1)[1] if rest.startswith("-") and ": " in rest else rest
-        out.append(line)
-    return " ".join(out)[-400:]
-
-
-def _supports_o_direct(directory: Path) -> bool:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix=".odirect-")
-        os.close(fd)
-        try:
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-            os.close(fd)
-            return True
-        finally:
-            os.unlink(name)
-    except OSError:
-        return False
-
-
-# --- accelerator probe -------------------------------------------------------------------------
-
-_ACCEL_MEMO: dict[str, str] = {}
-
-
-def _qemu_version(binary: str) -> str:
-    try:
-        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def probe_accel(guest: Any | None, binary: str = QEMU, cache_file: Path | None = DEFAULT_ACCEL_CACHE,
-                boot_timeout: float = 6.0, silence_timeout: float = 2.0) -> str:
-    """'kvm' if KVM really boots the lab guest here, else 'tcg'. Cached in memory and on disk
-    (keyed by host kernel, QEMU version and guest kernel).
-
-    /dev/kvm missing or not openable -> tcg at once. Without a guest image to try -> kvm if the
-    device opens. Otherwise boot the guest under KVM: ready line within `boot_timeout` -> kvm;
-    QEMU died, or not one byte on the serial console within `silence_timeout` (what this
-    machine's broken KVM does: it spins in the kernel), or no ready line in time -> tcg."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-        os.close(fd)
-    except OSError:
-        return "tcg"
-    if guest is None:
-        return "kvm"
-    key = f"{os.uname().release}|{_qemu_version(binary)}|{Path(guest.kernel).resolve()}"
-    if key in _ACCEL_MEMO:
-        return _ACCEL_MEMO[key]
-    cached: dict[str, str] = {}
-    if cache_file is not None:
-        try:
-            cached = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if cached.get(key) in ("kvm", "tcg"):
-            _ACCEL_MEMO[key] = cached[key]
-            return cached[key]
-    result = "tcg"
-    with tempfile.TemporaryDirectory(prefix="haven-kvm-probe-") as tmp:
-        serial = Path(tmp) / "serial.log"
-        proc = subprocess.Popen([binary, "-accel", "kvm", "-m", "128", "-nodefaults", "-no-user-config",
-                                 "-display", "none", "-serial", f"file:{serial}", "-no-reboot",
-                                 "-kernel", guest.kernel, "-initrd", guest.initrd,
-                                 "-append", "console=ttyS0 panic=-1 haven.name=kvm-probe"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            t0 = time.monotonic()
-            while proc.poll() is None:
-                elapsed = time.monotonic() - t0
-                text = serial.read_bytes() if serial.exists() else b""
-                if guest.ready_marker.encode() in text:
-                    result = "kvm"
-                    break
-                if elapsed > boot_timeout or (not text and elapsed > silence_timeout):
-                    break
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    _ACCEL_MEMO[key] = result
-    if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cached[key] = result
-            tmpf = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-            tmpf.write_text(json.dumps(cached, indent=1))
-            os.replace(tmpf, cache_file)
-        except OSError:
-            pass
-    return result
-
-
-# --- the driver --------------------------------------------------------------------------------
-
-class QemuHypervisor:
-    """The Hypervisor port for one host. See the module docstring for states and files.
+class QemuHypervisor(QemuMigration, QemuReattach):
+    """The Hypervisor port for one host. States: the module docstrings here and in `qemu_migration`;
+    files: `qemu_vm`.
 
     host_name: this host's name (details, logs). run_dir: per-VM entries (local, not shared).
     pools: pool name -> directory (shared storage). network_namespace: run QEMU under
@@ -496,54 +286,6 @@ class QemuHypervisor:
         incoming = restore_uri(restore_from) if restore_from else None
         self._begin(spec, generation, origin, incoming, S.STARTING, restore_from or "")
 
-    def prepare_incoming(self, spec: VmSpec, generation: int) -> None:
-        uri = f"tcp:{self.address}:{self.migration_port(spec.name)}"
-        self._begin(spec, generation, "incoming", uri, S.INCOMING, "")
-
-    def prepare_restore(self, spec: VmSpec, generation: int) -> None:
-        self._begin(spec, generation, "standby", "defer", S.INCOMING, "")
-
-    def _restore_into_standby(self, name: str, generation: int, restore_from: str) -> bool:
-        """Hand the state file to this generation's standby; False if there is none (a standby
-        that failed, or a live-migration target left at this generation: that one is killed)."""
-        with self._lock:
-            vm = self._vms.get(name)
-            if vm is not None:
-                self._check(vm)
-            if vm is None or vm.generation != generation or vm.state is not S.INCOMING:
-                return False
-            standby = vm.origin == "standby"
-        if not standby:
-            self.kill(name)
-            return False
-        token = vm.token
-        if not self._set(vm, token, S.STARTING, detail="restoring", restore_from=restore_from):
-            return False
-        threading.Thread(target=self._restore_thread, args=(vm, token), name=f"qemu-restore-{name}",
-                         daemon=True).start()
-        return True
-
-    def _restore_thread(self, vm: _Vm, token: int) -> None:
-        t0 = time.monotonic()
-        if vm.launcher is not None:
-            vm.launcher.join()  # the standby may still be launching
-        if vm.token != token or not self._alive_vm(vm):
-            return  # killed, or its launch failed (reported by the launcher or the watcher)
-        if not Path(vm.restore_from).is_file():
-            self._fail_restore(vm, token, f"state file {vm.restore_from} missing")
-            return
-        try:
-            self._set(vm, token, origin="restore")
-            self._qmp(vm, "migrate-incoming", {"uri": restore_uri(vm.restore_from)})
-        except (OSError, QmpError) as exc:
-            self._fail_restore(vm, token, f"restore failed: {exc}")
-            return
-        self._watch_restore(vm, token, t0)
-
-    def _fail_restore(self, vm: _Vm, token: int, why: str) -> None:
-        if self._set(vm, token, S.FAILED, detail=why):
-            _sigkill(vm.pid, vm.starttime)
-
     def _begin(self, spec: VmSpec, generation: int, origin: str, incoming: str | None,
                state: LocalState, restore_from: str) -> None:
         for disk in spec.disks:
@@ -662,57 +404,6 @@ class QemuHypervisor:
                 pass
             time.sleep(0.05)
 
-    def _watch_incoming(self, vm: _Vm, token: int) -> None:
-        """Target of a live migration: INCOMING until QEMU runs the migrated VM."""
-        failures = 0
-        while vm.token == token and self._alive_vm(vm):
-            try:
-                status = self._status(vm)
-                failures = 0
-            except (OSError, QmpError) as exc:
-                failures += 1
-                if failures > 100:
-                    self._set(vm, token, detail=f"monitor unreachable: {exc}")
-                time.sleep(0.1)
-                continue
-            if status == "running":
-                self._set(vm, token, S.RUNNING, detail="")
-                return
-            if status in ("paused", "postmigrate"):  # the source was paused: continue it here
-                try:
-                    self._qmp(vm, "cont")
-                except (OSError, QmpError):
-                    pass
-            time.sleep(0.05)
-
-    def _watch_restore(self, vm: _Vm, token: int, t0: float) -> None:
-        """Quick-migration target: wait for the state to load, continue, RUNNING. Polled every
-        10 ms; `cont` and the check that the VM runs go over one monitor connection, and RUNNING is
-        reported at once (not one poll later)."""
-        loaded = None
-        while vm.token == token and self._alive_vm(vm):
-            try:
-                with self._monitor(vm) as q:
-                    status = str(q.execute("query-status").get("status", ""))
-                    if status in ("paused", "prelaunch", "postmigrate", "restore-vm"):
-                        loaded = loaded or time.monotonic()
-                        try:
-                            q.execute("cont")
-                        except QmpError:
-                            pass
-                        status = str(q.execute("query-status").get("status", ""))
-            except (OSError, QmpError):
-                time.sleep(0.05)
-                continue
-            if status == "running":
-                vm.stats.update({"restore_s": round((loaded or time.monotonic()) - t0, 3),
-                                 "restore_to_running_s": round(time.monotonic() - t0, 3)})
-                self._set(vm, token, S.RUNNING, detail="")
-                if not self.keep_state_files:
-                    Path(vm.restore_from).unlink(missing_ok=True)
-                return
-            time.sleep(0.01)
-
     def stop(self, name: str) -> None:
         with self._lock:
             vm = self._get(name)
@@ -780,133 +471,6 @@ class QemuHypervisor:
             return False
         return str(vm.paths.qmp).encode() in cmdline
 
-    def migrate_live(self, name: str, target_host: str, target_address: str, attempt: str = "") -> None:
-        with self._lock:
-            vm = self._get(name)
-            self._check(vm)
-            if vm.state is not S.RUNNING:
-                raise HypervisorError(f"{self.host_name}: cannot migrate {name}: it is {vm.state.value}")
-            uri = f"tcp:{target_address}:{self.migration_port(name)}"
-            self._set(vm, vm.token, S.MIGRATING_OUT, detail=f"to {target_host} ({uri})", attempt=attempt,
-                      target_host=target_host)
-            token = vm.token
-        threading.Thread(target=self._migrate_thread, args=(vm, token, uri, attempt, True),
-                         name=f"qemu-migrate-{name}", daemon=True).start()
-
-    def _migrate_thread(self, vm: _Vm, token: int, uri: str | None, attempt: str, live: bool) -> None:
-        """Drive an outgoing migration (live: to a target; else: to the state file). `uri` None:
-        re-attached to a migration already under way."""
-        t0 = time.monotonic()
-        try:
-            if uri is not None:
-                params = ({"max-bandwidth": self.migration_bandwidth, "downtime-limit": self.downtime_limit_ms}
-                          if live else {"max-bandwidth": self.save_bandwidth})
-                with self._monitor(vm) as q:
-                    if not live:
-                        q.execute("stop")
-                    q.execute("migrate-set-parameters", params)
-                    q.execute("migrate", {"uri": uri})
-            retry_until = t0 + self.connect_retry_s
-            while True:
-                if vm.token != token:
-                    return
-                if not self._alive_vm(vm):
-                    return  # list() reports the exit
-                info = self._qmp(vm, "query-migrate")
-                status = info.get("status", "")
-                if status == "completed":
-                    self._migration_completed(vm, token, info, live, t0)
-                    return
-                if status == "failed" and live and uri is not None and time.monotonic() < retry_until \
-                        and "refused" in info.get("error-desc", "").lower():
-                    time.sleep(0.1)  # the target is still launching
-                    self._qmp(vm, "migrate", {"uri": uri})
-                    continue
-                if status in ("failed", "cancelled"):
-                    why = info.get("error-desc") or status
-                    self._migration_failed(vm, token, attempt, f"{'migration' if live else 'save'} {status}: {why}")
-                    return
-                time.sleep(0.05 if live else 0.02)
-        except (OSError, QmpError) as exc:
-            if vm.token == token and self._alive_vm(vm):
-                try:
-                    self._qmp(vm, "migrate_cancel")
-                except (OSError, QmpError):
-                    pass
-                self._migration_failed(vm, token, attempt, f"{type(exc).__name__}: {exc}")
-
-    def _migration_failed(self, vm: _Vm, token: int, attempt: str, why: str) -> None:
-        try:  # a failed or cancelled migration (or a save, which paused it) must leave the VM running
-            if self._status(vm) != "running":
-                self._qmp(vm, "cont")
-        except (OSError, QmpError) as exc:
-            why += f"; cont failed: {exc}"
-        if vm.save_path:
-            Path(vm.save_path + ".partial").unlink(missing_ok=True)
-        self._set(vm, token, S.RUNNING, detail=why, failed_migration=attempt, attempt="", save_path="")
-
-    def _migration_completed(self, vm: _Vm, token: int, info: dict[str, Any], live: bool, t0: float) -> None:
-        took = time.monotonic() - t0
-        stats = {"total_time_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
-                 "setup_time_ms": info.get("setup-time"), "observed_s": round(took, 3),
-                 "transferred_bytes": (info.get("ram") or {}).get("transferred")}
-        if live:
-            vm.stats = stats
-            self._set(vm, token, S.MIGRATED, detail=f"to {vm.target_host}: {stats['total_time_ms']} ms, "
-                      f"downtime {stats['downtime_ms']} ms", attempt="")
-            return
-        partial = Path(vm.save_path + ".partial")
-        try:
-            if partial.exists() or not Path(vm.save_path).exists():  # else: renamed before an agent restart
-                fd = os.open(partial, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(partial, vm.save_path)
-        except OSError as exc:
-            self._migration_failed(vm, token, vm.attempt, f"save: {exc}")
-            return
-        stats["state_bytes"] = Path(vm.save_path).stat().st_size
-        vm.stats = stats
-        with self._lock:
-            if vm.token != token:
-                return
-            vm.intent = "saved"
-            self._save_meta(vm)
-        try:
-            self._qmp(vm, "quit")
-        except (OSError, QmpError):
-            pass
-        if not _wait_dead(vm.pid, vm.starttime, 5.0):
-            _sigkill(vm.pid, vm.starttime)
-            _wait_dead(vm.pid, vm.starttime, 5.0)
-        vm.stats["stop_to_quit_s"] = round(time.monotonic() - t0, 3)
-        self._set(vm, token, S.SAVED, detail=vm.save_path, attempt="")
-
-    def cancel_migration(self, name: str) -> None:
-        with self._lock:
-            vm = self._get(name)
-            if vm.state is not S.MIGRATING_OUT:
-                return
-        try:
-            self._qmp(vm, "migrate_cancel")
-        except (OSError, QmpError) as exc:
-            raise HypervisorError(f"{self.host_name}: cancel migration of {name}: {exc}") from exc
-
-    def save(self, name: str, path: str, attempt: str = "") -> None:
-        with self._lock:
-            vm = self._get(name)
-            self._check(vm)
-            if vm.state is not S.RUNNING:
-                raise HypervisorError(f"{self.host_name}: cannot save {name}: it is {vm.state.value}")
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).unlink(missing_ok=True)
-            self._set(vm, vm.token, S.SAVING, detail=path, attempt=attempt, save_path=path)
-            token = vm.token
-        threading.Thread(target=self._migrate_thread, args=(vm, token, save_uri(path + ".partial"), attempt, False),
-                         name=f"qemu-save-{name}", daemon=True).start()
-
     def forget(self, name: str) -> None:
         with self._lock:
             vm = self._vms.get(name)
@@ -918,80 +482,3 @@ class QemuHypervisor:
             vm.token = self._token()
             del self._vms[name]
             shutil.rmtree(vm.paths.dir, ignore_errors=True)
-
-    # --- re-attach ---
-
-    def _reattach(self) -> None:
-        for meta_path in sorted(self.run_dir.glob("*/meta.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                spec = VmSpec.model_validate(meta["spec"])
-                vm = _Vm(meta["name"], int(meta["generation"]), spec, VmPaths(meta_path.parent),
-                         LocalState(meta["state"]), float(meta.get("since", 0.0)),
-                         detail=meta.get("detail", ""), failed_migration=meta.get("failed_migration", ""),
-                         origin=meta.get("origin", "boot"), restore_from=meta.get("restore_from", ""),
-                         pid=meta.get("pid"), starttime=meta.get("starttime", ""), intent=meta.get("intent", ""),
-                         attempt=meta.get("attempt", ""), save_path=meta.get("save_path", ""),
-                         target_host=meta.get("target_host", ""), stats=meta.get("stats", {}))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if vm.pid is None:  # the agent died while launching: the daemon may have come up
-                pid = _read_pidfile(vm.paths.pidfile)
-                if pid and self._is_our_qemu(pid, vm):
-                    stat = _proc_stat(pid)
-                    vm.pid, vm.starttime = pid, stat[1] if stat else ""
-            vm.token = self._token()
-            with self._lock:
-                self._vms[vm.name] = vm
-            if vm.state in TERMINAL_STATES and vm.state is not S.MIGRATED:
-                continue
-            if not _alive(vm.pid, vm.starttime):
-                if vm.state is S.SAVING and vm.save_path and Path(vm.save_path).is_file():
-                    vm.intent = "saved"
-                with self._lock:
-                    if vm.state is not S.MIGRATED:
-                        self._on_exit(vm)
-                continue
-            self._resume(vm)
-
-    def _resume(self, vm: _Vm) -> None:
-        """A live QEMU from an earlier agent: find out where it stands, resume watching it."""
-        token = vm.token
-        try:
-            status = self._status(vm)
-            migration = self._qmp(vm, "query-migrate").get("status", "")
-        except (OSError, QmpError) as exc:
-            self._set(vm, token, detail=f"re-attached, monitor unreachable: {exc}")
-            return
-        watch: Callable[[], None] | None = None
-        under_way = migration in ("setup", "active", "device", "pre-switchover", "completed")
-        if vm.state in (S.MIGRATING_OUT, S.SAVING):  # an outgoing migration or save was watched
-            live = vm.state is S.MIGRATING_OUT
-            if under_way or (live and status == "postmigrate"):
-                watch = lambda: self._migrate_thread(vm, token, None, vm.attempt, live)  # noqa: E731
-            else:  # it failed, was cancelled or never began: the VM goes on running here
-                what = "migration" if live else "save"
-                watch = lambda: self._migration_failed(vm, token, vm.attempt,  # noqa: E731
-                                                       f"{what} interrupted by an agent restart")
-        elif status == "postmigrate":
-            self._set(vm, token, S.MIGRATED)
-        elif status == "inmigrate" and vm.origin == "standby":  # still waiting for its state file
-            self._set(vm, token, S.INCOMING)
-        elif status == "inmigrate":
-            if vm.origin == "restore":
-                self._set(vm, token, S.STARTING)
-                watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
-            else:
-                self._set(vm, token, S.INCOMING)
-                watch = lambda: self._watch_incoming(vm, token)  # noqa: E731
-        elif status == "running":
-            if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None:
-                pass  # the watcher still waits for the guest's ready line
-            else:
-                self._set(vm, token, S.RUNNING, detail="" if vm.state is S.RUNNING else vm.detail)
-        elif status in ("paused", "prelaunch") and vm.origin == "restore" and vm.state is S.STARTING:
-            watch = lambda: self._watch_restore(vm, token, time.monotonic())  # noqa: E731
-        else:
-            self._set(vm, token, detail=f"re-attached, QEMU status {status}")
-        if watch is not None:
-            threading.Thread(target=watch, name=f"qemu-reattach-{vm.name}", daemon=True).start()
