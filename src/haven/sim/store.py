@@ -220,21 +220,35 @@ class MemoryStore:
         self._delivering = True
         try:
             while True:
-                first_seq = self._seq_end - len(self._history)
-                behind = [w for w in self._watchers.values() if not w.cancelled and w.next_seq < self._seq_end]
-                pending = [w for w in behind if w.reachable()]
+                end = self._seq_end
+                first_seq = end - len(self._history)
+                # One pass in id order (the dict's order: ids only grow). A participant's watches
+                # share one reachable(): ask it once per pass.
+                reachable: dict[Callable[[], bool], bool] = {}
+                pending: list[_Watcher] = []
+                held_back = False
+                for w in self._watchers.values():
+                    if w.next_seq < end:
+                        ok = reachable.get(w.reachable)
+                        if ok is None:
+                            ok = reachable[w.reachable] = w.reachable()
+                        if ok:
+                            pending.append(w)
+                        else:
+                            held_back = True
                 if not pending:
-                    if not behind:  # everyone has everything: skip the scan until the next event
-                        self._caught_up = self._seq_end
+                    if not held_back:  # everyone has everything: skip the scan until the next event
+                        self._caught_up = end
                     return
+                seq = end
                 for w in pending:
                     if w.next_seq < first_seq:  # held back longer than history: events lost
                         self.lost_watch_events += first_seq - w.next_seq
                         w.next_seq = first_seq
-                seq = min(w.next_seq for w in pending)
+                    seq = min(seq, w.next_seq)
                 event = self._history[seq - first_seq]
-                for w in sorted(pending, key=lambda w: w.id):
-                    if w.next_seq == seq and not w.cancelled:
+                for w in pending:
+                    if w.next_seq == seq and not w.cancelled:  # a callback may cancel a later watch
                         w.next_seq += 1
                         if event.key.startswith(w.prefix) and event.mod_revision >= w.min_revision:
                             w.callback(event)
