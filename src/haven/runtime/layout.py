@@ -19,6 +19,7 @@ and an agent reads its own in one prefix get.
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from haven.ports.store import Compare, Delete, KeyValue, Put, Store
 class Layout:
     cluster: str
 
-    @property
+    @functools.cached_property  # every key starts with it: build it once
     def root(self) -> str:
         return f"/haven/{self.cluster}/"
 

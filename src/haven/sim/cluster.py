@@ -298,19 +298,19 @@ class SimCluster:
 
     def advance_to(self, until: float) -> None:
         """Run every event up to virtual time `until`, checking safety after each."""
-        monitor = self.world.monitor
+        loop, store, network, monitor = self.loop, self.store, self.world.network, self.world.monitor
         while True:
-            next_timer = self.loop.next_time()
+            next_timer = loop.next_time()
             # A store without quorum expires nothing; on its return it restarts every lease (etcd does).
-            expiry = None if self.world.network.store_down else self.store.next_expiry()
+            expiry = None if network.store_down else store.next_expiry()
             if expiry is not None and expiry <= until and (next_timer is None or expiry <= next_timer):
-                self.loop.now = max(self.loop.now, expiry)
-                for lease_id in self.store.expire(self.loop.now):
-                    self.log(Event(self.loop.now, "store", self._lease_owner(lease_id), "lease expired"))
+                loop.now = max(loop.now, expiry)
+                for lease_id in store.expire(loop.now):
+                    self.log(Event(loop.now, "store", self._lease_owner(lease_id), "lease expired"))
             elif next_timer is not None and next_timer <= until:
-                self.loop.pop().fn()
+                loop.pop().fn()
             else:
                 break
-            self.store.deliver()
+            store.deliver()
             monitor.check()
         self.loop.now = max(self.loop.now, until)

@@ -245,7 +245,8 @@ class MemoryStore:
                     if w.next_seq < first_seq:  # held back longer than history: events lost
                         self.lost_watch_events += first_seq - w.next_seq
                         w.next_seq = first_seq
-                    seq = min(seq, w.next_seq)
+                    if w.next_seq < seq:
+                        seq = w.next_seq
                 event = self._history[seq - first_seq]
                 for w in pending:
                     if w.next_seq == seq and not w.cancelled:  # a callback may cancel a later watch
