@@ -35,7 +35,8 @@ class Renewal(Enum):
 
 class AgentLoop:
     def __init__(self, host: HostSpec, store: Store, hypervisor: Hypervisor, clock: Clock, layout: Layout,
-                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None) -> None:
+                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None,
+                 decoded: DecodeCache | None = None) -> None:
         self.host = host
         self.store = store
         self.hypervisor = hypervisor
@@ -53,7 +54,7 @@ class AgentLoop:
         self.addresses: dict[str, str] = {}
         self.published: dict[str, LocalVm | None] | None = {}  # None: unknown, re-read
         self.known: dict[str, LocalVm] = {}
-        self.decoded = DecodeCache()
+        self.decoded = decoded or DecodeCache()  # loops reading one store may share one
         self.stale = True
         self.refreshed_at = -math.inf
         self.changed = True  # inputs changed since the last reconcile

@@ -136,7 +136,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class DecodeCache:
-    """Decoded values by key and mod revision: a loop re-reads the same records many times."""
+    """Decoded values by key and mod revision: a loop re-reads the same records many times.
+    Loops reading the same store may share one (a key at a revision has one value); the values
+    are frozen models, safe to share."""
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[int, BaseModel]] = {}

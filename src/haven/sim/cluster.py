@@ -17,7 +17,7 @@ from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import EventType, WatchEvent
 from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
-from haven.runtime.layout import Layout
+from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.manager_loop import ManagerLoop
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
@@ -97,8 +97,9 @@ class SimHost:
         self.powered, self.hung, self.renew_delay = True, False, 0.0
         c = self.cluster
         self.agent = AgentLoop(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
-                               self.watchdog)
-        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
+                               self.watchdog, c.decoded)
+        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log,
+                                   decoded=c.decoded)
         if self.agent.register() and self.agent.lease:
             c.lease_hosts[self.agent.lease.id] = self.name
         root = c.layout.root
@@ -234,6 +235,7 @@ class SimCluster:
         self.loop = EventLoop()
         self.store = MemoryStore(lambda: self.loop.now)
         self.layout = Layout(config.name)
+        self.decoded = DecodeCache()  # one for every host's loops: each record is parsed once
         self.world = World(lambda: self.loop.now)
         self.events: list[Event] = []
         self._requests = 0
