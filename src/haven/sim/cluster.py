@@ -168,8 +168,8 @@ class SimHost:
     def wake_agent(self) -> None:
         self._soon("agent", self._agent_step)
 
-    def wake_manager(self, delay: float = 0.0) -> None:
-        self._soon(f"manager{delay}", self._manager_step, delay)
+    def wake_manager(self) -> None:
+        self._soon("manager", self._manager_step)
 
     def _renew(self) -> None:
         assert self.agent is not None
