@@ -97,6 +97,11 @@ def decode_event(value: str) -> Event:
     return Event(data["t"], data["source"], data["subject"], data["message"])
 
 
+# Defaults for records not in the store; frozen, so one instance serves every snapshot.
+DEFAULT_SETTINGS = Settings()
+NO_ADMIN = HostAdmin()
+
+
 @dataclass
 class Snapshot:
     """Everything under the cluster prefix, decoded, read at one revision."""
@@ -118,7 +123,7 @@ class Snapshot:
         hosts = {
             name: HostView(spec=spec, alive=name in self.alive,
                                            record=self.records.get(name),
-                                           admin=self.admin.get(name, HostAdmin()),
+                                           admin=self.admin.get(name, NO_ADMIN),
                                            fence_confirmed=name in confirmed)
             for name, spec in sorted(self.hosts.items())
         }
@@ -158,7 +163,7 @@ def _no_cache(model: type[M], kv: KeyValue) -> M:
 
 def decode(layout: Layout, items: Iterable[KeyValue],
            cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
-    snap = Snapshot(Settings(), {}, {}, {}, set(), None, {}, {}, {}, {}, [])
+    snap = Snapshot(DEFAULT_SETTINGS, {}, {}, {}, set(), None, {}, {}, {}, {}, [])
     root = layout.root
     for kv in items:
         parts = kv.key[len(root):].split("/")
