@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -167,9 +168,12 @@ class MemoryStore:
     def _keys_under(self, prefix: str) -> list[str]:
         keys = self._sorted_keys
         start = bisect.bisect_left(keys, prefix)
-        end = start
-        while end < len(keys) and keys[end].startswith(prefix):
-            end += 1
+        if not prefix or prefix[-1] == chr(sys.maxunicode):  # no string just after every key under it
+            end = start
+            while end < len(keys) and keys[end].startswith(prefix):
+                end += 1
+        else:  # as etcd's range end: the keys under "a/b" sort before "a/c"
+            end = bisect.bisect_left(keys, prefix[:-1] + chr(ord(prefix[-1]) + 1), start)
         return keys[start:end]
 
     def _holds(self, c: Compare) -> bool:
