@@ -82,6 +82,8 @@ class SimHost:
         self.deadline_timer: Timer | None = None
         self.pending: dict[str, Timer] = {}
         self.unwatch: list[Callable[[], None]] = []
+        root = cluster.layout.root
+        self.agent_prefixes = (root + "vms/", root + "status/", root + "hosts/")  # what the agent watches
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
 
@@ -102,11 +104,9 @@ class SimHost:
                                    decoded=c.decoded)
         if self.agent.register() and self.agent.lease:
             c.lease_hosts[self.agent.lease.id] = self.name
-        root = c.layout.root
-        self.unwatch = [c.store.watch_stream(root + "vms/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root + "status/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root + "hosts/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root, self._on_cluster_change, self.reaches_store)]
+        # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
+        # for the store to step through on every event, in the same order as one watch per prefix.
+        self.unwatch = [c.store.watch_stream(c.layout.root, self._on_watch_event, self.reaches_store)]
         offset = 0.001 * self.index  # hosts do not tick in lock step
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
@@ -207,6 +207,11 @@ class SimHost:
         for name, record in sorted(decision.host_records.items()) if decision else ():
             if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
                 self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
+
+    def _on_watch_event(self, event: WatchEvent) -> None:
+        if event.key.startswith(self.agent_prefixes):
+            self._on_store_event(event)
+        self._on_cluster_change(event)
 
     def _on_store_event(self, event: WatchEvent) -> None:
         if self.agent and self.agent.on_store_event(event):
