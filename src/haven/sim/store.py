@@ -226,17 +226,11 @@ class MemoryStore:
             while True:
                 end = self._seq_end
                 first_seq = end - len(self._history)
-                # One pass in id order (the dict's order: ids only grow). A participant's watches
-                # share one reachable(): ask it once per pass.
-                reachable: dict[Callable[[], bool], bool] = {}
-                pending: list[_Watcher] = []
+                pending: list[_Watcher] = []  # in id order: the dict's order, as ids only grow
                 held_back = False
                 for w in self._watchers.values():
                     if w.next_seq < end:
-                        ok = reachable.get(w.reachable)
-                        if ok is None:
-                            ok = reachable[w.reachable] = w.reachable()
-                        if ok:
+                        if w.reachable():
                             pending.append(w)
                         else:
                             held_back = True
