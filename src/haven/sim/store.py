@@ -83,7 +83,7 @@ class MemoryStore:
     def next_expiry(self) -> float | None:
         """Earliest lease expiry on the virtual clock, or None without leases."""
         if self._next_expiry is _UNKNOWN:  # the simulator asks after every event: remember it
-            self._next_expiry = min((lease.expiry for lease in self._leases.values()), default=None)
+            self._next_expiry = min([lease.expiry for lease in self._leases.values()], default=None)
         return self._next_expiry  # type: ignore[return-value]
 
     def _leases_changed(self) -> None:
