@@ -164,11 +164,22 @@ def _no_cache(model: type[M], kv: KeyValue) -> M:
 def decode(layout: Layout, items: Iterable[KeyValue],
            cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
     snap = Snapshot(DEFAULT_SETTINGS, {}, {}, {}, set(), None, {}, {}, {}, {}, [])
-    root = layout.root
+    skip = len(layout.root)
     for kv in items:
-        parts = kv.key[len(root):].split("/")
+        parts = kv.key[skip:].split("/")
         kind = parts[0]
-        if kind == "config":
+        if kind == "vms" and len(parts) == 3:  # the most common kinds first
+            vm, what = parts[1], parts[2]
+            if what == "spec":
+                snap.specs[vm] = cache(VmSpec, kv)
+            elif what == "placement":
+                snap.placements[vm] = cache(Placement, kv)
+            elif what == "request":
+                snap.requests[vm] = cache(VmRequest, kv)
+        elif kind == "status" and len(parts) == 3:
+            status = cache(VmStatus, kv)
+            snap.statuses.setdefault(status.vm, {})[status.host] = status
+        elif kind == "config":
             snap.settings = cache(Settings, kv)
         elif kind == "hosts":
             snap.hosts[parts[1]] = cache(HostSpec, kv)
@@ -180,17 +191,6 @@ def decode(layout: Layout, items: Iterable[KeyValue],
             snap.alive.add(parts[1])
         elif kind == "manager":
             snap.manager = json.loads(kv.value).get("host")
-        elif kind == "vms" and len(parts) == 3:
-            vm, what = parts[1], parts[2]
-            if what == "spec":
-                snap.specs[vm] = cache(VmSpec, kv)
-            elif what == "placement":
-                snap.placements[vm] = cache(Placement, kv)
-            elif what == "request":
-                snap.requests[vm] = cache(VmRequest, kv)
-        elif kind == "status" and len(parts) == 3:
-            status = cache(VmStatus, kv)
-            snap.statuses.setdefault(status.vm, {})[status.host] = status
         elif kind == "events":
             snap.events.append(decode_event(kv.value))
     return snap

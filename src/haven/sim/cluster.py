@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from dataclasses import replace
 
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
@@ -288,7 +287,7 @@ class SimCluster:
     def log(self, event: Event) -> None:
         # Loops stamp events with their host's clock, which may be skewed; the timeline is in
         # virtual (true) time so that it reads in order.
-        self.events.append(replace(event, t=self.loop.now))
+        self.events.append(Event(self.loop.now, event.source, event.subject, event.message))
 
     def log_lines(self) -> list[str]:
         return [event.line() for event in self.events]
