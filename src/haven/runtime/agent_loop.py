@@ -158,11 +158,12 @@ class AgentLoop:
         if parts[0] == "vms" and len(parts) == 3:
             name, what = parts[1], parts[2]
             if what == "placement":
-                old = self.placements.pop(name, None)
+                old, new = self.placements.pop(name, None), None
                 if kv is not None:
-                    self.placements[name] = decoded(Placement, kv)
-                return name in self.known or any(concerns(p, self.host.name)
-                                                 for p in (old, self.placements.get(name)) if p)
+                    new = self.placements[name] = decoded(Placement, kv)
+                host = self.host.name
+                return (name in self.known or (old is not None and concerns(old, host))
+                        or (new is not None and concerns(new, host)))
             if what == "spec":
                 self.specs.pop(name, None)
                 if kv is not None:
