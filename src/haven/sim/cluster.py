@@ -83,6 +83,7 @@ class SimHost:
         self.unwatch: list[Callable[[], None]] = []
         root = cluster.layout.root
         self.agent_prefixes = (root + "vms/", root + "status/", root + "hosts/")  # what the agent watches
+        self.manager_key = cluster.layout.manager()
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
 
@@ -217,13 +218,13 @@ class SimHost:
             self.wake_agent()
 
     def _on_cluster_change(self, event: WatchEvent) -> None:
+        key = event.key
         if self.manager and self.manager.leading:
             # Its own writes (placements, host records, events) need no second look.
-            if not any(part in event.key for part in ("/events/", "/hoststate/")) \
-                    and not event.key.endswith("/placement"):
+            if "/events/" not in key and "/hoststate/" not in key and not key.endswith("/placement"):
                 self.manager.mark_stale()
                 self.wake_manager()
-        elif event.key == self.cluster.layout.manager() and self.manager:
+        elif key == self.manager_key and self.manager:
             self.manager.observe_leader_key(event.type is EventType.PUT)
             self.wake_manager()
 
