@@ -36,7 +36,8 @@ class Renewal(Enum):
 
 class AgentLoop:
     def __init__(self, host: HostSpec, store: Store, hypervisor: Hypervisor, clock: Clock, layout: Layout,
-                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None) -> None:
+                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None,
+                 decoded: DecodeCache | None = None) -> None:
         self.host = host
         self.store = store
         self.hypervisor = hypervisor
@@ -54,7 +55,7 @@ class AgentLoop:
         self.addresses: dict[str, str] = {}
         self.published: dict[str, LocalVm | None] | None = {}  # None: unknown, re-read
         self.known: dict[str, LocalVm] = {}
-        self.decoded = DecodeCache()
+        self.decoded = decoded or DecodeCache()  # loops reading one store may share one
         self.stale = True
         self.refreshed_at = -math.inf
         self.changed = True  # inputs changed since the last reconcile
@@ -158,11 +159,12 @@ class AgentLoop:
         if parts[0] == "vms" and len(parts) == 3:
             name, what = parts[1], parts[2]
             if what == "placement":
-                old = self.placements.pop(name, None)
+                old, new = self.placements.pop(name, None), None
                 if kv is not None:
-                    self.placements[name] = decoded(Placement, kv)
-                return name in self.known or any(concerns(p, self.host.name)
-                                                 for p in (old, self.placements.get(name)) if p)
+                    new = self.placements[name] = decoded(Placement, kv)
+                host = self.host.name
+                return (name in self.known or (old is not None and concerns(old, host))
+                        or (new is not None and concerns(new, host)))
             if what == "spec":
                 self.specs.pop(name, None)
                 if kv is not None:

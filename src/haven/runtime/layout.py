@@ -19,6 +19,7 @@ and an agent reads its own in one prefix get.
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from haven.ports.store import Compare, Delete, KeyValue, Put, Store
 class Layout:
     cluster: str
 
-    @property
+    @functools.cached_property  # every key starts with it: build it once
     def root(self) -> str:
         return f"/haven/{self.cluster}/"
 
@@ -96,6 +97,11 @@ def decode_event(value: str) -> Event:
     return Event(data["t"], data["source"], data["subject"], data["message"])
 
 
+# Defaults for records not in the store; frozen, so one instance serves every snapshot.
+DEFAULT_SETTINGS = Settings()
+NO_ADMIN = HostAdmin()
+
+
 @dataclass
 class Snapshot:
     """Everything under the cluster prefix, decoded, read at one revision."""
@@ -117,7 +123,7 @@ class Snapshot:
         hosts = {
             name: HostView(spec=spec, alive=name in self.alive,
                                            record=self.records.get(name),
-                                           admin=self.admin.get(name, HostAdmin()),
+                                           admin=self.admin.get(name, NO_ADMIN),
                                            fence_confirmed=name in confirmed)
             for name, spec in sorted(self.hosts.items())
         }
@@ -135,7 +141,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class DecodeCache:
-    """Decoded values by key and mod revision: a loop re-reads the same records many times."""
+    """Decoded values by key and mod revision: a loop re-reads the same records many times.
+    Loops reading the same store may share one (a key at a revision has one value); the values
+    are frozen models, safe to share."""
 
     def __init__(self) -> None:
         self._items: dict[str, tuple[int, BaseModel]] = {}
@@ -155,12 +163,23 @@ def _no_cache(model: type[M], kv: KeyValue) -> M:
 
 def decode(layout: Layout, items: Iterable[KeyValue],
            cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
-    snap = Snapshot(Settings(), {}, {}, {}, set(), None, {}, {}, {}, {}, [])
-    root = layout.root
+    snap = Snapshot(DEFAULT_SETTINGS, {}, {}, {}, set(), None, {}, {}, {}, {}, [])
+    skip = len(layout.root)
     for kv in items:
-        parts = kv.key[len(root):].split("/")
+        parts = kv.key[skip:].split("/")
         kind = parts[0]
-        if kind == "config":
+        if kind == "vms" and len(parts) == 3:  # the most common kinds first
+            vm, what = parts[1], parts[2]
+            if what == "spec":
+                snap.specs[vm] = cache(VmSpec, kv)
+            elif what == "placement":
+                snap.placements[vm] = cache(Placement, kv)
+            elif what == "request":
+                snap.requests[vm] = cache(VmRequest, kv)
+        elif kind == "status" and len(parts) == 3:
+            status = cache(VmStatus, kv)
+            snap.statuses.setdefault(status.vm, {})[status.host] = status
+        elif kind == "config":
             snap.settings = cache(Settings, kv)
         elif kind == "hosts":
             snap.hosts[parts[1]] = cache(HostSpec, kv)
@@ -172,17 +191,6 @@ def decode(layout: Layout, items: Iterable[KeyValue],
             snap.alive.add(parts[1])
         elif kind == "manager":
             snap.manager = json.loads(kv.value).get("host")
-        elif kind == "vms" and len(parts) == 3:
-            vm, what = parts[1], parts[2]
-            if what == "spec":
-                snap.specs[vm] = cache(VmSpec, kv)
-            elif what == "placement":
-                snap.placements[vm] = cache(Placement, kv)
-            elif what == "request":
-                snap.requests[vm] = cache(VmRequest, kv)
-        elif kind == "status" and len(parts) == 3:
-            status = cache(VmStatus, kv)
-            snap.statuses.setdefault(status.vm, {})[status.host] = status
         elif kind == "events":
             snap.events.append(decode_event(kv.value))
     return snap

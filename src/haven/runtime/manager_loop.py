@@ -25,7 +25,8 @@ FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch even
 
 class ManagerLoop:
     def __init__(self, name: str, store: Store, clock: Clock, layout: Layout, lease_id: Callable[[], int],
-                 emit: EventSink, fence: Callable[[str], bool] | None = None) -> None:
+                 emit: EventSink, fence: Callable[[str], bool] | None = None,
+                 decoded: DecodeCache | None = None) -> None:
         self.name = name
         self.store = store
         self.clock = clock
@@ -37,7 +38,7 @@ class ManagerLoop:
         self.since = 0.0
         self.fence_confirmed: set[str] = set()
         self.event_seq = 0
-        self.decoded = DecodeCache()
+        self.decoded = decoded or DecodeCache()  # loops reading one store may share one
         self.view: ClusterView | None = None
         self.index: ClusterIndex | None = None
         self.stale = True

@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from dataclasses import replace
 
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import EventType, WatchEvent
 from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
-from haven.runtime.layout import Layout
+from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.manager_loop import ManagerLoop
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
@@ -82,6 +81,9 @@ class SimHost:
         self.deadline_timer: Timer | None = None
         self.pending: dict[str, Timer] = {}
         self.unwatch: list[Callable[[], None]] = []
+        root = cluster.layout.root
+        self.agent_prefixes = (root + "vms/", root + "status/", root + "hosts/")  # what the agent watches
+        self.manager_key = cluster.layout.manager()
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
 
@@ -97,15 +99,14 @@ class SimHost:
         self.powered, self.hung, self.renew_delay = True, False, 0.0
         c = self.cluster
         self.agent = AgentLoop(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
-                               self.watchdog)
-        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log)
+                               self.watchdog, c.decoded)
+        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log,
+                                   decoded=c.decoded)
         if self.agent.register() and self.agent.lease:
             c.lease_hosts[self.agent.lease.id] = self.name
-        root = c.layout.root
-        self.unwatch = [c.store.watch_stream(root + "vms/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root + "status/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root + "hosts/", self._on_store_event, self.reaches_store),
-                        c.store.watch_stream(root, self._on_cluster_change, self.reaches_store)]
+        # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
+        # for the store to step through on every event, in the same order as one watch per prefix.
+        self.unwatch = [c.store.watch_stream(c.layout.root, self._on_watch_event, self.reaches_store)]
         offset = 0.001 * self.index  # hosts do not tick in lock step
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
@@ -167,8 +168,8 @@ class SimHost:
     def wake_agent(self) -> None:
         self._soon("agent", self._agent_step)
 
-    def wake_manager(self, delay: float = 0.0) -> None:
-        self._soon(f"manager{delay}", self._manager_step, delay)
+    def wake_manager(self) -> None:
+        self._soon("manager", self._manager_step)
 
     def _renew(self) -> None:
         assert self.agent is not None
@@ -207,18 +208,23 @@ class SimHost:
             if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
                 self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
 
+    def _on_watch_event(self, event: WatchEvent) -> None:
+        if event.key.startswith(self.agent_prefixes):
+            self._on_store_event(event)
+        self._on_cluster_change(event)
+
     def _on_store_event(self, event: WatchEvent) -> None:
         if self.agent and self.agent.on_store_event(event):
             self.wake_agent()
 
     def _on_cluster_change(self, event: WatchEvent) -> None:
+        key = event.key
         if self.manager and self.manager.leading:
             # Its own writes (placements, host records, events) need no second look.
-            if not any(part in event.key for part in ("/events/", "/hoststate/")) \
-                    and not event.key.endswith("/placement"):
+            if "/events/" not in key and "/hoststate/" not in key and not key.endswith("/placement"):
                 self.manager.mark_stale()
                 self.wake_manager()
-        elif event.key == self.cluster.layout.manager() and self.manager:
+        elif key == self.manager_key and self.manager:
             self.manager.observe_leader_key(event.type is EventType.PUT)
             self.wake_manager()
 
@@ -234,6 +240,7 @@ class SimCluster:
         self.loop = EventLoop()
         self.store = MemoryStore(lambda: self.loop.now)
         self.layout = Layout(config.name)
+        self.decoded = DecodeCache()  # one for every host's loops: each record is parsed once
         self.world = World(lambda: self.loop.now)
         self.events: list[Event] = []
         self._requests = 0
@@ -281,7 +288,7 @@ class SimCluster:
     def log(self, event: Event) -> None:
         # Loops stamp events with their host's clock, which may be skewed; the timeline is in
         # virtual (true) time so that it reads in order.
-        self.events.append(replace(event, t=self.loop.now))
+        self.events.append(Event(self.loop.now, event.source, event.subject, event.message))
 
     def log_lines(self) -> list[str]:
         return [event.line() for event in self.events]
@@ -298,19 +305,19 @@ class SimCluster:
 
     def advance_to(self, until: float) -> None:
         """Run every event up to virtual time `until`, checking safety after each."""
-        monitor = self.world.monitor
+        loop, store, network, monitor = self.loop, self.store, self.world.network, self.world.monitor
         while True:
-            next_timer = self.loop.next_time()
+            next_timer = loop.next_time()
             # A store without quorum expires nothing; on its return it restarts every lease (etcd does).
-            expiry = None if self.world.network.store_down else self.store.next_expiry()
+            expiry = None if network.store_down else store.next_expiry()
             if expiry is not None and expiry <= until and (next_timer is None or expiry <= next_timer):
-                self.loop.now = max(self.loop.now, expiry)
-                for lease_id in self.store.expire(self.loop.now):
-                    self.log(Event(self.loop.now, "store", self._lease_owner(lease_id), "lease expired"))
+                loop.now = max(loop.now, expiry)
+                for lease_id in store.expire(loop.now):
+                    self.log(Event(loop.now, "store", self._lease_owner(lease_id), "lease expired"))
             elif next_timer is not None and next_timer <= until:
-                self.loop.pop().fn()
+                loop.pop().fn()
             else:
                 break
-            self.store.deliver()
+            store.deliver()
             monitor.check()
         self.loop.now = max(self.loop.now, until)

@@ -27,8 +27,10 @@ class EventLoop:
         self._seq = itertools.count()
 
     def at(self, t: float, fn: Callable[[], None]) -> Timer:
-        timer = Timer(max(t, self.now), next(self._seq), fn)
-        heapq.heappush(self._queue, (timer.at, timer.seq, timer))
+        if t < self.now:
+            t = self.now
+        timer = Timer(t, next(self._seq), fn)
+        heapq.heappush(self._queue, (t, timer.seq, timer))
         return timer
 
     def after(self, delay: float, fn: Callable[[], None]) -> Timer:

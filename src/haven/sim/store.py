@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class MemoryStore:
     def next_expiry(self) -> float | None:
         """Earliest lease expiry on the virtual clock, or None without leases."""
         if self._next_expiry is _UNKNOWN:  # the simulator asks after every event: remember it
-            self._next_expiry = min((lease.expiry for lease in self._leases.values()), default=None)
+            self._next_expiry = min([lease.expiry for lease in self._leases.values()], default=None)
         return self._next_expiry  # type: ignore[return-value]
 
     def _leases_changed(self) -> None:
@@ -167,9 +168,12 @@ class MemoryStore:
     def _keys_under(self, prefix: str) -> list[str]:
         keys = self._sorted_keys
         start = bisect.bisect_left(keys, prefix)
-        end = start
-        while end < len(keys) and keys[end].startswith(prefix):
-            end += 1
+        if not prefix or prefix[-1] == chr(sys.maxunicode):  # no string just after every key under it
+            end = start
+            while end < len(keys) and keys[end].startswith(prefix):
+                end += 1
+        else:  # as etcd's range end: the keys under "a/b" sort before "a/c"
+            end = bisect.bisect_left(keys, prefix[:-1] + chr(ord(prefix[-1]) + 1), start)
         return keys[start:end]
 
     def _holds(self, c: Compare) -> bool:
@@ -220,21 +224,30 @@ class MemoryStore:
         self._delivering = True
         try:
             while True:
-                first_seq = self._seq_end - len(self._history)
-                behind = [w for w in self._watchers.values() if not w.cancelled and w.next_seq < self._seq_end]
-                pending = [w for w in behind if w.reachable()]
+                end = self._seq_end
+                first_seq = end - len(self._history)
+                pending: list[_Watcher] = []  # in id order: the dict's order, as ids only grow
+                held_back = False
+                for w in self._watchers.values():
+                    if w.next_seq < end:
+                        if w.reachable():
+                            pending.append(w)
+                        else:
+                            held_back = True
                 if not pending:
-                    if not behind:  # everyone has everything: skip the scan until the next event
-                        self._caught_up = self._seq_end
+                    if not held_back:  # everyone has everything: skip the scan until the next event
+                        self._caught_up = end
                     return
+                seq = end
                 for w in pending:
                     if w.next_seq < first_seq:  # held back longer than history: events lost
                         self.lost_watch_events += first_seq - w.next_seq
                         w.next_seq = first_seq
-                seq = min(w.next_seq for w in pending)
+                    if w.next_seq < seq:
+                        seq = w.next_seq
                 event = self._history[seq - first_seq]
-                for w in sorted(pending, key=lambda w: w.id):
-                    if w.next_seq == seq and not w.cancelled:
+                for w in pending:
+                    if w.next_seq == seq and not w.cancelled:  # a callback may cancel a later watch
                         w.next_seq += 1
                         if event.key.startswith(w.prefix) and event.mod_revision >= w.min_revision:
                             w.callback(event)

@@ -27,7 +27,9 @@ class Network:
         return any(a in group and b in group for group in self.groups)
 
     def host_reaches_store(self, host: str) -> bool:
-        return not self.store_down and host not in self.cut_from_store and self._same_side(host, STORE)
+        if self.store_down or host in self.cut_from_store:
+            return False
+        return not self.groups or self._same_side(host, STORE)  # asked on every store call
 
     def hosts_connected(self, a: str, b: str) -> bool:
         return frozenset((a, b)) not in self.cut_pairs and self._same_side(a, b)
