@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from haven.drivers.qemu_cmdline import (CmdlineConfig, DiskArg, VmPaths, build_cmdline, kernel_append,
-                                        migration_port, resolve_cpu_model, restore_uri, save_uri)
-from haven.drivers.qmp import QmpClient, QmpConnectError, QmpError
+                                        migration_port, resolve_cpu_model)
+from haven.drivers.qmp import QmpClient, QmpConnectError, QmpError, pass_fd
 from haven.model.spec import Disk, Nic, VmSpec
 
 KNOWN = frozenset({"qemu64", "Nehalem", "Haswell-noTSX-IBRS", "Westmere"})
@@ -101,23 +102,22 @@ def test_migration_port_is_stable_and_in_range() -> None:
     assert len(ports) > 190
 
 
-def test_uris_and_append() -> None:
-    assert restore_uri("/pool/.haven-state/web-g2.state") == "exec:cat /pool/.haven-state/web-g2.state"
-    assert restore_uri("/p/a b") == "exec:cat '/p/a b'"
-    assert save_uri("/p/x.state") == "exec:cat > /p/x.state"
+def test_kernel_append() -> None:
     assert kernel_append(spec(kernel_args=""), "console=ttyS0") == "console=ttyS0 haven.name=web"
 
 
 # --- QMP client against a fake monitor ---------------------------------------------------------
 
 class FakeMonitor:
-    """Greets, negotiates, answers query-status (with an event first) and fails `bad`."""
+    """Greets, negotiates, answers query-status (with an event first), fails `bad`, and keeps the
+    descriptors `getfd` brings by name (as QEMU does)."""
 
     def __init__(self, path: Path, greet: bool = True) -> None:
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(str(path))
         self.server.listen(4)
         self.greet = greet
+        self.fds: dict[str, int] = {}
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -131,12 +131,13 @@ class FakeMonitor:
                 time.sleep(2)
                 return
             conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
-            buf = b""
+            buf, fds = b"", []
             while True:
-                data = conn.recv(4096)
+                data, received, _, _ = socket.recv_fds(conn, 4096, 4)
                 if not data:
                     return
                 buf += data
+                fds += received
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     msg = json.loads(line)
@@ -144,6 +145,9 @@ class FakeMonitor:
                     if msg["execute"] == "query-status":
                         conn.sendall(b'{"event": "RESUME", "timestamp": {}}\n')
                         reply = {"return": {"status": "running"}, "id": ident}
+                    elif msg["execute"] == "getfd" and fds:
+                        self.fds[msg["arguments"]["fdname"]] = fds.pop(0)
+                        reply = {"return": {}, "id": ident}
                     elif msg["execute"] == "bad":
                         reply = {"error": {"class": "GenericError", "desc": "nope"}, "id": ident}
                     else:
@@ -165,6 +169,23 @@ def test_qmp_client(tmp_path: Path) -> None:
             assert err.value.desc == "nope"
     finally:
         monitor.close()
+
+
+def test_a_descriptor_passed_over_qmp_reaches_the_monitor(tmp_path: Path) -> None:
+    monitor = FakeMonitor(tmp_path / "qmp.sock")
+    state = tmp_path / "vm.state"
+    fd = os.open(state, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with QmpClient(str(tmp_path / "qmp.sock"), timeout=2) as client:
+            assert pass_fd(client, "haven-state", fd) == "fd:haven-state"
+            assert client.execute("query-status") == {"status": "running"}  # the stream goes on
+    finally:
+        os.close(fd)
+        monitor.close()
+    received = monitor.fds["haven-state"]
+    os.write(received, b"written through the passed descriptor")  # as QEMU's `migrate fd:` does
+    os.close(received)
+    assert state.read_bytes() == b"written through the passed descriptor"
 
 
 def test_qmp_client_times_out_on_a_silent_monitor(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, build_cmdline, disk_format,
-                                        migration_port, restore_uri)
+                                        migration_port)
 from haven.drivers.qemu_migration import QemuMigration
 from haven.drivers.qemu_process import (DEFAULT_ACCEL_CACHE, MonotonicClock, _alive, _proc_stat, _qemu_error,
                                         _read_pidfile, _sigkill, _supports_o_direct, _tail, _wait_dead,
@@ -280,11 +280,13 @@ class QemuHypervisor(QemuMigration, QemuReattach):
             self._set(vm, None, S.CRASHED, detail="QEMU exited unasked" + (f" ({why})" if why else ""))
 
     def start(self, spec: VmSpec, generation: int, restore_from: str | None = None) -> None:
-        if restore_from and self._restore_into_standby(spec.name, generation, restore_from):
+        if restore_from is None:
+            self._begin(spec, generation, "boot", None, S.STARTING, "")
             return
-        origin = "restore" if restore_from else "boot"
-        incoming = restore_uri(restore_from) if restore_from else None
-        self._begin(spec, generation, origin, incoming, S.STARTING, restore_from or "")
+        if not self._restore_into_standby(spec.name, generation, restore_from):
+            self.prepare_restore(spec, generation)  # no standby prepared: launch one now
+            if not self._restore_into_standby(spec.name, generation, restore_from):
+                raise HypervisorError(f"{self.host_name}: {spec.name}: the standby for the restore is gone")
 
     def _begin(self, spec: VmSpec, generation: int, origin: str, incoming: str | None,
                state: LocalState, restore_from: str) -> None:
@@ -334,9 +336,6 @@ class QemuHypervisor(QemuMigration, QemuReattach):
                     return
                 self._create_disk(path, disk.size_mib)
             disks.append(DiskArg(str(path), disk_format(str(path)), self._disk_cache(disk.pool)))
-        if vm.origin == "restore" and not Path(vm.restore_from).is_file():
-            self._set(vm, token, S.FAILED, detail=f"state file {vm.restore_from} missing")
-            return
         taps = [self.tap_for(spec, i) for i in range(len(spec.nics))] if spec.nics else []  # type: ignore[misc]
         argv = build_cmdline(spec, self.config, paths, disks, taps, incoming)
         if self.namespace:
@@ -367,15 +366,12 @@ class QemuHypervisor(QemuMigration, QemuReattach):
             return
         launched = time.monotonic() - t0
         vm.stats = {"launch_s": round(launched, 3)}
-        if incoming == "defer":  # a standby: `_restore_into_standby` takes it from here
+        if vm.origin == "standby":  # `_restore_thread` takes it from here
             if vm.state is S.INCOMING:
                 self._set(vm, token, detail="standby for a restore")
         elif vm.origin == "incoming":
             self._set(vm, token, detail=f"listening on {incoming}")
             self._watch_incoming(vm, token)
-        elif vm.origin == "restore":
-            self._set(vm, token, detail="restoring")
-            self._watch_restore(vm, token, t0)
         else:
             self._set(vm, token, detail="booting")
             if self.guest is None:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import shlex
 import subprocess
 import zlib
 from dataclasses import dataclass, field
@@ -121,18 +120,10 @@ def kernel_append(spec: VmSpec, base: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def restore_uri(state_file: str) -> str:
-    return "exec:cat " + shlex.quote(state_file)
-
-
-def save_uri(state_file: str) -> str:
-    return "exec:cat > " + shlex.quote(state_file)
-
-
 def build_cmdline(spec: VmSpec, config: CmdlineConfig, paths: VmPaths, disks: list[DiskArg],
                   taps: list[str], incoming: str | None = None, daemonize: bool = True) -> list[str]:
     """argv for `spec`: one virtio-blk per disk, one virtio-net per NIC (fixed MAC, on its tap),
-    serial to a file, one QMP socket, optional `-incoming` (tcp:ADDR:PORT or exec:cat FILE)."""
+    serial to a file, one QMP socket, optional `-incoming` (tcp:ADDR:PORT, or defer: a standby for a restore)."""
     if len(disks) != len(spec.disks):
         raise ValueError(f"{spec.name}: {len(spec.disks)} disks in the spec, {len(disks)} paths given")
     if len(taps) != len(spec.nics):

@@ -9,7 +9,11 @@ Target:
 - INCOMING from `prepare_restore()`: a standby launched with `-incoming defer` while the source
   saves; `start(..., restore_from)` of the same generation then only loads the state into it
   (`migrate-incoming`), which saves the process launch (~0.1 s of a quick migration's outage).
+  Without a standby, `start` launches one first.
 - A restore is STARTING until the state is loaded and the VM continued.
+
+The state file is written and read by QEMU itself through a file descriptor passed over QMP
+(`fd:` migration): about twice as fast as `exec:cat` (LAB-NOTES: 0.06 vs 0.13 s for 128 MiB).
 
 Source:
 - MIGRATING_OUT -> MIGRATED (paused for good, process kept until `kill`) or back to RUNNING with
@@ -25,13 +29,15 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haven.drivers.qemu_cmdline import restore_uri, save_uri
 from haven.drivers.qemu_process import _sigkill, _wait_dead
 from haven.drivers.qemu_vm import S, _Vm
-from haven.drivers.qmp import QmpClient, QmpError
+from haven.drivers.qmp import QmpClient, QmpError, pass_fd
 from haven.model.spec import VmSpec
 from haven.model.state import LocalState
 from haven.ports.hypervisor import HypervisorError
+
+
+STATE_FD = "haven-state"  # the name a state file's descriptor has inside QEMU
 
 
 class QemuMigration:
@@ -102,7 +108,12 @@ class QemuMigration:
             return
         try:
             self._set(vm, token, origin="restore")
-            self._qmp(vm, "migrate-incoming", {"uri": restore_uri(vm.restore_from)})
+            fd = os.open(vm.restore_from, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with self._monitor(vm) as q:
+                    q.execute("migrate-incoming", {"uri": pass_fd(q, STATE_FD, fd)})
+            finally:
+                os.close(fd)
         except (OSError, QmpError) as exc:
             self._fail_restore(vm, token, f"restore failed: {exc}")
             return
@@ -178,19 +189,26 @@ class QemuMigration:
         threading.Thread(target=self._migrate_thread, args=(vm, token, uri, attempt, True),
                          name=f"qemu-migrate-{name}", daemon=True).start()
 
-    def _migrate_thread(self, vm: _Vm, token: int, uri: str | None, attempt: str, live: bool) -> None:
-        """Drive an outgoing migration (live: to a target; else: to the state file). `uri` None:
-        re-attached to a migration already under way."""
+    def _migrate_thread(self, vm: _Vm, token: int, dest: str | None, attempt: str, live: bool) -> None:
+        """Drive an outgoing migration: live to the target URI `dest`, or a save to the file `dest`.
+        `dest` None: re-attached to a migration already under way."""
         t0 = time.monotonic()
         try:
-            if uri is not None:
+            if dest is not None:
                 params = ({"max-bandwidth": self.migration_bandwidth, "downtime-limit": self.downtime_limit_ms}
                           if live else {"max-bandwidth": self.save_bandwidth})
                 with self._monitor(vm) as q:
                     if not live:
                         q.execute("stop")
                     q.execute("migrate-set-parameters", params)
-                    q.execute("migrate", {"uri": uri})
+                    if live:
+                        q.execute("migrate", {"uri": dest})
+                    else:
+                        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                        try:
+                            q.execute("migrate", {"uri": pass_fd(q, STATE_FD, fd)})
+                        finally:
+                            os.close(fd)
             retry_until = t0 + self.connect_retry_s
             while True:
                 if vm.token != token:
@@ -202,10 +220,10 @@ class QemuMigration:
                 if status == "completed":
                     self._migration_completed(vm, token, info, live, t0)
                     return
-                if status == "failed" and live and uri is not None and time.monotonic() < retry_until \
+                if status == "failed" and live and dest is not None and time.monotonic() < retry_until \
                         and "refused" in info.get("error-desc", "").lower():
                     time.sleep(0.1)  # the target is still launching
-                    self._qmp(vm, "migrate", {"uri": uri})
+                    self._qmp(vm, "migrate", {"uri": dest})
                     continue
                 if status in ("failed", "cancelled"):
                     why = info.get("error-desc") or status
@@ -289,5 +307,5 @@ class QemuMigration:
             Path(path).unlink(missing_ok=True)
             self._set(vm, vm.token, S.SAVING, detail=path, attempt=attempt, save_path=path)
             token = vm.token
-        threading.Thread(target=self._migrate_thread, args=(vm, token, save_uri(path + ".partial"), attempt, False),
+        threading.Thread(target=self._migrate_thread, args=(vm, token, path + ".partial", attempt, False),
                          name=f"qemu-save-{name}", daemon=True).start()

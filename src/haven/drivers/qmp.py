@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -94,8 +95,9 @@ class QmpClient:
         return json.loads(line)
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float | None = None) -> Any:
-        """Run one command and return its `return` value; raise QmpError on an error reply."""
+                timeout: float | None = None, fds: Sequence[int] = ()) -> Any:
+        """Run one command and return its `return` value; raise QmpError on an error reply.
+        `fds` travel with the command (SCM_RIGHTS), as `getfd` and `add-fd` expect."""
         if self._sock is None:
             raise QmpConnectError(f"{self.path}: not connected")
         self._next_id += 1
@@ -104,7 +106,12 @@ class QmpClient:
         if arguments:
             msg["arguments"] = arguments
         self._sock.settimeout(timeout or self.timeout)
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        data = json.dumps(msg).encode() + b"\n"
+        if fds:
+            sent = socket.send_fds(self._sock, [data], list(fds))
+            self._sock.sendall(data[sent:])
+        else:
+            self._sock.sendall(data)
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             reply = self._read_message(deadline)
@@ -117,6 +124,13 @@ class QmpClient:
                 err = reply["error"]
                 raise QmpError(command, err.get("class", ""), err.get("desc", ""))
             return reply.get("return")
+
+
+def pass_fd(client: QmpClient, name: str, fd: int) -> str:
+    """Give QEMU a duplicate of `fd` under `name`; returns the migration URI `fd:<name>` (QEMU
+    then writes or reads the state itself: about twice as fast as a pipe through `exec:cat`)."""
+    client.execute("getfd", {"fdname": name}, fds=[fd])
+    return f"fd:{name}"
 
 
 def qmp_command(path: str, command: str, arguments: dict[str, Any] | None = None,
