@@ -13,7 +13,7 @@ Target:
 - A restore is STARTING until the state is loaded and the VM continued.
 
 The state file is written and read by QEMU itself through a file descriptor passed over QMP
-(`fd:` migration): about twice as fast as `exec:cat` (LAB-NOTES: 0.06 vs 0.13 s for 128 MiB).
+(`fd:` migration): about twice as fast as `exec:cat` (measured here: 0.06 vs 0.13 s for 128 MiB).
 
 Source:
 - MIGRATING_OUT -> MIGRATED (paused for good, process kept until `kill`) or back to RUNNING with
