@@ -55,7 +55,7 @@ class AgentLoop:
         self.addresses: dict[str, str] = {}
         self.published: dict[str, LocalVm | None] | None = {}  # None: unknown, re-read
         self.known: dict[str, LocalVm] = {}
-        self.decoded = decoded or DecodeCache()  # loops reading one store may share one
+        self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
         self.stale = True
         self.refreshed_at = -math.inf
         self.changed = True  # inputs changed since the last reconcile

@@ -38,7 +38,7 @@ class ManagerLoop:
         self.since = 0.0
         self.fence_confirmed: set[str] = set()
         self.event_seq = 0
-        self.decoded = decoded or DecodeCache()  # loops reading one store may share one
+        self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
         self.view: ClusterView | None = None
         self.index: ClusterIndex | None = None
         self.stale = True
