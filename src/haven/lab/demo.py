@@ -394,10 +394,8 @@ def measure_live(lab: Lab, vm: str, target: str | None = None, timeout: float = 
         watch.close()
     summary = icmp.summary()
     records = http.records
-    gap = summary.get("max_gap_s")
     return LiveSample(
-        vm=vm, source=source, target=target,
-        blackout_ms=max(0.0, (gap - summary.get("interval_s", 0.01)) * 1000) if gap is not None else None,
+        vm=vm, source=source, target=target, blackout_ms=icmp.blackout_ms(),
         icmp_lost=summary.get("lost", 0), icmp_sent=summary.get("sent", 0),
         http_requests=len(records), http_failures=sum(1 for r in records if "error" in r),
         http_max_gap_ms=http.max_gap() * 1000, qemu_downtime_ms=watch.downtime_ms, qemu_total_ms=watch.total_ms,
@@ -462,7 +460,6 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     if saving is None:
         raise DemoError(f"no save of {vm} on {source} in the event log")
     after = lab.wait_answer(vm, 10, request_timeout=1.0)
-    gap = icmp.summary().get("max_gap_s")
     return QuickSample(
         vm=vm, source=source, target=target, stop_to_serving=serving - saving["t"],
         save=saved["t"] - saving["t"] if saved else None,
@@ -472,7 +469,7 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
         client_gap_s=answer_gap(http.records),
         ram_kept=after.get("ram_counter", 0) > before.get("ram_counter", 0)
         and after.get("boot_count") == before.get("boot_count"),
-        icmp_blackout_ms=max(0.0, (gap - 0.01) * 1000) if gap is not None else None)
+        icmp_blackout_ms=icmp.blackout_ms())
 
 
 # --- the report ---------------------------------------------------------------------------------

@@ -321,19 +321,16 @@ class LabNetwork:
 
     def isolate(self, host: str, mgmt: bool = True, vm: bool = False) -> None:
         """Cut `host` off: its management leg (store, peers, migrations) and optionally its VM leg."""
-        h = self.hosts[host]
-        if mgmt:
-            _ip("link", "set", h.mgmt_leg, "down")
-        if vm:
-            _ip("link", "set", h.vm_leg, "down")
+        self._set_legs(host, "down", mgmt, vm)
 
     def heal(self, host: str, mgmt: bool = True, vm: bool = True) -> None:
         """Bring `host`'s legs back up."""
+        self._set_legs(host, "up", mgmt, vm)
+
+    def _set_legs(self, host: str, state: str, mgmt: bool, vm: bool) -> None:
         h = self.hosts[host]
-        if mgmt:
-            _ip("link", "set", h.mgmt_leg, "up")
-        if vm:
-            _ip("link", "set", h.vm_leg, "up")
+        for leg in ([h.mgmt_leg] if mgmt else []) + ([h.vm_leg] if vm else []):
+            _ip("link", "set", leg, state)
 
     def run_in(self, namespace: str, argv: Sequence[str], check: bool = False, timeout: float | None = 30,
                **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -548,3 +545,9 @@ class IcmpProbe(_Probe):
 
     def summary(self) -> dict[str, Any]:
         return self.records[-1] if self.records else {}
+
+    def blackout_ms(self) -> float | None:
+        """The longest outage the probe saw (its longest gap less one interval), None without replies."""
+        summary = self.summary()
+        gap = summary.get("max_gap_s")
+        return max(0.0, (gap - summary.get("interval_s", 0.01)) * 1000) if gap is not None else None
