@@ -1,5 +1,5 @@
 """Golden scenarios: each folder under tests/scenarios/ is a cluster, a timeline of faults and
-commands, and the log it must produce (DESIGN.md section 9).
+commands, and the log it must produce (docs/DESIGN.md section 9).
 
 To accept a new log after checking it line by line:
     python -c "from haven.sim.scenario import load_scenario, run_scenario; \

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from haven.api import create_app
 from haven.api.sim_backend import SimBackend
-from haven.sim.cluster import SimCluster
+from haven.sim.scenario import cluster_from_scenario
 
 from .conftest import ADMIN, AUTH_ADMIN, AUTH_READ, READ
 
@@ -26,7 +26,7 @@ class Wall:
 @pytest.fixture
 def sim() -> Iterator[tuple[TestClient, Wall, SimBackend]]:
     wall = Wall()
-    backend = SimBackend(SimCluster.from_scenario(SCENARIO), speed=2.0, scenario="test", wall=wall)
+    backend = SimBackend(cluster_from_scenario(SCENARIO), speed=2.0, scenario="test", wall=wall)
     app = create_app(backend.store("api"), backend.cluster.layout, admin_token=ADMIN, read_token=READ,
                      clock=backend.clock, on_write=backend.advance, sim_control=backend)
     with TestClient(app, raise_server_exceptions=False) as client:

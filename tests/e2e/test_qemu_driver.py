@@ -214,7 +214,7 @@ def test_live_migration_keeps_ram_state_and_address(hosts: Hosts) -> None:
     client = h.lab.clients["client"].namespace
     boot(h, h.hv1, spec)
 
-    # A second copy elsewhere fails on QEMU's image lock (one kernel here; LAB-NOTES: a lab test of
+    # A second copy elsewhere fails on QEMU's image lock (one kernel here; docs/LAB-NOTES.md: a lab test of
     # fencing must count this as a safety failure, never as a pass).
     h.hv2.start(spec, 9)
     copy = wait_state(h.hv2, "web", {S.FAILED, S.RUNNING, S.CRASHED}, 30)

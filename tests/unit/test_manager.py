@@ -115,3 +115,22 @@ def test_a_live_migration_event_carries_the_hypervisors_downtime():
                          detail="to h2: 465 ms, downtime 23 ms")]
     decision = decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=statuses), now=1.6)
     assert decision.events[-1].message.endswith("(live from h1, 0.600 s; to h2: 465 ms, downtime 23 ms)")
+
+
+def test_balancing_leaves_a_vm_on_a_preferred_host_when_failback_would_bring_it_back():
+    # web prefers h2 (full) then h1, the hot host. Balancing it to h3 would make failback move it
+    # straight back to h1: the swarm saw that ping-pong last a whole minute (seed 3394).
+    hosts = [host("h1", memory=4096), host("h2", memory=2048), host("h3", memory=4096)]
+    vms = [VmSpec(name="web", memory_mib=1024, preferred_hosts=("h2", "h1")),
+           VmSpec(name="filler", memory_mib=1536, preferred_hosts=("h2",)),
+           VmSpec(name="a", memory_mib=1280, migratable=False), VmSpec(name="b", memory_mib=1280, migratable=False)]
+    placements = {"web": running("web", "h1"), "filler": running("filler", "h2"),
+                  "a": running("a", "h1"), "b": running("b", "h1")}
+    statuses = [VmStatus(vm=v, host=p.host, generation=1, state=LocalState.RUNNING)
+                for v, p in placements.items()]
+    moved = {}
+    for failback in (False, True):
+        settings = Settings(balance=True, failback=failback)
+        decision = decide(view(hosts, vms, placements, statuses=statuses, settings=settings), now=10.0)
+        moved[failback] = {name for name, p in decision.placements.items() if p.state is VmState.MIGRATING}
+    assert moved == {False: {"web"}, True: set()}

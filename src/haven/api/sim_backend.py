@@ -10,22 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from haven.ports.store import Compare, Delete, KeyValue, Lease, Put, Store, TxnResult, WatchEvent
-
-
-class Simulation(Protocol):
-    """What this module needs of `haven.sim.cluster.SimCluster`."""
-
-    @property
-    def now(self) -> float: ...
-
-    def advance_to(self, until: float) -> None: ...
-
-    def client(self, name: str) -> Store: ...
-
-    def inject(self, line: str) -> None: ...
+from haven.sim.cluster import SimCluster
+from haven.sim.faults import apply_fault
 
 
 class LockedStore:
@@ -81,7 +70,7 @@ class LockedStore:
 class SimBackend:
     """Runs `cluster` in real time x `speed` on a background thread (`start` / `stop`)."""
 
-    def __init__(self, cluster: Simulation, speed: float = 1.0, *, scenario: str = "",
+    def __init__(self, cluster: SimCluster, speed: float = 1.0, *, scenario: str = "",
                  tick_s: float = 0.05, wall: Callable[[], float] = time.monotonic) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -122,7 +111,7 @@ class SimBackend:
     def fault(self, line: str) -> None:
         with self.lock:
             self.advance()
-            self.cluster.inject(line)
+            apply_fault(self.cluster, line)
 
     def info(self) -> dict[str, Any]:
         with self.lock:

@@ -28,10 +28,10 @@ def serve(scenario: Path, speed: float, host: str, port: int, admin_token: str, 
     from haven.api import create_app
     from haven.api.sim_backend import SimBackend
     from haven.model.load import ConfigError
-    from haven.sim.cluster import SimCluster
+    from haven.sim.scenario import cluster_from_scenario
 
     try:
-        cluster = SimCluster.from_scenario(scenario)
+        cluster = cluster_from_scenario(scenario)
     except ConfigError as error:
         raise click.ClickException(error.explain()) from None
     backend = SimBackend(cluster, speed, scenario=scenario.stem if scenario.is_file() else scenario.name)

@@ -5,7 +5,9 @@ the age of the last good lease renewal, say what to start, stop, kill or migrate
 report. Two rules keep a VM from running twice:
 - self-fence: once the last successful renewal was sent more than `ttl - margin` ago, kill every
   local VM and start nothing (the store may expire the lease any moment after `ttl`);
-- a VM starts only for its current placement: on this host, at its generation.
+- a VM starts only for its current placement: on this host, at its generation. The runtime adds
+  the store-side half of that rule (see `runtime.agent_loop`): the placement must have been read
+  after the current lease was granted and still be current when the start is made.
 """
 from __future__ import annotations
 
@@ -75,6 +77,9 @@ class Forget:
 
 
 Action = Start | Stop | Kill | PrepareIncoming | PrepareRestore | MigrateLive | CancelMigration | Save | Forget
+# Actions that launch a QEMU on this host (or load a guest into one): each needs the start rule's
+# guard (a placement read after the current lease was granted, still current at the store).
+LAUNCHES = (Start, PrepareIncoming, PrepareRestore)
 
 
 @dataclass(frozen=True)
@@ -101,14 +106,23 @@ def lease_valid(now: float, last_renewal_sent: float, settings: Settings) -> boo
     return now - last_renewal_sent < settings.self_fence_after_s
 
 
+def self_fence_kills(now: float, last_renewal_sent: float, settings: Settings,
+                     local: Mapping[str, LocalVm]) -> list[Kill] | None:
+    """None while the lease is valid; past the deadline, a kill for every live local VM. It needs
+    nothing from the store, so the runtime can fence on time whatever the store does."""
+    if lease_valid(now, last_renewal_sent, settings):
+        return None
+    age = now - last_renewal_sent
+    return [Kill(name, f"self-fence: no lease renewal for {age:.3f} s")
+            for name, vm in sorted(local.items()) if vm.state not in DEAD]
+
+
 def reconcile(inp: AgentInput) -> AgentDecision:
     out = AgentDecision()
-    if not lease_valid(inp.now, inp.last_renewal_sent, inp.settings):
+    kills = self_fence_kills(inp.now, inp.last_renewal_sent, inp.settings, inp.local)
+    if kills is not None:
         out.self_fenced = True
-        age = inp.now - inp.last_renewal_sent
-        for name, local in sorted(inp.local.items()):
-            if local.state not in DEAD:
-                out.actions.append(Kill(name, f"self-fence: no lease renewal for {age:.3f} s"))
+        out.actions.extend(kills)
         return out
     names = set(inp.local) | {n for n, p in inp.placements.items() if concerns(p, inp.host)}
     for name in sorted(names):

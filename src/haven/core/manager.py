@@ -4,19 +4,18 @@ One iteration walks the hosts (is anyone lost? fenced? back?), then every VM in 
 (highest first, then name) through its state machine, then proposes balancing moves. Every state
 change is one event. A VM leaves a host that stopped answering only once that host is fenced:
 its lease is gone and `fence_grace` has passed (or a power fence confirmed it), so its agent has
-killed its VMs (DESIGN.md section 3).
+killed its VMs (docs/DESIGN.md section 3).
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from haven.core.decision import Decision, Event
 from haven.core.index import ClusterIndex
 from haven.core.migration import MigrationSteps
-from haven.core.scheduler import Capacity, Selection, admission_problem, occupied_hosts, plan_balance
-from haven.model.spec import DesiredState, MigrationKind, Settings, VmSpec
+from haven.core.round import Round, settle_s
+from haven.core.scheduler import Selection, admission_problem, plan_balance
+from haven.model.spec import DesiredState, MigrationKind
 from haven.model.state import HOST_GONE as GONE
 from haven.model.state import HOST_UP as UP
 from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Placement,
@@ -30,7 +29,7 @@ def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> 
     records = {name: _next_host_record(host, view, now, decision) for name, host in view.hosts.items()}
     if index is None or index.failback != view.settings.failback:
         index = ClusterIndex.build(view)
-    round_ = _Round(view, now, view.settings, records, decision, index)
+    round_ = Round(view, now, view.settings, records, decision, index)
     orphans = [name for name, hosts in index.by_host.items() if name not in records and hosts]
     turns = index.turns([name for name, record in records.items() if record.state is not HostState.ONLINE]
                         + orphans)
@@ -40,10 +39,6 @@ def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> 
         _balance(round_)
     _retire_fenced_hosts(round_)
     return decision
-
-
-def _settle(record: HostRecord, settings: Settings) -> float:
-    return settings.host_settle_s if record.reason == "rejoined" else 0.0
 
 
 # --- hosts ---
@@ -95,7 +90,7 @@ def _has_vms(view: ClusterView, host: str) -> bool:
                for vm in view.vms.values())
 
 
-def _retire_fenced_hosts(r: _Round) -> None:
+def _retire_fenced_hosts(r: Round) -> None:
     """A fenced host with nothing left on it is simply offline."""
     for name, record in r.records.items():
         if record.state is not HostState.FENCED:
@@ -109,71 +104,10 @@ def _retire_fenced_hosts(r: _Round) -> None:
 
 # --- VMs ---
 
-@dataclass
-class _Round:
-    view: ClusterView
-    now: float
-    settings: Settings
-    records: dict[str, HostRecord]
-    decision: Decision
-    index: ClusterIndex
-    current: dict[str, Placement] = field(default_factory=dict)  # placements changed this round
-    _capacity: Capacity | None = None
-
-    def placement(self, vm: str) -> Placement | None:
-        """A VM's placement as it stands now in this round."""
-        view = self.view.vms.get(vm)
-        return self.current.get(vm, view.placement if view else None)
-
-    def placements(self) -> Iterator[Placement]:
-        """Every placement as it stands now in this round."""
-        for name in self.view.vms:
-            p = self.placement(name)
-            if p is not None:
-                yield p
-
-    @property
-    def specs(self) -> dict[str, VmSpec]:
-        return {name: vm.spec for name, vm in self.view.vms.items()}
-
-    @property
-    def capacity(self) -> Capacity:
-        """Built on first use: an iteration that places nothing never sums the cluster up."""
-        if self._capacity is None:
-            usable = [name for name, record in self.records.items()
-                      if record.state is HostState.ONLINE and self.now >= record.since + _settle(record, self.settings)]
-            self._capacity = Capacity(self.index.loads, self.settings, usable)
-            for name, new in self.current.items():  # changes made before it was needed
-                old = self.view.vms[name].placement
-                spec = self.view.vms[name].spec
-                for host in occupied_hosts(old) if old else ():
-                    self._capacity.remove(host, spec)
-                for host in occupied_hosts(new):
-                    self._capacity.add(host, spec)
-        return self._capacity
-
-    def host_state(self, host: str | None) -> HostState | None:
-        record = self.records.get(host) if host else None
-        return record.state if record else None
-
-    def migrations_from(self, host: str) -> int:
-        placements = (self.placement(vm) for vm in self.index.by_host.get(host, ()))
-        return sum(1 for p in placements if p and p.migration and p.migration.source == host)
-
-    def replaced(self, old: Placement, new: Placement, spec: VmSpec) -> None:
-        """Keep the capacity and migration counts in step with a placement change."""
-        self.current[spec.name] = new
-        if self._capacity is not None:
-            for host in occupied_hosts(old):
-                self._capacity.remove(host, spec)
-            for host in occupied_hosts(new):
-                self._capacity.add(host, spec)
-
-
 class _VmStep(MigrationSteps):
     """One VM's turn in one iteration."""
 
-    def __init__(self, r: _Round, vm: VmView) -> None:
+    def __init__(self, r: Round, vm: VmView) -> None:
         self.r = r
         self.vm = vm
         self.spec = vm.spec
@@ -398,7 +332,7 @@ class _VmStep(MigrationSteps):
             # Back before the fence: its agent killed the VM when its lease ran out. Let the host
             # prove itself stable first (a flapping host would kill the VM again and again).
             record = self.r.records[host]
-            if self.r.now < record.since + _settle(record, self.r.settings):
+            if self.r.now < record.since + settle_s(record, self.r.settings):
                 self.note(f"waiting for {host} to settle (back before the fence)")
                 return
             self.recover(f"host {host} back before the fence", prefer=host)
@@ -413,16 +347,20 @@ def _runs_on(vm: VmView, p: Placement) -> bool:
     return status is not None and status.generation == p.generation and status.state is LocalState.RUNNING
 
 
-def _balance(r: _Round) -> None:
+def _balance(r: Round) -> None:
     placements = list(r.placements())
     if any(p.state is VmState.MIGRATING for p in placements):
         return
     specs = r.specs
     # Only VMs that run for sure and were left alone this round. A VM on its first preferred host
-    # stays: failback would only bring it back (ping-pong).
+    # stays; with failback on, so does a VM on any of its preferred hosts: failback would bring it
+    # back to the room it left (ping-pong).
+    failback = r.settings.failback
     movable = [p.vm for p in placements
                if p.state is VmState.RUNNING and p.vm not in r.current and _runs_on(r.view.vms[p.vm], p)
-               and specs[p.vm].migratable and specs[p.vm].ha and specs[p.vm].preferred_hosts[:1] != (p.host,)]
+               and specs[p.vm].migratable and specs[p.vm].ha
+               and (p.host not in specs[p.vm].preferred_hosts if failback
+                    else specs[p.vm].preferred_hosts[:1] != (p.host,))]
     loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
     for move in plan_balance(loads, specs, movable, r.settings):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

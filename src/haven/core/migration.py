@@ -1,5 +1,5 @@
 """The migration part of a VM's state machine in the manager: live, quick and cold moves,
-their phases, and their aborts when a side fails (DESIGN.md section 5)."""
+their phases, and their aborts when a side fails (docs/DESIGN.md section 5)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -9,7 +9,7 @@ from haven.model.state import HOST_UP as UP
 from haven.model.state import LocalState, Migration, Placement, VmState
 
 if TYPE_CHECKING:
-    from haven.core.manager import _Round
+    from haven.core.round import Round
     from haven.core.scheduler import Selection
     from haven.model.state import VmStatus
 
@@ -19,7 +19,7 @@ class MigrationSteps:
 
     p: Placement
     spec: VmSpec
-    r: _Round
+    r: Round
 
     if TYPE_CHECKING:  # provided by _VmStep
         def status(self, host: str | None, generation: int | None = None) -> VmStatus | None: ...

@@ -25,10 +25,14 @@ class ApiConfig(BaseModel):
 
 
 class GuestConfig(BaseModel):
-    """Boot VMs from this kernel and initrd (the lab guest) instead of their disks."""
+    """Boot VMs from this kernel and initrd (the lab guest, an appliance) instead of their disks."""
     model_config = ConfigDict(frozen=True, extra="forbid")
     kernel: Path
     initrd: Path
+    ready_marker: str | None = Field(default=None, description="a serial console line the guest prints once "
+                                     "it is up; without it a VM is running once QEMU runs it")
+    disk_filesystem: str | None = Field(default=None, description="format new disks with this filesystem "
+                                        "(mkfs.<name>), for a guest that cannot make its own")
 
 
 class NodeConfig(BaseModel):

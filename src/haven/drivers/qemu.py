@@ -35,6 +35,7 @@ from typing import Any
 
 from haven.drivers.qemu_cmdline import (QEMU, CmdlineConfig, DiskArg, VmPaths, build_cmdline, disk_format,
                                         migration_port)
+from haven.drivers.qemu_boot import DirectBoot, create_disk
 from haven.drivers.qemu_migration import QemuMigration
 from haven.drivers.qemu_process import (DEFAULT_ACCEL_CACHE, MonotonicClock, _alive, _proc_stat, _qemu_error,
                                         _read_pidfile, _sigkill, _supports_o_direct, _tail, _wait_dead,
@@ -59,8 +60,8 @@ class QemuHypervisor(QemuMigration, QemuReattach):
     host_name: this host's name (details, logs). run_dir: per-VM entries (local, not shared).
     pools: pool name -> directory (shared storage). network_namespace: run QEMU under
     `ip netns exec` (lab hosts). tap_for(spec, nic_index) -> tap name on this host's VM bridge
-    (created by the caller, e.g. `LabNetwork.tap_for(host)`). guest: the lab guest (kernel +
-    initrd; None: VMs boot whatever their disks hold). accel: auto | kvm | tcg. address: this
+    (created by the caller, e.g. `LabNetwork.tap_for(host)`). guest: boot VMs from this kernel and
+    initrd (None: VMs boot whatever their disks hold). accel: auto | kvm | tcg. address: this
     host's management address, where incoming live migrations listen. on_change: called (from
     a driver thread; keep it quick, e.g. set an Event) whenever a VM's state changes, so a loop
     with a long tick can wake up: exits are seen at once (pidfd), a booted guest within 0.1 s.
@@ -68,7 +69,7 @@ class QemuHypervisor(QemuMigration, QemuReattach):
     """
 
     def __init__(self, host_name: str, run_dir: str | os.PathLike[str], pools: Mapping[str, str | os.PathLike[str]],
-                 network_namespace: str | None = None, tap_for: TapFor | None = None, guest: Any | None = None,
+                 network_namespace: str | None = None, tap_for: TapFor | None = None, guest: DirectBoot | None = None,
                  accel: str = "auto", address: str = "127.0.0.1", clock: Clock | None = None, *,
                  binary: str = QEMU, machine: str = "pc", stop_timeout: float = 30.0,
                  migration_bandwidth_mib: int = 256, downtime_limit_ms: int = 100,
@@ -254,7 +255,8 @@ class QemuHypervisor(QemuMigration, QemuReattach):
         if vm.pid is not None and not _alive(vm.pid, vm.starttime):
             self._on_exit(vm)
             return
-        if vm.state is S.STARTING and vm.origin == "boot" and self.guest is not None and vm.pid is not None:
+        marker = self.guest.ready_marker if self.guest else None
+        if vm.state is S.STARTING and vm.origin == "boot" and marker is not None and vm.pid is not None:
             try:
                 with open(vm.paths.serial, "rb") as f:
                     f.seek(max(0, vm.serial_pos - 64))
@@ -262,7 +264,7 @@ class QemuHypervisor(QemuMigration, QemuReattach):
                     vm.serial_pos = f.tell()
             except OSError:
                 return
-            if self.guest.ready_marker.encode() in data:
+            if marker.encode() in data:
                 self._set(vm, None, S.RUNNING, detail="")
 
     def _on_exit(self, vm: _Vm) -> None:
@@ -374,18 +376,11 @@ class QemuHypervisor(QemuMigration, QemuReattach):
             self._watch_incoming(vm, token)
         else:
             self._set(vm, token, detail="booting")
-            if self.guest is None:
+            if self.guest is None or self.guest.ready_marker is None:
                 self._wait_running(vm, token)
 
     def _create_disk(self, path: Path, size_mib: int) -> None:
-        if self.guest is not None:
-            from haven.lab.guest import make_disk
-            make_disk(path, size_mib)
-            return
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        subprocess.run(["qemu-img", "create", "-q", "-f", disk_format(str(path)), str(partial), f"{size_mib}M"],
-                       check=True, capture_output=True)
-        os.replace(partial, path)
+        create_disk(path, size_mib, disk_format(str(path)), self.guest.disk_filesystem if self.guest else None)
 
     def _alive_vm(self, vm: _Vm) -> bool:
         return _alive(vm.pid, vm.starttime)

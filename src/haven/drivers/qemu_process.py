@@ -10,7 +10,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from haven.drivers.qemu_boot import DirectBoot
 
 from haven.drivers.qemu_cmdline import QEMU
 
@@ -116,9 +117,9 @@ def _qemu_version(binary: str) -> str:
         return "?"
 
 
-def probe_accel(guest: Any | None, binary: str = QEMU, cache_file: Path | None = DEFAULT_ACCEL_CACHE,
+def probe_accel(guest: DirectBoot | None, binary: str = QEMU, cache_file: Path | None = DEFAULT_ACCEL_CACHE,
                 boot_timeout: float = 6.0, silence_timeout: float = 2.0) -> str:
-    """'kvm' if KVM really boots the lab guest here, else 'tcg'. Cached in memory and on disk
+    """'kvm' if KVM really boots the direct-boot guest here, else 'tcg'. Cached in memory and on disk
     (keyed by host kernel, QEMU version and guest kernel).
 
     /dev/kvm missing or not openable -> tcg at once. Without a guest image to try -> kvm if the
@@ -130,8 +131,9 @@ def probe_accel(guest: Any | None, binary: str = QEMU, cache_file: Path | None =
         os.close(fd)
     except OSError:
         return "tcg"
-    if guest is None:
+    if guest is None or guest.ready_marker is None:
         return "kvm"
+    marker = guest.ready_marker.encode()
     key = f"{os.uname().release}|{_qemu_version(binary)}|{Path(guest.kernel).resolve()}"
     if key in _ACCEL_MEMO:
         return _ACCEL_MEMO[key]
@@ -158,7 +160,7 @@ def probe_accel(guest: Any | None, binary: str = QEMU, cache_file: Path | None =
             while proc.poll() is None:
                 elapsed = time.monotonic() - t0
                 text = serial.read_bytes() if serial.exists() else b""
-                if guest.ready_marker.encode() in text:
+                if marker in text:
                     result = "kvm"
                     break
                 if elapsed > boot_timeout or (not text and elapsed > silence_timeout):

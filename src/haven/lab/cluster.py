@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ from typing import Any
 import yaml
 
 from haven.daemon.config import ApiConfig, GuestConfig, NodeConfig, ShutdownPolicy
-from haven.daemon.watchdog import qemu_pids
+from haven.daemon.watchdog import BOOT_ID_ENV, qemu_pids
 from haven.drivers.etcd_store import EtcdStore
 from haven.lab.etcd import EtcdCluster
-from haven.lab.guest import build_guest
+from haven.lab.guest import GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
 from haven.model.spec import Disk, HostSpec, Nic, Settings, VmSpec
 from haven.model.state import VmState
@@ -51,6 +52,7 @@ class LabHost:
     config_path: Path
     daemon: subprocess.Popen[bytes] | None = None
     watchdog: subprocess.Popen[bytes] | None = None
+    boot_id: str = ""  # names this power-on: the lab's hosts share one kernel (and its boot id)
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Lab:
         settings = Settings(**self.settings)
         self.store.put(self.layout.config(), settings.model_dump_json())
         for i in range(self.hosts):
-            self._add_host(f"h{i + 1}", guest.kernel, guest.initrd)
+            self._add_host(f"h{i + 1}", guest)
         for name in self.members:
             self.start_daemon(name)
         self.wait(lambda snap: snap.alive >= set(self.members) and snap.manager is not None, 30,
@@ -109,7 +111,7 @@ class Lab:
             self.add_vm(f"vm{k + 1}", k, priority=3 - k % 3)
         self.wait_all_running(90)
 
-    def _add_host(self, name: str, kernel: str, initrd: str) -> None:
+    def _add_host(self, name: str, guest: GuestImage) -> None:
         assert self.net is not None and self.etcd is not None
         host_net = self.net.add_host(name)
         run_dir = self.root / "run" / name
@@ -120,7 +122,8 @@ class Lab:
         config = NodeConfig(
             cluster=CLUSTER, etcd=self.etcd.endpoints, host=spec, pools={"shared": self.root / "shared"},
             run_dir=run_dir, watchdog_file=run_dir / "watchdog.deadline", vm_bridge=host_net.bridge,
-            guest=GuestConfig(kernel=Path(kernel), initrd=Path(initrd)), accel="auto", shutdown=self.shutdown,
+            guest=GuestConfig(kernel=Path(guest.kernel), initrd=Path(guest.initrd), ready_marker=guest.ready_marker,
+                              disk_filesystem=guest.disk_filesystem), accel="auto", shutdown=self.shutdown,
             image_locking=False,
             api=ApiConfig(listen=host_net.mgmt_address, port=API_PORT, admin_token=ADMIN_TOKEN,
                           read_token=READ_TOKEN) if index == 0 else None)
@@ -140,16 +143,21 @@ class Lab:
 
     def start_daemon(self, host: str) -> None:
         member = self.members[host]
+        booting = member.watchdog is None or member.watchdog.poll() is not None
+        if booting:
+            member.boot_id = uuid.uuid4().hex
+        env = {**os.environ, BOOT_ID_ENV: member.boot_id}
         log = open(member.run_dir / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
         member.daemon = subprocess.Popen(
             ["ip", "netns", "exec", member.namespace, sys.executable, "-m", "haven.cli.main", "node", "run",
-             "--config", str(member.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if member.watchdog is None or member.watchdog.poll() is not None:
+             "--config", str(member.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env)
+        if booting:
             wlog = open(member.run_dir / "watchdog.log", "ab")  # noqa: SIM115
             member.watchdog = subprocess.Popen(
                 [sys.executable, "-m", "haven.cli.main", "node", "watchdog", "--deadline-file",
                  str(member.run_dir / "watchdog.deadline"), "--run-dir", str(member.run_dir / "vms")],
-                stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def down(self) -> None:
         """Remove every process, namespace, bridge and run file the lab made. Idempotent."""
@@ -181,7 +189,8 @@ class Lab:
             if proc:
                 proc.wait(timeout=10)
         member.watchdog = None
-        (member.run_dir / "lease.json").unlink(missing_ok=True)  # RAM is gone after a power cut
+        for ram in ("lease.json", "watchdog.deadline"):  # /run on a real host: gone after a power cut
+            (member.run_dir / ram).unlink(missing_ok=True)
 
     def power_on(self, host: str) -> None:
         """Boot a crashed host again: a fresh daemon and watchdog (it takes a new lease)."""

@@ -43,10 +43,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from haven.drivers.qemu_boot import DirectBoot, create_disk
+
 DEFAULT_CACHE_DIR = Path("/var/cache/haven/guest")
 META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")  # Debian busybox-static
 READY_MARKER = "HAVEN-GUEST-READY"
+DISK_FILESYSTEM = "ext4"
 HTTP_PORT = 80
 
 # Load order from LAB-NOTES; button + evdev make the ACPI power button reach acpid.
@@ -159,15 +162,12 @@ class GuestBuildError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class GuestImage:
-    kernel: str
-    initrd: str
-    version: str = ""  # kernel package version
+class GuestImage(DirectBoot):
+    """The lab guest: printed READY_MARKER once it serves HTTP; mounts an ext4 /dev/vda."""
 
-    @property
-    def ready_marker(self) -> str:
-        """Printed on the serial console once the guest serves HTTP."""
-        return READY_MARKER
+    ready_marker: str | None = READY_MARKER
+    disk_filesystem: str | None = DISK_FILESYSTEM
+    version: str = ""  # kernel package version
 
 
 def _run(argv: list[str], cwd: str | Path | None = None) -> str:
@@ -348,11 +348,11 @@ def build_guest(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> GuestI
         if not candidates:
             raise GuestBuildError(f"cannot resolve the kernel package and nothing cached: {exc}") from exc
         out = candidates[-1].parent
-        return GuestImage(str(out / "vmlinuz"), str(out / "initrd.img"), out.name.rsplit("-", 1)[0])
+        return GuestImage(str(out / "vmlinuz"), str(out / "initrd.img"), version=out.name.rsplit("-", 1)[0])
     out = cache / f"{version}-{chash}"
     kernel, initrd = out / "vmlinuz", out / "initrd.img"
     if kernel.is_file() and initrd.is_file():
-        return GuestImage(str(kernel), str(initrd), version)
+        return GuestImage(str(kernel), str(initrd), version=version)
     cache.mkdir(parents=True, exist_ok=True)
     debs = cache / "debs"
     debs.mkdir(exist_ok=True)
@@ -387,27 +387,12 @@ def build_guest(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> GuestI
                     raise
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-    return GuestImage(str(kernel), str(initrd), version)
+    return GuestImage(str(kernel), str(initrd), version=version)
 
 
 def make_disk(path: str | os.PathLike[str], size_mib: int = 64) -> None:
-    """Create an ext4-formatted qcow2 image at `path` (raw + mkfs.ext4, then qemu-img convert).
-
-    Written to a temporary name and renamed, so a half-made image never appears at `path`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="haven-disk-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        with open(raw, "wb") as f:
-            f.truncate(size_mib * 1024 * 1024)
-        _run(["mkfs.ext4", "-q", "-F", "-L", "haven", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-              str(raw)])
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:
-            _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(partial)])
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+    """An ext4-formatted qcow2 image at `path`, as the guest's init expects."""
+    create_disk(path, size_mib, "qcow2", DISK_FILESYSTEM)
 
 
 def main() -> None:  # python -m haven.lab.guest [CACHE_DIR]

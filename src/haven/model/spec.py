@@ -107,7 +107,7 @@ class VmSpec(Frozen):
 
 
 class Settings(Frozen):
-    """Cluster-wide knobs. Defaults follow DESIGN.md section 4."""
+    """Cluster-wide knobs. Defaults follow docs/DESIGN.md section 4."""
 
     lease_ttl_s: float = Field(default=2.0, ge=1.0, le=60.0)
     renew_interval_s: float | None = Field(default=None, gt=0, description="default: TTL / 4")

@@ -2,7 +2,7 @@
 (`ClusterView`) the manager decides on.
 
 Every record is an immutable pydantic model stored as JSON in the coordination store
-(DESIGN.md section 6). Times are seconds on the writer's clock.
+(docs/DESIGN.md section 6). Times are seconds on the writer's clock.
 """
 from __future__ import annotations
 

@@ -1,58 +1,61 @@
-"""The host agent loop: hold the lease, reconcile local VMs with placements, report.
+"""The host agent loop: reconcile local VMs with placements, report, and fence on time.
 
-Shared by the real daemon (threads call `renew` and `step` on timers) and the simulator (virtual
-clock events call them). One `step` = read placements -> `core.agent.reconcile` -> execute -> report.
+Shared by the real daemon and the simulator. One `step` = read placements ->
+`core.agent.reconcile` -> execute -> report. The lease itself is the `LeaseKeeper`'s
+(`runtime.lease`); this loop reads its deadline.
+
+Two rules keep a VM from running twice, and neither may wait on the store:
+- The self-fence is local. Past the deadline (`ttl - margin` after the send time of the last
+  successful renewal) `fence_if_due` kills every local VM with no store call before the kill; the
+  daemon calls it from a thread of its own, so a store call blocked elsewhere cannot delay it.
+- The start rule. A QEMU is launched (start, restore, incoming migration) only on a placement read
+  from the store after the current lease was granted (`view_lease`), and only after a guarded
+  transaction confirmed, at the store, that the placement's mod revision is still the one read and
+  that this host's alive key is still the one written under this lease (`_claim`). A host back
+  from an isolation therefore never acts on placements cached before its watch broke.
+
+Threads (daemon): `step` and `on_store_event` run on the agent thread only; `fence_if_due` may run
+on another; both touch local QEMUs only under `local_lock`, which is never held across a store call.
 """
 from __future__ import annotations
 
-import json
 import math
+import threading
 from collections.abc import Callable
-from enum import Enum
 
-from haven.core.agent import (DEAD, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
-                              PrepareIncoming, PrepareRestore, Save, Start, Stop, concerns, lease_valid, reconcile,
-                              status_of)
+from haven.core.agent import (LAUNCHES, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
+                              PrepareIncoming, PrepareRestore, Save, Start, Stop, concerns, reconcile,
+                              self_fence_kills, status_of)
 from haven.core.decision import Event
-from haven.model.spec import HostSpec, Settings, VmSpec
-from haven.model.state import Placement, VmStatus
-from haven.ports.clock import Clock
-from haven.ports.fencer import Watchdog
-from haven.ports.hypervisor import Hypervisor, HypervisorError, LocalVm
-from haven.ports.store import EventType, KeyValue, Lease, LeaseLost, Store, StoreError, WatchEvent
-from haven.runtime.layout import DecodeCache, Layout
+from haven.model.spec import HostSpec, VmSpec
+from haven.model.state import DEAD_LOCAL_STATES, Placement, VmStatus
+from haven.ports.hypervisor import HypervisorError, LocalVm
+from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
+from haven.runtime.layout import DecodeCache
+from haven.runtime.lease import LeaseKeeper
 
 EventSink = Callable[[Event], None]
-RENEW_RETRY_S = 0.1  # after a failed renewal: an etcd leader change lasts ~1 s, the budget is 1.5 s
 FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
-class Renewal(Enum):
-    OK = "ok"
-    FAILED = "failed"  # the store did not answer: retry after RENEW_RETRY_S
-    LOST = "lost"  # the lease is gone
-    REGAINED = "regained"  # valid again after the self-fence deadline (or a new lease): step now
-
-
 class AgentLoop:
-    def __init__(self, host: HostSpec, store: Store, hypervisor: Hypervisor, clock: Clock, layout: Layout,
-                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None,
-                 decoded: DecodeCache | None = None) -> None:
-        self.host = host
-        self.store = store
-        self.hypervisor = hypervisor
-        self.clock = clock
-        self.layout = layout
-        self.settings = settings
-        self.emit = emit
-        self.watchdog = watchdog
-        self.lease: Lease | None = None
-        self.last_renewal_sent = -math.inf
-        self.fenced = False  # killed its VMs for want of a lease; re-registers once they are gone
+    def __init__(self, keeper: LeaseKeeper, decoded: DecodeCache | None = None) -> None:
+        self.keeper = keeper
+        self.host: HostSpec = keeper.host
+        self.store = keeper.store
+        self.hypervisor = keeper.hypervisor
+        self.clock = keeper.clock
+        self.layout = keeper.layout
+        self.settings = keeper.settings
+        self.emit = keeper.emit
+        self.local_lock = threading.Lock()
         self.placements: dict[str, Placement] = {}
+        self.placement_revs: dict[str, int] = {}  # mod revision of each cached placement
         self.specs: dict[str, VmSpec] = {}
         self.peers: dict[tuple[str, str], VmStatus] = {}
         self.addresses: dict[str, str] = {}
+        self.view_lease = 0  # the lease under which the cached view was last read in full
+        self.lease_seen: Lease | None = None  # the keeper's lease at the last step
         self.published: dict[str, LocalVm | None] | None = {}  # None: unknown, re-read
         self.known: dict[str, LocalVm] = {}
         self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
@@ -61,168 +64,128 @@ class AgentLoop:
         self.changed = True  # inputs changed since the last reconcile
         self.was_lease_ok = False
 
-    @property
-    def lease_id(self) -> int:
-        return self.lease.id if self.lease else 0
-
     def event(self, subject: str, message: str) -> None:
         self.emit(Event(self.clock.now(), f"agent {self.host.name}", subject, message))
 
-    # --- lease ---
-
-    def register(self) -> bool:
-        """Publish the host and take a fresh lease. False if the store is out of reach."""
-        sent = self.clock.now()
-        try:
-            self.store.put(self.layout.host(self.host.name), self.host.model_dump_json())
-            lease = self.store.lease_grant(self.settings.lease_ttl_s)
-            self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
-        except StoreError:
-            return False
-        self.lease, self.last_renewal_sent, self.published = lease, sent, {}
-        self.fenced, self.changed = False, True
-        self._arm_watchdog()
-        self.event(f"host {self.host.name}", f"lease {lease.id} granted")
-        return True
-
-    def resume(self, lease: Lease) -> bool:
-        """After a restart of this agent: carry on with the lease the previous run held, if the
-        store still has it (its alive key and statuses are then intact)."""
-        sent = self.clock.now()
-        try:
-            self.store.lease_refresh(lease)
-            self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
-        except StoreError:
-            return False
-        self.lease, self.last_renewal_sent, self.fenced, self.changed = lease, sent, False, True
-        self.published = None  # the previous run's reports are in the store: re-read them
-        self._arm_watchdog()
-        self.event(f"host {self.host.name}", f"lease {lease.id} resumed")
-        return True
-
-    def renew(self) -> Renewal:
-        """Refresh the lease (or take a new one once our VMs are gone). On LOST the caller must
-        run `step` at once, which kills every local VM; on FAILED it should retry soon."""
-        if self.lease is None:
-            if not self.fenced or not self._active_vms():
-                return Renewal.REGAINED if self.register() else Renewal.FAILED
-            return Renewal.FAILED
-        sent = self.clock.now()
-        was_valid = lease_valid(sent, self.last_renewal_sent, self.settings)
-        try:
-            self.store.lease_refresh(self.lease)
-        except LeaseLost:
-            self.lease = None
-            self.last_renewal_sent = -math.inf  # whatever the clock says, our VMs must die now
-            self.event(f"host {self.host.name}", "lease lost")
-            return Renewal.LOST
-        except StoreError:
-            return Renewal.FAILED
-        self.last_renewal_sent = sent
-        self._arm_watchdog()
-        return Renewal.OK if was_valid else Renewal.REGAINED
-
-    def _arm_watchdog(self) -> None:
-        # A backstop for a hung agent: a little after the agent's own deadline, still before the TTL.
-        if self.watchdog:
-            self.watchdog.arm(self.last_renewal_sent + self.settings.self_fence_after_s
-                              + self.settings.self_fence_margin_s / 2)
-
-    def _active_vms(self) -> bool:
-        return any(vm.state not in DEAD for vm in self.hypervisor.list().values())
-
-    # --- one iteration ---
+    # --- what we know of the store ---
 
     def refresh_view(self) -> None:
         """Read placements, specs, hosts and peers' statuses afresh; keep the last good copy if
         the store fails. Between reads, `on_store_event` keeps them current from the watch."""
         root = self.layout.root
+        lease = self.keeper.lease_id  # the read counts for this lease only: it began after the grant
         try:
             items = [kv for prefix in ("vms/", "status/", "hosts/") for kv in self.store.get_prefix(root + prefix)]
         except StoreError:
             self.stale = True
             return
-        self.placements, self.specs, self.peers, self.addresses = {}, {}, {}, {}
+        self.placements, self.placement_revs, self.specs, self.peers, self.addresses = {}, {}, {}, {}, {}
         for kv in items:
             self._apply(kv.key, kv)
+        self.view_lease = lease
         self.changed = True
 
     def on_store_event(self, event: WatchEvent) -> bool:
-        """Apply a watched change to what we know; True if it may concern this host."""
+        """Apply a watched change to what we know; True if it may concern this host (only then
+        does the next step reconcile again)."""
         kv = None if event.type is EventType.DELETE else KeyValue(event.key, event.value, event.mod_revision)
-        return self._apply(event.key, kv)
+        concerned = self._apply(event.key, kv, event.mod_revision)
+        self.changed |= concerned
+        return concerned
 
-    def _apply(self, key: str, kv: KeyValue | None) -> bool:
-        self.changed = True
+    def _apply(self, key: str, kv: KeyValue | None, revision: int = 0) -> bool:
         parts = key[len(self.layout.root):].split("/")
         decoded = self.decoded
+        host = self.host.name
         if parts[0] == "vms" and len(parts) == 3:
             name, what = parts[1], parts[2]
             if what == "placement":
+                if revision and revision < self.placement_revs.get(name, 0):
+                    return False  # a resumed watch replaying what a fresh read already has
                 old, new = self.placements.pop(name, None), None
+                self.placement_revs.pop(name, None)
                 if kv is not None:
                     new = self.placements[name] = decoded(Placement, kv)
-                host = self.host.name
+                    self.placement_revs[name] = kv.mod_revision
                 return (name in self.known or (old is not None and concerns(old, host))
                         or (new is not None and concerns(new, host)))
             if what == "spec":
                 self.specs.pop(name, None)
                 if kv is not None:
                     self.specs[name] = decoded(VmSpec, kv)
+                placement = self.placements.get(name)
+                return name in self.known or (placement is not None and concerns(placement, host))
         elif parts[0] == "status" and len(parts) == 3:
             self.peers.pop((parts[2], parts[1]), None)
             if kv is not None:
                 self.peers[(parts[2], parts[1])] = decoded(VmStatus, kv)
             p = self.placements.get(parts[2])
-            return bool(p and p.migration and p.migration.source == self.host.name)
+            return bool(p and p.migration and p.migration.source == host)
         elif parts[0] == "hosts" and len(parts) == 2:
             self.addresses.pop(parts[1], None)
             if kv is not None:
                 self.addresses[parts[1]] = decoded(HostSpec, kv).address
         return False
 
+    # --- one iteration ---
+
+    def fence_if_due(self) -> bool:
+        """The self-fence: past the deadline, kill every live local VM now. No store call comes
+        before the kills (the sink must not block either), so a store that hangs cannot delay them.
+        Safe to call from another thread than `step`'s. True if the lease is no longer valid."""
+        with self.local_lock:
+            state = self.keeper.state
+            last_sent = state.last_renewal_sent if state.lease else -math.inf
+            kills = self_fence_kills(self.clock.now(), last_sent, self.settings, self.hypervisor.list())
+            if kills is None:
+                return False
+            if not self.keeper.fenced:
+                self.keeper.fenced = True
+                self.event(f"host {self.host.name}", f"self-fence: lease not renewed in time; killing "
+                                                     f"{len(kills)} VM(s), giving the lease up")
+            for kill in kills:
+                self._act(kill)
+            return True
+
     def step(self) -> None:
+        if not self.keeper.lease_ok():  # first, before anything that may wait on the store
+            self._note_local_changes(self.hypervisor.list())
+            self.fence_if_due()
+            self.changed, self.was_lease_ok = True, False
+            local = self.hypervisor.list()
+            self._note_local_changes(local)
+            if not any(vm.state not in DEAD_LOCAL_STATES for vm in local.values()):
+                self.keeper.give_up()
+            return
+        lease = self.keeper.lease
+        if lease is not self.lease_seen:  # a new lease (or one taken over): nothing cached counts
+            self.lease_seen, self.published, self.stale, self.changed = lease, None, True, True
         now = self.clock.now()
         if self.stale or now - self.refreshed_at >= FULL_REFRESH_S:  # a safety net for missed events
             self.stale = False
             self.refreshed_at = now
             self.refresh_view()
         local = self.hypervisor.list()
-        lease_ok = self.lease_ok()
+        if not self.view_lease:  # nothing read yet (restarted while cut off): an empty view is no
+            self._note_local_changes(local)  # reason to stop anything; the self-fence still holds
+            return
+        lease_ok = self.keeper.lease_ok()
         if not self.changed and local == self.known and lease_ok == self.was_lease_ok:
             return  # same inputs as last time, which asked for nothing: the answer is the same
         self.changed, self.was_lease_ok = False, lease_ok
         self._note_local_changes(local)
         decision = reconcile(AgentInput(
-            host=self.host.name, now=now, last_renewal_sent=self.last_renewal_sent,
+            host=self.host.name, now=now, last_renewal_sent=self.keeper.last_renewal_sent,
             settings=self.settings, placements=self.placements, specs=self.specs, local=local,
             peer_statuses=self.peers, addresses=self.addresses))
         self.changed = bool(decision.actions)  # retry next time until they are done
-        if decision.self_fenced and not self.fenced:
-            self.fenced = True
-            self.event(f"host {self.host.name}", f"self-fence: lease not renewed in time; killing "
-                                                 f"{len(decision.actions)} VM(s), giving the lease up")
         for action in decision.actions:
             self._execute(action)
         if decision.actions:
             local = self.hypervisor.list()
             self._note_local_changes(local)
-        if decision.self_fenced:
-            self._give_up_lease(local)
-        elif self.lease:
+        if self.keeper.lease:
             self._publish(local)
-
-    def _give_up_lease(self, local: dict[str, LocalVm]) -> None:
-        """After a self-fence, once every VM here is dead, hand the lease back: the cluster then
-        knows this host ran nothing (its VMs recover at once instead of on expiry), and this host
-        rejoins with a fresh lease rather than flapping on a late one."""
-        if self.lease is None or any(vm.state not in DEAD for vm in local.values()):
-            return
-        lease, self.lease = self.lease, None
-        try:
-            self.store.lease_revoke(lease)
-        except StoreError:
-            pass  # it expires on its own
 
     def _note_local_changes(self, local: dict[str, LocalVm]) -> None:
         for name in sorted(set(local) | set(self.known)):
@@ -232,7 +195,36 @@ class AgentLoop:
                 self.event(f"vm {name}", f"{new.state.value} (generation {new.generation}){detail}")
         self.known = dict(local)
 
+    def _claim(self, vm: str) -> bool:
+        """The start rule's guard: True only if our view was read under the current lease and the
+        store confirms, in one transaction, that the VM's placement is still the version we read
+        and our alive key still the one written under this lease. A write-free transaction: it
+        costs one round trip and changes nothing."""
+        state = self.keeper.state
+        fresh = (state.lease is not None and state.alive_rev > 0 and self.view_lease == state.lease.id
+                 and vm in self.placement_revs)
+        try:
+            current = fresh and self.store.txn(
+                [Compare(self.layout.placement(vm), mod_revision=self.placement_revs[vm]),
+                 Compare(self.layout.alive(self.host.name), mod_revision=state.alive_rev)], []).succeeded
+            if fresh and not current:
+                self.event(f"vm {vm}", "start held back: its placement or this host's lease changed "
+                                       "since they were read; reading again")
+        except StoreError:
+            current = False
+        if not current:
+            self.stale = self.changed = True  # re-read before deciding again
+        return current
+
     def _execute(self, action: Action) -> None:
+        if isinstance(action, LAUNCHES) and not self._claim(action.vm):
+            return
+        with self.local_lock:
+            if isinstance(action, LAUNCHES) and not self.keeper.lease_ok():
+                return  # the deadline passed since the claim: the self-fence owns this host now
+            self._act(action)
+
+    def _act(self, action: Action) -> None:
         hv = self.hypervisor
         try:
             match action:
@@ -262,8 +254,9 @@ class AgentLoop:
 
     def _publish(self, local: dict[str, LocalVm]) -> None:
         """Report local VMs that changed since the last report, bound to our lease."""
+        lease_id = self.keeper.lease_id
         try:
-            if self.published is None:  # after a failed write: learn what the store holds
+            if self.published is None:  # after a failed write or a new lease: learn what the store holds
                 self.published = {}
                 for kv in self.store.get_prefix(self.layout.status_prefix(self.host.name)):
                     self.published[kv.key.rsplit("/", 1)[-1]] = None
@@ -271,7 +264,7 @@ class AgentLoop:
                 if self.published.get(name) != vm:
                     status = status_of(self.host.name, vm)
                     self.store.put(self.layout.status(self.host.name, name), status.model_dump_json(),
-                                   lease=self.lease_id)
+                                   lease=lease_id)
                     self.published[name] = vm
             for name in sorted(set(self.published) - set(local)):
                 self.store.delete(self.layout.status(self.host.name, name))
@@ -279,17 +272,3 @@ class AgentLoop:
         except StoreError:
             self.published = None  # unknown what landed: re-read and write again next time
             self.changed = True
-
-    def shutdown(self) -> None:
-        """Give the lease back (the VMs' fate is the daemon's shutdown policy)."""
-        if self.watchdog:
-            self.watchdog.disarm()
-        if self.lease:
-            try:
-                self.store.lease_revoke(self.lease)
-            except StoreError:
-                pass
-            self.lease = None
-
-    def lease_ok(self) -> bool:
-        return self.lease is not None and lease_valid(self.clock.now(), self.last_renewal_sent, self.settings)

@@ -1,4 +1,4 @@
-"""Where everything lives in the store (DESIGN.md section 6) and how it is encoded.
+"""Where everything lives in the store (docs/DESIGN.md section 6) and how it is encoded.
 
 One prefix per cluster:
 

@@ -2,7 +2,7 @@
 
 Every host runs one; only the holder of the leader key acts. The key is bound to the host's own
 lease, and every write is a transaction guarded by the key's value, so a manager that lost its
-lease (or was deposed) cannot write (DESIGN.md section 3).
+lease (or was deposed) cannot write (docs/DESIGN.md section 3).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from haven.core.index import ClusterIndex, changed_vms
 from haven.core.manager import decide
 from haven.model.state import ClusterView
 from haven.ports.clock import Clock
-from haven.ports.store import StoreError, Store
+from haven.ports.store import Compare, EventType, Put, Store, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, Layout, decision_ops, leader_guard, read_snapshot, trim_events
 
 EventSink = Callable[[Event], None]
@@ -35,6 +35,7 @@ class ManagerLoop:
         self.emit = emit
         self.fence = fence  # power fencing, when the host has a fencing device
         self.leader_value: str | None = None
+        self.leader_revision = 0  # the store revision at which we won the key
         self.since = 0.0
         self.fence_confirmed: set[str] = set()
         self.event_seq = 0
@@ -56,14 +57,23 @@ class ManagerLoop:
             return False
         now = self.clock.now()
         value = json.dumps({"host": self.name, "since": round(now, 6)})
+        key = self.layout.manager()
         try:
-            won = self.store.create(self.layout.manager(), value, lease=lease)
+            result = self.store.txn([Compare(key, mod_revision=0)], [Put(key, value, lease)])
+            held = None if result.succeeded else self.store.get(key)
         except StoreError:
             return False
-        if won:
-            self.leader_value, self.since, self.stale = value, now, True
+        if result.succeeded:
+            self.leader_value, self.leader_revision, self.since, self.stale = value, result.revision, now, True
             self.emit(Event(now, "manager", f"host {self.name}", "became the active manager"))
-        return won
+            return True
+        if held is not None and json.loads(held.value).get("host") == self.name:
+            # Our own key from before this daemon restarted: carry on with it (writes stay
+            # guarded by its value; it goes with the lease it is bound to).
+            self.leader_value, self.leader_revision, self.since, self.stale = held.value, held.mod_revision, now, True
+            self.emit(Event(now, "manager", f"host {self.name}", "still the active manager (after a restart)"))
+            return True
+        return False
 
     def _update_index(self, view: ClusterView) -> None:
         """Keep the decision's aggregates in step with the store, touching only what changed."""
@@ -91,9 +101,14 @@ class ManagerLoop:
             self._update_index(snapshot.view(self.since, self.fence_confirmed))
         return self.view
 
-    def observe_leader_key(self, present: bool) -> None:
-        """A watch saw the leader key appear or go: a follower campaigns only once it is gone."""
-        self.leader_key_present = present
+    def observe_leader_key(self, event: WatchEvent) -> None:
+        """A watch saw the leader key change: a follower campaigns only once it is gone; a leader
+        whose key is gone or someone else's (a change newer than its win) knows it was deposed."""
+        self.leader_key_present = event.type is EventType.PUT
+        if (self.leading and event.mod_revision > self.leader_revision
+                and (event.type is EventType.DELETE or event.value != self.leader_value)):
+            self.leader_value = None
+            self.emit(Event(self.clock.now(), "manager", f"host {self.name}", "no longer the active manager"))
 
     def step(self) -> Decision | None:
         now = self.clock.now()

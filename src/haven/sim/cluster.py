@@ -7,17 +7,17 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from haven.core.decision import Event
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
-from haven.ports.store import EventType, WatchEvent
-from haven.runtime.agent_loop import RENEW_RETRY_S, AgentLoop, Renewal
+from haven.ports.store import WatchEvent
+from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.manager_loop import ManagerLoop
+from haven.runtime.wake import route
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
 from haven.sim.store import MemoryStore
@@ -75,15 +75,16 @@ class SimHost:
         world.hypervisors[self.name] = self.hv
         world.memory[self.name] = spec.memory_mib
         self.reaches_store = lambda: world.network.host_reaches_store(self.name)
+        self.watch_broken = False
+        self.watch_resumes_at = 0.0
         self.client = cluster.store.client(self.name, self.reaches_store)
         self.watchdog = SimWatchdog(self)
         self.periodic: dict[str, Timer] = {}  # the next tick of each periodic task
         self.deadline_timer: Timer | None = None
         self.pending: dict[str, Timer] = {}
         self.unwatch: list[Callable[[], None]] = []
-        root = cluster.layout.root
-        self.agent_prefixes = (root + "vms/", root + "status/", root + "hosts/")  # what the agent watches
-        self.manager_key = cluster.layout.manager()
+        self.root_length = len(cluster.layout.root)
+        self.keeper: LeaseKeeper | None = None
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
 
@@ -98,21 +99,61 @@ class SimHost:
             return
         self.powered, self.hung, self.renew_delay = True, False, 0.0
         c = self.cluster
-        self.agent = AgentLoop(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
-                               self.watchdog, c.decoded)
-        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self._manager_lease, c.log,
-                                   decoded=c.decoded)
-        if self.agent.register() and self.agent.lease:
-            c.lease_hosts[self.agent.lease.id] = self.name
-        # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
-        # for the store to step through on every event, in the same order as one watch per prefix.
-        self.unwatch = [c.store.watch_stream(c.layout.root, self._on_watch_event, self.reaches_store)]
+        self._start_daemon()
+        assert self.keeper is not None
+        if self.keeper.register() and self.keeper.lease:
+            c.lease_hosts[self.keeper.lease.id] = self.name
         offset = 0.001 * self.index  # hosts do not tick in lock step
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
         self._every(lambda: self.settings.manager_tick_s, self.wake_manager, offset + 0.0005)
         self.wake_agent()
         self.wake_manager()
+
+    def _start_daemon(self) -> None:
+        """A fresh `haven node run`: new loops with empty caches, and a new store watch."""
+        c = self.cluster
+        self.keeper = LeaseKeeper(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
+                                  self.watchdog)
+        self.agent = AgentLoop(self.keeper, c.decoded)
+        self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
+                                   decoded=c.decoded)
+        for cancel in self.unwatch:
+            cancel()
+        # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
+        # for the store to step through on every event, in the same order as one watch per prefix.
+        self.watch_broken = False
+        self.unwatch = [c.store.watch_stream(c.layout.root, self._on_watch_event, self._watch_connected)]
+
+    def restart_daemon(self) -> None:
+        """The daemon restarts (a crash and a restart, or an upgrade) while its VMs keep running:
+        the new run re-attaches to them and takes the lease over from the lease file; every cache
+        starts empty."""
+        if not self.powered:
+            return
+        assert self.keeper is not None
+        lease, sent = self.keeper.lease, self.keeper.last_renewal_sent  # the daemon's lease file
+        self._start_daemon()
+        assert self.keeper is not None
+        if lease is not None:
+            self.keeper.take_over(lease, sent)
+        self.wake_agent()
+        self.wake_manager()
+
+    def _watch_connected(self) -> bool:
+        """Whether the host's watch delivers now: not while the daemon is hung, not while the store
+        is out of reach, and not until `watch_reconnect_s` after it is reachable again."""
+        now = self.cluster.loop.now
+        if self.hung:  # a stopped process reads nothing; the stream waits for it, unbroken
+            return False
+        if not self.reaches_store():
+            self.watch_broken = True
+            return False
+        if self.watch_broken:
+            self.watch_broken = False
+            self.watch_resumes_at = now + self.cluster.timings.watch_reconnect_s
+            self.cluster.loop.at(self.watch_resumes_at, lambda: None)  # the store delivers after each event
+        return now >= self.watch_resumes_at
 
     def power_off(self) -> None:
         if not self.powered:
@@ -126,9 +167,6 @@ class SimHost:
             cancel()
         self.watchdog.disarm()
         self.hv.power_off()
-
-    def _manager_lease(self) -> int:
-        return self.agent.lease_id if self.agent and self.agent.lease_ok() else 0
 
     # --- scheduling ---
 
@@ -172,10 +210,10 @@ class SimHost:
         self._soon("manager", self._manager_step)
 
     def _renew(self) -> None:
-        assert self.agent is not None
-        result = self.agent.renew()
-        if self.agent.lease:
-            self.cluster.lease_hosts[self.agent.lease.id] = self.name
+        assert self.keeper is not None
+        result = self.keeper.renew()
+        if self.keeper.lease:
+            self.cluster.lease_hosts[self.keeper.lease.id] = self.name
         if result is Renewal.LOST:
             self._agent_step()
         elif result is Renewal.REGAINED:
@@ -189,9 +227,9 @@ class SimHost:
         """Step the agent right when its self-fence deadline passes. One timer: when it fires
         early (renewals moved the deadline on), it sets itself for the new deadline."""
         self.deadline_timer = None
-        if not self.powered or self.agent is None:
+        if not self.powered or self.keeper is None:
             return
-        at = self.clock.to_world(self.agent.last_renewal_sent + self.settings.self_fence_after_s) + 1e-6
+        at = self.clock.to_world(self.keeper.deadline()) + 1e-6
         if at > self.cluster.loop.now + 1e-9:
             self.deadline_timer = self.cluster.loop.at(at, self._at_deadline)
         elif not self.hung:
@@ -209,23 +247,16 @@ class SimHost:
                 self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
 
     def _on_watch_event(self, event: WatchEvent) -> None:
-        if event.key.startswith(self.agent_prefixes):
-            self._on_store_event(event)
-        self._on_cluster_change(event)
-
-    def _on_store_event(self, event: WatchEvent) -> None:
-        if self.agent and self.agent.on_store_event(event):
+        """The daemon's wake policy (`runtime.wake.route`), on virtual time."""
+        assert self.agent is not None and self.manager is not None
+        to = route(event.key[self.root_length:], self.manager.leading)
+        if to.feed_agent and self.agent.on_store_event(event):
             self.wake_agent()
-
-    def _on_cluster_change(self, event: WatchEvent) -> None:
-        key = event.key
-        if self.manager and self.manager.leading:
-            # Its own writes (placements, host records, events) need no second look.
-            if "/events/" not in key and "/hoststate/" not in key and not key.endswith("/placement"):
-                self.manager.mark_stale()
-                self.wake_manager()
-        elif key == self.manager_key and self.manager:
-            self.manager.observe_leader_key(event.type is EventType.PUT)
+        if to.leader_key:
+            self.manager.observe_leader_key(event)
+        if to.manager_stale:
+            self.manager.mark_stale()
+        if to.leader_key or to.manager_stale:
             self.wake_manager()
 
 
@@ -242,6 +273,7 @@ class SimCluster:
         self.layout = Layout(config.name)
         self.decoded = DecodeCache()  # one for every host's loops: each record is parsed once
         self.world = World(lambda: self.loop.now)
+        self.world.monitor.placement_of = self._placement_in_store
         self.events: list[Event] = []
         self._requests = 0
         self.lease_hosts: dict[int, str] = {}  # every lease a host held, for the log
@@ -258,28 +290,13 @@ class SimCluster:
         for host in self.hosts.values():
             host.power_on()
 
-    @classmethod
-    def from_scenario(cls, path: str | Path) -> SimCluster:
-        """A cluster built from a scenario file whose timeline plays as virtual time advances
-        (for `haven sim serve`)."""
-        from haven.sim.faults import apply_fault
-        from haven.sim.scenario import load_scenario, timings_of
-
-        scenario = load_scenario(path)
-        cluster = cls(scenario.cluster_config(), timings_of(scenario))
-        for step in sorted(scenario.timeline, key=lambda s: s.at):
-            cluster.loop.at(step.at, functools.partial(apply_fault, cluster, step.do))
-        return cluster
-
-    def inject(self, line: str) -> None:
-        """Apply a fault or operator line now (FaultError if it is not understood)."""
-        from haven.sim.faults import apply_fault
-
-        apply_fault(self, line)
-
     @property
     def now(self) -> float:
         return self.loop.now
+
+    def _placement_in_store(self, vm: str) -> Placement | None:
+        kv = self.store.peek(self.layout.placement(vm))
+        return self.decoded(Placement, kv) if kv else None
 
     def next_request_id(self) -> str:
         self._requests += 1
@@ -298,7 +315,7 @@ class SimCluster:
 
     def _lease_owner(self, lease_id: int) -> str:
         for host in self.hosts.values():
-            if host.agent and host.agent.lease and host.agent.lease.id == lease_id:
+            if host.keeper and host.keeper.lease and host.keeper.lease.id == lease_id:
                 return f"host {host.name}"
         owner = self.lease_hosts.get(lease_id)
         return f"host {owner} (an earlier lease)" if owner else f"lease {lease_id}"

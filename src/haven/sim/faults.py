@@ -3,9 +3,10 @@
     power off H | power on H              a power cut / the host boots again
     cut H from store | cut H from H2      lose the store, or one peer (migration traffic)
     partition H1 H2 | H3 store            split the network into groups ("store" is a member)
-    heal H | heal all                     undo cuts and partitions
+    heal H | heal all                     undo cuts and partitions (H rejoins the store's side)
     store down | store up                 the whole store is out (etcd renews leases on return)
     hang H | unhang H                     the daemon stops (SIGSTOP) and continues
+    restart H                             the daemon restarts; its VMs keep running
     slow renew H by S | normal renew H    lease renewals come S seconds late
     skew H RATE                           H's clock runs at RATE (1.0 = true)
     crash VM                              the guest dies where it runs
@@ -130,6 +131,11 @@ def _hang(hung: bool) -> Callable[[SimCluster, list[str]], None]:
     return handler
 
 
+def _restart(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "restart HOST")
+    _host(cluster, args[0]).restart_daemon()
+
+
 def _renew(cluster: SimCluster, args: list[str]) -> None:
     if len(args) != 4 or args[0] != "renew" or args[2] != "by":
         raise FaultError("usage: slow renew HOST by SECONDS")
@@ -207,7 +213,7 @@ def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
 
 _HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
     "power": _power, "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
-    "hang": _hang(True), "unhang": _hang(False), "slow": _renew, "normal": _normal, "skew": _skew,
+    "hang": _hang(True), "unhang": _hang(False), "restart": _restart, "slow": _renew, "normal": _normal, "skew": _skew,
     "crash": _crash, "fail": _fail,
     "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),
     "acknowledge": _acknowledge, "migrate": _migrate, "drain": _maintenance(True),

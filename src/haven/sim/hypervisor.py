@@ -28,6 +28,10 @@ class SimTimings:
     launch_s: float = 0.1  # a restore launches a process, unless a standby was prepared
     load_s: float = 0.2  # a restore loads the state
     bandwidth_mib_s: float = 1000.0  # live migration and save
+    # A watch broken by a network fault reconnects this long after the store is reachable again
+    # (the daemon's watch retries with a backoff that reaches 1 s during an outage): until then a
+    # host's calls reach the store while its watch has not caught up.
+    watch_reconnect_s: float = 0.5
 
 
 @dataclass
@@ -73,6 +77,8 @@ class FakeHypervisor:
                                                       LocalState.SAVED):
             raise HypervisorError(f"{spec.name} is {old.state.value}")
         standby = prepared and old is not None and old.standby
+        # A launch, or a load into the standby (which makes it run): the same rule for both.
+        self.world.monitor.launched(self.host, spec.name, generation)
         if restore_from is not None and restore_from not in self.world.state_files:
             vm = self._set(spec, generation, LocalState.FAILED, self.world.new_epoch())
             vm.detail = f"no saved state at {restore_from}"
@@ -103,6 +109,7 @@ class FakeHypervisor:
         old = self.vms.get(spec.name)
         if old and old.state in ACTIVE_LOCAL_STATES:
             raise HypervisorError(f"{spec.name} is {old.state.value}")
+        self.world.monitor.launched(self.host, spec.name, generation, incoming=True)
         self._set(spec, generation, LocalState.INCOMING, 0)
 
     def prepare_restore(self, spec: VmSpec, generation: int) -> None:

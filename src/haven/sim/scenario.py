@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,16 @@ class RunResult:
 
 def timings_of(scenario: Scenario) -> SimTimings:
     return SimTimings(**scenario.sim.model_dump())
+
+
+def cluster_from_scenario(path: str | Path) -> SimCluster:
+    """A cluster built from a scenario file whose timeline plays as virtual time advances
+    (for `haven sim serve`)."""
+    scenario = load_scenario(path)
+    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario))
+    for step in sorted(scenario.timeline, key=lambda s: s.at):
+        cluster.loop.at(step.at, functools.partial(apply_fault, cluster, step.do))
+    return cluster
 
 
 def run_scenario(scenario: Scenario) -> RunResult:

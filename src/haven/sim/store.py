@@ -75,6 +75,10 @@ class MemoryStore:
     def client(self, name: str, reachable: Callable[[], bool] = lambda: True) -> MemoryStoreClient:
         return MemoryStoreClient(self, name, reachable)
 
+    def peek(self, key: str) -> KeyValue | None:
+        """The key as the store holds it now, for the simulator's checks (no participant's view)."""
+        return self._kvs.get(key)
+
     def dump(self) -> dict[str, str]:
         return {k: self._kvs[k].value for k in sorted(self._kvs)}
 

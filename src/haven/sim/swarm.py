@@ -64,9 +64,18 @@ def random_faults(rng: random.Random, config: ClusterConfig) -> list[tuple[float
         host = rng.choice(hosts)
         length = round(rng.uniform(0.5, 12.0), 3)
         kind = rng.choice(("power", "power", "store-cut", "partition", "pair", "store", "hang", "renew",
-                           "skew", "crash", "failstart", "migrate", "drain"))
+                           "skew", "crash", "failstart", "migrate", "drain", "isolate", "isolate", "restart"))
         if kind == "power":
             steps += [(t, f"power off {host}"), (t + length, f"power on {host}")]
+        elif kind == "isolate":  # cut off alone, its VMs move on meanwhile, then it rejoins
+            others = " ".join(h for h in hosts if h != host)
+            steps += [(t, f"partition {host} | {others} store"), (t + length, f"heal {host}")]
+            if rng.random() < 0.3:  # and its daemon restarts while it is cut off
+                steps.append((round(t + rng.uniform(0.0, length), 3), f"restart {host}"))
+            if vms and rng.random() < 0.5:  # an operator moves a VM during the isolation
+                steps.append((round(t + rng.uniform(0.0, length), 3), f"migrate {rng.choice(vms)} live"))
+        elif kind == "restart":
+            steps.append((t, f"restart {host}"))
         elif kind == "store-cut":
             steps += [(t, f"cut {host} from store"), (t + length, f"heal {host}")]
         elif kind == "partition":

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from haven.model.state import ACTIVE_LOCAL_STATES, LocalState
+from haven.model.state import ACTIVE_LOCAL_STATES, LocalState, Placement
 
 if TYPE_CHECKING:
     from haven.sim.hypervisor import FakeHypervisor
@@ -35,6 +36,7 @@ class Network:
         return frozenset((a, b)) not in self.cut_pairs and self._same_side(a, b)
 
     def heal(self, host: str | None = None) -> None:
+        """Undo every cut and partition, or those of one host: it rejoins the store's side."""
         if host is None:
             self.cut_from_store.clear()
             self.cut_pairs.clear()
@@ -42,6 +44,12 @@ class Network:
             return
         self.cut_from_store.discard(host)
         self.cut_pairs = {pair for pair in self.cut_pairs if host not in pair}
+        if self.groups:
+            groups = [group - {host} for group in self.groups]
+            home = next((i for i, group in enumerate(groups) if STORE in group), 0)
+            groups[home] |= {host}
+            groups = [group for group in groups if group]
+            self.groups = groups if len(groups) > 1 else []
 
 
 @dataclass
@@ -51,6 +59,8 @@ class SafetyMonitor:
     world: World
     violations: list[str] = field(default_factory=list)
     dirty: bool = True  # a hypervisor changed since the last check
+    # The store's current placement of a VM, as the store holds it (not as any host cached it).
+    placement_of: Callable[[str], Placement | None] = lambda vm: None
 
     def violation(self, text: str) -> None:
         line = f"t={self.world.now():.3f} SAFETY: {text}"
@@ -70,6 +80,23 @@ class SafetyMonitor:
         others = [h for h in self.active_copies().get(vm, []) if h != host]
         if others:
             self.violation(f"vm {vm} started on {host} while still active on {', '.join(others)}")
+
+    def launched(self, host: str, vm: str, generation: int, incoming: bool = False) -> None:
+        """A QEMU is launched for `vm` on `host` (a start, a restore, or the target of a migration).
+        The store must place it there at that generation at this very moment: a stale start is a
+        violation even if the copy is killed a moment later."""
+        p = self.placement_of(vm)
+        if incoming:
+            ok = p is not None and p.migration is not None and (p.migration.target, p.migration.generation) == (
+                host, generation)
+        else:
+            ok = p is not None and (p.host, p.generation) == (host, generation)
+        if not ok:
+            where = (f"placed on {p.host} generation {p.generation}"
+                     + (f", migrating to {p.migration.target} generation {p.migration.generation}" if p.migration
+                        else "")) if p else "not placed"
+            self.violation(f"stale start: QEMU launched for vm {vm} on {host} at generation {generation} "
+                           f"while the store has it {where}")
 
     def check(self) -> None:
         if not self.dirty:

@@ -1,0 +1,203 @@
+"""This host's lease: take it, renew it, give it up, and say whether it is still valid.
+
+The keeper is the one piece of a host's state that several threads share in the daemon: the renew
+thread refreshes it, the fence thread and the agent read its deadline, the manager asks for its id.
+Its few fields change under `lock`, held only to read or write them, never across a store call.
+The simulator drives the same object from virtual-clock events.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from haven.core.agent import DEAD, lease_valid
+from haven.core.decision import Event
+from haven.model.spec import HostSpec, Settings
+from haven.ports.clock import Clock
+from haven.ports.fencer import Watchdog
+from haven.ports.hypervisor import Hypervisor
+from haven.ports.store import Lease, LeaseLost, Store, StoreError
+from haven.runtime.layout import Layout
+
+EventSink = Callable[[Event], None]
+RENEW_RETRY_S = 0.1  # after a failed renewal: an etcd leader change lasts ~1 s, the budget is 1.5 s
+
+
+class Renewal(Enum):
+    OK = "ok"
+    FAILED = "failed"  # the store did not answer: retry after RENEW_RETRY_S
+    LOST = "lost"  # the lease is gone
+    REGAINED = "regained"  # valid again after the self-fence deadline (or a new lease): step now
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """One consistent reading of the keeper."""
+
+    lease: Lease | None
+    last_renewal_sent: float  # host clock: send time of the last successful renewal
+    alive_rev: int  # mod revision of our alive key under this lease (0: not known yet)
+
+
+class LeaseKeeper:
+    def __init__(self, host: HostSpec, store: Store, hypervisor: Hypervisor, clock: Clock, layout: Layout,
+                 settings: Settings, emit: EventSink, watchdog: Watchdog | None = None) -> None:
+        self.host = host
+        self.store = store
+        self.hypervisor = hypervisor
+        self.clock = clock
+        self.layout = layout
+        self.settings = settings
+        self.emit = emit
+        self.watchdog = watchdog
+        self.lock = threading.Lock()
+        self._state = LeaseState(None, -math.inf, 0)
+        self.fenced = False  # our VMs were killed for want of a lease; take a new one once they are gone
+
+    # --- readings (any thread) ---
+
+    @property
+    def state(self) -> LeaseState:
+        with self.lock:
+            return self._state
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.state.lease
+
+    @property
+    def lease_id(self) -> int:
+        lease = self.state.lease
+        return lease.id if lease else 0
+
+    @property
+    def last_renewal_sent(self) -> float:
+        return self.state.last_renewal_sent
+
+    def deadline(self) -> float:
+        """Host clock: when the self-fence must have killed every local VM."""
+        return self.state.last_renewal_sent + self.settings.self_fence_after_s
+
+    def lease_ok(self) -> bool:
+        state = self.state
+        return state.lease is not None and lease_valid(self.clock.now(), state.last_renewal_sent, self.settings)
+
+    def manager_lease(self) -> int:
+        """The lease a manager may bind the leader key to: ours while it is valid, else none."""
+        state = self.state
+        valid = state.lease is not None and lease_valid(self.clock.now(), state.last_renewal_sent, self.settings)
+        return state.lease.id if valid and state.lease else 0
+
+    # --- changes ---
+
+    def _set(self, state: LeaseState) -> None:
+        with self.lock:
+            self._state = state
+        if state.lease is not None and self.watchdog:
+            # A backstop for a hung agent: a little after the agent's own deadline, before the TTL.
+            self.watchdog.arm(state.last_renewal_sent + self.settings.self_fence_after_s
+                              + self.settings.self_fence_margin_s / 2)
+
+    def _event(self, message: str) -> None:
+        self.emit(Event(self.clock.now(), f"agent {self.host.name}", f"host {self.host.name}", message))
+
+    def _put_alive(self, lease: Lease, sent: float) -> int:
+        return self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
+
+    def register(self) -> bool:
+        """Publish the host and take a fresh lease. False if the store is out of reach."""
+        sent = self.clock.now()
+        try:
+            self.store.put(self.layout.host(self.host.name), self.host.model_dump_json())
+            lease = self.store.lease_grant(self.settings.lease_ttl_s)
+            alive_rev = self._put_alive(lease, sent)
+        except StoreError:
+            return False
+        self.fenced = False
+        self._set(LeaseState(lease, sent, alive_rev))
+        self._event(f"lease {lease.id} granted")
+        return True
+
+    def resume(self, lease: Lease) -> bool:
+        """After a restart of this daemon: carry on with the lease the previous run held, if the
+        store still has it (its alive key and statuses are then intact)."""
+        sent = self.clock.now()
+        try:
+            self.store.lease_refresh(lease)
+            alive_rev = self._put_alive(lease, sent)
+        except StoreError:
+            return False
+        self.fenced = False
+        self._set(LeaseState(lease, sent, alive_rev))
+        self._event(f"lease {lease.id} resumed")
+        return True
+
+    def take_over(self, lease: Lease, last_renewal_sent: float) -> None:
+        """After a restart of this daemon (its VMs kept running): carry on with the lease the
+        previous run held, renewed at `last_renewal_sent`. Resumed now if the store answers;
+        otherwise renewals keep trying, and the self-fence deadline stays the previous run's."""
+        if not self.resume(lease):
+            with self.lock:
+                self._state = LeaseState(lease, last_renewal_sent, 0)  # alive key re-read on renewal
+
+    def renew(self) -> Renewal:
+        """Refresh the lease (or take a new one once our VMs are gone). On LOST the caller must
+        run the self-fence at once; on FAILED it should retry soon."""
+        state = self.state
+        if state.lease is None:
+            if not self.fenced or not self._active_vms():
+                return Renewal.REGAINED if self.register() else Renewal.FAILED
+            return Renewal.FAILED
+        sent = self.clock.now()
+        was_valid = lease_valid(sent, state.last_renewal_sent, self.settings)
+        alive_rev = state.alive_rev
+        try:
+            self.store.lease_refresh(state.lease)
+            if not alive_rev:  # taken over without the store: learn our alive key's version
+                alive_rev = self._put_alive(state.lease, sent)
+        except LeaseLost:
+            with self.lock:  # whatever the clock says, our VMs must die now
+                if self._state.lease is state.lease:
+                    self._state = LeaseState(None, -math.inf, 0)
+            self._event("lease lost")
+            return Renewal.LOST
+        except StoreError:
+            return Renewal.FAILED
+        with self.lock:
+            if self._state.lease is not state.lease:
+                return Renewal.FAILED  # given up meanwhile: nothing to renew any more
+        self._set(LeaseState(state.lease, sent, alive_rev))
+        return Renewal.OK if was_valid else Renewal.REGAINED
+
+    def _active_vms(self) -> bool:
+        return any(vm.state not in DEAD for vm in self.hypervisor.list().values())
+
+    def give_up(self) -> None:
+        """After a self-fence, once every VM here is dead, hand the lease back: the cluster then
+        knows this host ran nothing (its VMs recover at once instead of on expiry), and this host
+        rejoins with a fresh lease rather than flapping on a late one."""
+        with self.lock:
+            lease = self._state.lease
+            if lease is None:
+                return
+            self._state = LeaseState(None, self._state.last_renewal_sent, 0)
+        try:
+            self.store.lease_revoke(lease)
+        except StoreError:
+            pass  # it expires on its own
+
+    def shutdown(self) -> None:
+        """Give the lease back (the VMs' fate is the daemon's shutdown policy)."""
+        if self.watchdog:
+            self.watchdog.disarm()
+        with self.lock:
+            lease, self._state = self._state.lease, LeaseState(None, -math.inf, 0)
+        if lease:
+            try:
+                self.store.lease_revoke(lease)
+            except StoreError:
+                pass
