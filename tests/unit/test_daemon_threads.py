@@ -1,0 +1,162 @@
+"""The daemon's real threads (renew, fence, agent, manager, event shipping) against the in-memory
+store and a thread-safe fake hypervisor: the self-fence is on time whatever the store does, and no
+schedule of threads and faults launches a VM where the store does not place it."""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from haven.daemon.events import EventLog
+from haven.daemon.host_threads import HostThreads
+from haven.drivers.qemu_process import MonotonicClock
+from haven.model.spec import HostSpec, MigrationKind, Settings, VmSpec
+from haven.model.state import RequestAction
+from haven.runtime import intents
+from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.layout import Layout
+from haven.runtime.lease import LeaseKeeper
+from haven.runtime.manager_loop import ManagerLoop
+
+from .daemon_fakes import FakeNetwork, ThreadedFakeHypervisor, stale_launches, wait_for
+
+# Fast timings: renew every 0.25 s, self-fence 0.7 s after the last good renewal, TTL 1 s.
+SETTINGS = Settings(lease_ttl_s=1.0, self_fence_margin_s=0.3, fence_grace_s=0.2, host_settle_s=0.5,
+                    agent_tick_s=0.2, manager_tick_s=0.2, host_failures_to_tolerate=0)
+LAYOUT = Layout("t")
+
+
+class Host:
+    def __init__(self, name: str, net: FakeNetwork) -> None:
+        self.name = name
+        self.store = net.client(name)
+        self.clock = MonotonicClock()
+        self.log = EventLog(self.store, LAYOUT, out=io.StringIO())
+        self.hv = ThreadedFakeHypervisor(name, net, LAYOUT)
+        spec = HostSpec(name=name, address=f"10.0.0.{name[-1]}", vcpus=8, memory_mib=8192)
+        self.keeper = LeaseKeeper(spec, self.store, self.hv, self.clock, LAYOUT, SETTINGS, self.log.emit)
+        self.agent = AgentLoop(self.keeper)
+        manager = ManagerLoop(name, self.store, self.clock, LAYOUT, self.keeper.manager_lease, self.log.emit)
+        self.threads = HostThreads(self.keeper, self.agent, manager, SETTINGS, self.clock, LAYOUT.root)
+        self.hv.on_change = self.threads.wake_agent.set
+
+    def start(self) -> None:
+        assert self.keeper.register()
+        self.cancel_watch = self.store.watch_prefix(LAYOUT.root, self.threads.on_watch)
+        self.threads.start({"events": lambda: self.log.publish(self.threads.stopping)})
+
+    def stop(self) -> None:
+        self.threads.stop(timeout=3.0)
+        self.log.stop()
+        self.cancel_watch()
+
+    def lines(self) -> str:
+        out = self.log.out
+        assert isinstance(out, io.StringIO)
+        return out.getvalue()
+
+
+@contextmanager
+def cluster(net: FakeNetwork, names: list[str], vms: list[VmSpec]) -> Iterator[dict[str, Host]]:
+    operator = net.client("operator")
+    operator.put(LAYOUT.config(), SETTINGS.model_dump_json())
+    for vm in vms:
+        operator.put(LAYOUT.vm_spec(vm.name), vm.model_dump_json())
+    hosts = {name: Host(name, net) for name in names}
+    try:
+        for host in hosts.values():
+            host.start()
+        yield hosts
+    finally:
+        net.hang_s, net.cut = 0.0, set()
+        for host in hosts.values():
+            host.stop()
+
+
+def running(hosts: dict[str, Host]) -> dict[str, list[str]]:
+    return {name: host.hv.active() for name, host in hosts.items()}
+
+
+def test_the_self_fence_kills_on_time_while_every_store_call_hangs(caplog: pytest.LogCaptureFixture) -> None:
+    net = FakeNetwork()
+    with cluster(net, ["h1"], [VmSpec(name="web"), VmSpec(name="db")]) as hosts:
+        h1 = hosts["h1"]
+        wait_for(lambda: h1.hv.active() == ["db", "web"], 5.0, "both VMs running on h1")
+        net.hang_s = 3.0  # every call now blocks longer than the whole self-fence interval
+        hung_at = time.monotonic()
+        h1.agent.stale = True  # and the agent thread is inside a store read when the deadline passes
+        h1.threads.wake_agent.set()
+        wait_for(lambda: not h1.hv.active(), 5.0, "the self-fence")
+        last_sent = h1.keeper.last_renewal_sent
+        killed_at = max(at for _, at in h1.hv.kills)
+        assert last_sent <= hung_at + 0.3, "a renewal was recorded after the store hung"
+        # Every local VM dead by ttl - margin after the last renewal sent (plus the kill itself).
+        assert killed_at - last_sent <= SETTINGS.self_fence_after_s + 0.1, (killed_at - last_sent)
+        assert "self-fence: lease not renewed in time; killing 2 VM(s)" in h1.lines()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_events_are_printed_at_once_and_shipped_when_the_store_answers_again() -> None:
+    net = FakeNetwork()
+    store = net.client("h1")
+    log = EventLog(store, LAYOUT, out=io.StringIO())
+    from haven.core.decision import Event
+    net.hang_s = 0.5
+    started = time.monotonic()
+    for i in range(3):
+        log.emit(Event(float(i), "agent h1", "vm web", f"event {i}"))
+    assert time.monotonic() - started < 0.1, "emit waited on the store"
+    assert log.out.getvalue().count("\n") == 3  # type: ignore[attr-defined]
+    import threading
+    stopping = threading.Event()
+    shipper = threading.Thread(target=log.publish, args=(stopping,))
+    shipper.start()
+    try:
+        time.sleep(0.2)
+        net.hang_s = 0.0
+        wait_for(lambda: len(net.server.client("reader").get_prefix(LAYOUT.events())) == 3, 5.0, "shipped events")
+    finally:
+        stopping.set()
+        log.stop()
+        shipper.join(5.0)
+    messages = [kv.value for kv in net.server.client("reader").get_prefix(LAYOUT.events())]
+    assert [m.split('"message": ')[1] for m in messages] == ['"event 0"}', '"event 1"}', '"event 2"}']
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_schedules_of_threads_and_faults_never_launch_a_stale_copy(
+        seed: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Three hosts, four VMs; a slow store with random delays; hosts cut off from the store and
+    healed, daemons' VMs moved by operator migrations meanwhile. After every fault the launches
+    are checked against the store's placement at the moment of the launch."""
+    rng = random.Random(seed)
+    net = FakeNetwork(seed)
+    net.max_delay_s = 0.01
+    vms = [VmSpec(name=f"vm{i}", memory_mib=512) for i in range(4)]
+    with cluster(net, ["h1", "h2", "h3"], vms) as hosts:
+        operator = net.client("operator")
+        wait_for(lambda: sum(len(v) for v in running(hosts).values()) == 4, 10.0, "every VM running")
+        for _ in range(4):
+            victim = rng.choice(sorted(hosts))
+            net.cut_off(victim)
+            time.sleep(rng.uniform(0.2, 1.6))  # sometimes shorter than the self-fence, sometimes longer
+            if rng.random() < 0.7:
+                try:
+                    intents.request(operator, LAYOUT, rng.choice(vms).name, RequestAction.MIGRATE,
+                                    MigrationKind.COLD, None, request_id=f"op{rng.random()}")
+                except Exception:  # noqa: BLE001 - a refused request is a fine outcome here
+                    pass
+            time.sleep(rng.uniform(0.0, 0.5))
+            net.heal()
+            time.sleep(rng.uniform(0.3, 1.0))
+            assert not stale_launches([h.hv for h in hosts.values()])
+            copies = [vm.name for vm in vms if sum(vm.name in a for a in running(hosts).values()) > 1]
+            assert not copies, f"running on two hosts: {copies}"
+        wait_for(lambda: sum(len(v) for v in running(hosts).values()) == 4, 15.0, "every VM running again")
+    assert not stale_launches([h.hv for h in hosts.values()])
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
