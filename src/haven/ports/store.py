@@ -5,6 +5,15 @@ client's deadline (EtcdStore: `deadline`, default 2 x the 1.0 s per-request time
 never waits forever on a store it cannot reach. A write that raised StoreUnavailable may or may
 not have been applied. Revisions are etcd's: one global counter, bumped once per applied write
 (a txn or a lease expiry deleting several keys is one revision).
+
+What the rest of haven builds on these guarantees (docs/DESIGN.md section 3):
+- The start rule. A host agent launches a QEMU (start, restore, incoming migration) only on a
+  placement it read from the store after its current lease was granted, and only after a
+  transaction with no writes confirmed that the placement's mod revision is still the one it read
+  and that its alive key (bound to that lease) is still the version it wrote. A watch that broke
+  may deliver old events late: a cache fed by it is never enough to start anything.
+- Nothing waits on the store before a self-fence: a call here may take the whole deadline, so the
+  kill at `ttl - margin` never sits behind one (events are buffered and shipped later).
 """
 from __future__ import annotations
 
