@@ -77,6 +77,9 @@ class DoubleRunSampler:
         self._thread.join(timeout=5)
 
 
+USER_TIMEOUT_S = 3.0
+
+
 def migrate_elsewhere(lab: Lab, vm: str, kind: MigrationKind) -> str:
     """Ask for a migration of `vm` to another host and wait until it runs there; the target."""
     source = lab.placement(vm).host
@@ -140,7 +143,9 @@ def test_live_migration_keeps_the_guest_running(healthy: Lab) -> None:
     lab = healthy
     vm = "vm1"
     before = lab.wait_answer(vm, 10)
-    with HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=1.0) as probe:
+    # A realistic client timeout: 1 s equals TCP's initial retransmission timeout, so one SYN lost
+    # in the switch-over would fail a request by chance; users wait longer than that.
+    with HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=USER_TIMEOUT_S) as probe:
         time.sleep(0.5)
         migrate_elsewhere(lab, vm, MigrationKind.LIVE)
         time.sleep(0.5)

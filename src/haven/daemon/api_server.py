@@ -19,6 +19,5 @@ def serve_api(config: NodeConfig, store: Store, layout: Layout, manager_wake: Ca
     assert api is not None
     app = create_app(store, layout, admin_token=api.admin_token, read_token=api.read_token, clock=time.time,
                      on_write=manager_wake)
-    server = uvicorn.Server(uvicorn.Config(app, host=api.listen, port=api.port, log_level="warning"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the main thread owns them
-    server.run()
+    # uvicorn takes signals only on the main thread, which is the daemon's: it leaves them alone here.
+    uvicorn.Server(uvicorn.Config(app, host=api.listen, port=api.port, log_level="warning")).run()

@@ -12,12 +12,13 @@ import threading
 from collections import deque
 from typing import TextIO
 
-from haven.core.decision import Event
+from haven.core.events import Event, to_dict
 from haven.ports.store import Store, StoreError
 from haven.runtime.layout import Layout, encode_event
 
 BUFFERED_EVENTS = 1000  # kept while the store is away; the oldest go first beyond that
 RETRY_S = 0.5
+IDLE_WAIT_S = 5.0
 
 
 class EventLog:
@@ -32,8 +33,7 @@ class EventLog:
         self.dropped = 0
 
     def emit(self, event: Event) -> None:
-        line = json.dumps({"t": round(event.t, 3), "source": event.source, "subject": event.subject,
-                           "message": event.message})
+        line = json.dumps({**to_dict(event), "t": round(event.t, 3)})  # the store's fields, message last
         with self.lock:
             self.out.write(line + "\n")
             self.out.flush()
@@ -49,7 +49,7 @@ class EventLog:
         while not stopping.is_set():
             with self.lock:
                 if not self.pending:
-                    self.ready.wait(RETRY_S)
+                    self.ready.wait(IDLE_WAIT_S)  # `emit` wakes it; the timeout only notices `stopping`
                     continue
                 event, seq = self.pending[0]
             try:

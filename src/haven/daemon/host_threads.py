@@ -52,13 +52,18 @@ class HostThreads:
         self.threads: list[threading.Thread] = []
 
     def start(self, extra: dict[str, Callable[[], None]] | None = None) -> None:
+        """Start the loops, and `extra` jobs (event shipping, the API) on daemon threads of their
+        own that end with the process."""
         jobs = {"fence": self.fence_loop, "renew": self.renew_loop, "agent": self.agent_loop,
-                "manager": self.manager_loop, **(extra or {})}
+                "manager": self.manager_loop}
         self.threads = [threading.Thread(target=fn, name=name, daemon=True) for name, fn in jobs.items()]
+        for name, fn in (extra or {}).items():
+            threading.Thread(target=fn, name=name, daemon=True).start()
         for thread in self.threads:
             thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loops and wait for them (a loop in a store call ends when the call does)."""
         self.stopping.set()
         for event in (self.wake_agent, self.wake_manager, self.wake_fence):
             event.set()

@@ -16,7 +16,7 @@ from haven.daemon.shutdown import shut_down
 from haven.daemon.takeover import take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
-from haven.drivers.qemu import MonotonicClock, QemuHypervisor
+from haven.drivers.qemu import MonotonicClock, QemuHostConfig, QemuHypervisor
 from haven.drivers.qemu_boot import DirectBoot
 from haven.drivers.tap import bridge_taps
 from haven.model.spec import Settings
@@ -27,28 +27,38 @@ from haven.runtime.lease import LeaseKeeper
 from haven.runtime.manager_loop import ManagerLoop
 
 
-def run_node(config: NodeConfig) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per store call is noise
-    signalled, restarting = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: signalled.set())
-    signal.signal(signal.SIGINT, lambda *_: signalled.set())
-    signal.signal(signal.SIGHUP, lambda *_: (restarting.set(), signalled.set()))  # a restart: VMs stay
-    store, layout, clock = EtcdStore(config.etcd, timeout=config.store_timeout_s), Layout(config.cluster), MonotonicClock()
+def cluster_settings(store: EtcdStore, layout: Layout) -> Settings:
     try:
         kv = store.get(layout.config())
     except StoreError:
         kv = None
-    settings = Settings.model_validate_json(kv.value) if kv else Settings()
+    return Settings.model_validate_json(kv.value) if kv else Settings()
+
+
+def run_node(config: NodeConfig) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per store call is noise
+    signalled, restarting = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            restarting.set()  # a restart: the VMs stay for the next run
+        signalled.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    store, layout, clock = EtcdStore(config.etcd, timeout=config.store_timeout_s), Layout(config.cluster), MonotonicClock()
+    settings = cluster_settings(store, layout)
     events = EventLog(store, layout)
     guest = config.guest
-    hypervisor = QemuHypervisor(
-        config.host.name, config.run_dir / "vms", config.pools, None,
-        bridge_taps(config.vm_bridge) if config.vm_bridge else None,
-        DirectBoot(str(guest.kernel), str(guest.initrd), guest.ready_marker, guest.disk_filesystem) if guest else None,
-        config.accel, config.host.address, clock, on_change=lambda: threads.wake_agent.set(),
-        stop_timeout=settings.stop_timeout_s, migration_bandwidth_mib=config.migration_bandwidth_mib,
-        downtime_limit_ms=config.downtime_limit_ms, image_locking=config.image_locking)
+    hypervisor = QemuHypervisor(QemuHostConfig(
+        host_name=config.host.name, run_dir=config.run_dir / "vms", pools=config.pools, address=config.host.address,
+        tap_for=bridge_taps(config.vm_bridge) if config.vm_bridge else None,
+        guest=DirectBoot(str(guest.kernel), str(guest.initrd), guest.ready_marker, guest.disk_filesystem)
+        if guest else None,
+        accel=config.accel, stop_timeout=settings.stop_timeout_s, image_locking=config.image_locking,
+        migration_bandwidth_mib=config.migration_bandwidth_mib, downtime_limit_ms=config.downtime_limit_ms),
+        clock=clock, on_change=lambda: threads.wake_agent.set())
     watchdog = FileWatchdog(config.watchdog_file) if config.watchdog_file else None
     keeper = LeaseKeeper(config.host, store, hypervisor, clock, layout, settings, events.emit, watchdog)
     manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from haven.core.decision import Event
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.daemon.config import ShutdownPolicy
 from haven.daemon.host_threads import HostThreads
 from haven.daemon.lease_file import LeaseFile
@@ -21,8 +21,8 @@ def shut_down(policy: ShutdownPolicy, threads: HostThreads, hypervisor: Hypervis
     MIGRATE: drain this host and wait (at most `timeout_s`) for its VMs to leave; STOP: stop them.
     Then give the lease back; the loops keep running meanwhile, so the VMs can leave."""
     keeper, clock = threads.keeper, threads.clock
-    keeper.emit(Event(clock.now(), f"agent {keeper.host.name}", f"host {keeper.host.name}",
-                      f"shutting down ({policy.value})"))
+    keeper.emit(Event(clock.now(), f"agent {keeper.host.name}", EventKind.SHUTTING_DOWN, subject_kind=SubjectKind.HOST,
+                      name=keeper.host.name, host=keeper.host.name, reason=policy.value))
     if policy is ShutdownPolicy.KEEP:
         threads.stopping.set()  # no new action: the next run decides from here
         keeper.renew()  # the next run has a full self-fence interval to take over

@@ -529,6 +529,10 @@ class HttpProbe(_Probe):
     def successes(self) -> list[dict[str, Any]]:
         return [r for r in self.records if "body" in r]
 
+    def worst_latency(self) -> float:
+        """The slowest answered request, seconds: what a user waited longest for."""
+        return max((r["dt"] for r in self.successes()), default=0.0)
+
     def max_gap(self) -> float:
         """Longest time between two successful answers (request start times)."""
         ts = [r["t"] for r in self.successes()]
