@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from haven.core.events import EventKind, SubjectKind
 from haven.lab.cluster import Lab, LabError
 from haven.lab.netns import IcmpProbe
 from haven.lab.demo import (ANCHOR_DETECTION, ANCHOR_DOWNTIME, GOAL_BLACKOUT_MS, GOAL_QUICK_S,
@@ -297,9 +298,10 @@ def bench_load(lab: Lab, window: float, hogs: int) -> dict[str, Any]:
                    if (b := before.placements.get(vm)) is None or (b.host, b.generation) != (p.host, p.generation))
     return {
         "window_s": window, "hogs": hogs,
-        "self_fences": sum(1 for e in events if e["message"].startswith("self-fence")),
-        "leases_lost_agent": sum(1 for e in events if e["message"] == "lease lost"),
-        "hosts_marked_lost": sum(1 for e in events if e["source"] == "manager" and "-> lost" in e["message"]),
+        "self_fences": sum(1 for e in events if e.kind is EventKind.SELF_FENCE),
+        "leases_lost_agent": sum(1 for e in events if e.kind is EventKind.LEASE_LOST),
+        "hosts_marked_lost": sum(1 for e in events if e.kind is EventKind.STATE_CHANGE
+                                 and e.subject_kind is SubjectKind.HOST and e.new == HostState.LOST),
         "alive_keys_expired": counter.alive_deleted,
         "watchdog_firings": watchdog_firings(lab) - fired0,
         "vms_moved_or_restarted": moved,

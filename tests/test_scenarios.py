@@ -79,6 +79,8 @@ def test_the_invalid_scenario_template_is_valid(tmp_path: Path):
     (("do: power off h1", "do: power sideways h1"), "timeline at 5: usage: power on|off HOST"),
     (("[h1]", "[h9]"), "preferred host 'h9' is not a declared host"),
     (("at: 5", "at: 50"), "timeline step at 50 is after until 10"),
+    (("until: 10", "fence_devices: [h9]\nuntil: 10"), "fence_devices: no host named 'h9'"),
+    (("do: power off h1", "do: fence fails h1"), "timeline at 5: host h1 has no fencing device"),
 ])
 def test_an_invalid_scenario_is_a_clear_config_error(tmp_path: Path, change: tuple[str, str], message: str):
     folder = _write(tmp_path, GOOD.replace(*change))

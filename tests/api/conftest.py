@@ -68,7 +68,11 @@ class Cluster:
                        Placement(vm=name, state=state, host=host, generation=1).model_dump_json())
 
     def event(self, t: float, subject: str, message: str, source: str = "manager") -> None:
-        event = Event(t, source, subject, message)
+        """A sentence-only event (the form older versions wrote): for tests of paging and streams."""
+        self.emit(Event.from_text(t, source, subject, message))
+
+    def emit(self, event: Event) -> None:
+        """Write `event` to the log as a daemon would."""
         self.seq += 1
         self.store.put(self.layout.event(event, self.seq), encode_event(event))
 

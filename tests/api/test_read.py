@@ -97,3 +97,17 @@ def test_bad_query_is_422_naming_the_parameter(client: TestClient) -> None:
 
 def test_health_needs_no_token(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "cluster": "demo", "store": "reachable"}
+
+
+def test_events_are_served_as_fields_with_their_sentence(client: TestClient, cluster: Cluster) -> None:
+    from haven.core.events import Event, EventKind, SubjectKind
+    from haven.model.spec import MigrationKind
+    cluster.emit(Event(30.0, "manager", EventKind.MIGRATED, subject_kind=SubjectKind.VM, name="web", old="migrating",
+                       new="running", host="h2", migration=MigrationKind.LIVE, from_host="h1", to_host="h2",
+                       generation=2, seconds=1.224, downtime_s=0.023))
+    event = get(client, "/api/v1/events")["events"][-1]
+    assert (event["kind"], event["subject_kind"], event["name"]) == ("migrated", "vm", "web")
+    assert (event["old"], event["new"], event["migration"]) == ("migrating", "running", "live")
+    assert event["downtime_s"] == 0.023 and event["seconds"] == 1.224
+    assert event["message"] == "migrating -> running on h2 (live from h1, 1.224 s)"
+    assert get(client, "/api/v1/vms/web/history")["events"][-1]["kind"] == "migrated"

@@ -24,5 +24,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     except Exception as error:  # noqa: BLE001 - the store may be what failed
         report.sections.append(("lab events", f"could not read the events: {error!r}"))
         return
-    lines = (f"{e['t']:.3f} {e['source']:<10} {e['subject']}: {e['message']}" for e in events)
+    lines = (f"{e.t:.3f} {e.source:<10} {e.subject}: {e.message}" for e in events)
     report.sections.append(("lab events", "\n".join(lines)))

@@ -25,7 +25,7 @@ if shutil.which("qemu-system-x86_64") is None:
 if os.geteuid() != 0:
     pytest.skip("needs root (network namespaces, taps)", allow_module_level=True)
 
-from haven.drivers.qemu import QemuHypervisor  # noqa: E402
+from haven.drivers.qemu import QemuHostConfig, QemuHypervisor  # noqa: E402
 from haven.lab.guest import GuestImage, build_guest  # noqa: E402
 from haven.lab.netns import HttpProbe, IcmpProbe, LabNetwork  # noqa: E402
 from haven.model.spec import Disk, Nic, VmSpec  # noqa: E402
@@ -73,9 +73,12 @@ class Hosts:
     def make(self, host: str) -> QemuHypervisor:
         """A driver for `host` (a second one on the same run dir = an agent restart)."""
         h = self.lab.hosts[host]
-        hv = QemuHypervisor(host, self.root / host, {"shared": self.root / "shared"}, h.namespace,
-                            self.lab.tap_for(host), self.guest, "tcg", h.mgmt_address,
-                            stop_timeout=15)
+        # connect_retry_s short: the refused-migration test waits it out; every other migration
+        # here waits for its target to listen first.
+        hv = QemuHypervisor(QemuHostConfig(
+            host_name=host, run_dir=self.root / host, pools={"shared": self.root / "shared"},
+            address=h.mgmt_address, network_namespace=h.namespace, tap_for=self.lab.tap_for(host),
+            guest=self.guest, accel="tcg", stop_timeout=15, connect_retry_s=0.5))
         self.made.append(hv)
         return hv
 
@@ -221,12 +224,10 @@ def test_live_migration_keeps_ram_state_and_address(hosts: Hosts) -> None:
     assert copy.state is S.FAILED and "lock" in copy.detail, copy
 
     # No target prepared: the connection is refused, retried for connect_retry_s, then given up.
-    h.hv1.connect_retry_s = 0.5
     h.hv1.migrate_live("web", "h2", h.lab.hosts["h2"].mgmt_address, "attempt-0")
     vm = wait_state(h.hv1, "web", {S.RUNNING, S.MIGRATED}, 20)
     assert vm.state is S.RUNNING and vm.failed_migration == "attempt-0", vm
     assert "refused" in vm.detail, vm
-    h.hv1.connect_retry_s = 10.0
     assert http_get(h.lab, ip)["vm"] == "web"
 
     http, icmp = HttpProbe(client, ip, interval=0.05), IcmpProbe(client, ip, interval=0.01)
@@ -333,7 +334,7 @@ def test_restarted_agent_reattaches_to_running_qemu(hosts: Hosts) -> None:
 
 
 def test_accel_probe_is_cached(guest: GuestImage, tmp_path: Path) -> None:
-    from haven.drivers.qemu_process import _ACCEL_MEMO, probe_accel
+    from haven.drivers.qemu_accel import _ACCEL_MEMO, probe_accel
     _ACCEL_MEMO.clear()
     t0 = time.monotonic()
     first = probe_accel(guest, cache_file=tmp_path / "accel.json")

@@ -109,7 +109,7 @@ def test_events_are_printed_at_once_and_shipped_when_the_store_answers_again() -
     net.hang_s = 0.5
     started = time.monotonic()
     for i in range(3):
-        log.emit(Event(float(i), "agent h1", "vm web", f"event {i}"))
+        log.emit(Event.from_text(float(i), "agent h1", "vm web", f"event {i}"))
     assert time.monotonic() - started < 0.1, "emit waited on the store"
     assert log.out.getvalue().count("\n") == 3  # type: ignore[attr-defined]
     import threading

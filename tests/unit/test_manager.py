@@ -1,5 +1,6 @@
 from dataclasses import replace
 
+from haven.core.events import EventKind
 from haven.core.manager import decide
 from haven.model.spec import MigrationKind, RestartPolicy, Settings, VmSpec
 from haven.model.state import HostState, LocalState, Migration, Placement, VmState, VmStatus
@@ -112,9 +113,12 @@ def test_a_live_migration_event_carries_the_hypervisors_downtime():
     p = Placement(vm="a", state=VmState.MIGRATING, host="h1", generation=1, migration=migration)
     statuses = [VmStatus(vm="a", host="h2", generation=2, state=LocalState.RUNNING),
                 VmStatus(vm="a", host="h1", generation=1, state=LocalState.MIGRATED,
-                         detail="to h2: 465 ms, downtime 23 ms")]
+                         detail="to h2: 465 ms, downtime 23 ms", downtime_ms=23)]
     decision = decide(view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=statuses), now=1.6)
-    assert decision.events[-1].message.endswith("(live from h1, 0.600 s; to h2: 465 ms, downtime 23 ms)")
+    event = decision.events[-1]
+    assert event.message.endswith("(live from h1, 0.600 s; to h2: 465 ms, downtime 23 ms)")
+    assert event.kind is EventKind.MIGRATED and event.downtime_s == 0.023  # the figure, not the words
+    assert (event.from_host, event.host, round(event.seconds or 0, 3)) == ("h1", "h2", 0.6)
 
 
 def test_balancing_leaves_a_vm_on_a_preferred_host_when_failback_would_bring_it_back():

@@ -1,18 +1,12 @@
-"""The QEMU command-line builder and the QMP client, without QEMU."""
+"""The QEMU command-line builder, without QEMU."""
 from __future__ import annotations
 
-import json
-import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from haven.drivers.qemu_cmdline import (CmdlineConfig, DiskArg, VmPaths, build_cmdline, kernel_append,
                                         migration_port, resolve_cpu_model)
-from haven.drivers.qmp import QmpClient, QmpConnectError, QmpError, pass_fd
 from haven.model.spec import Disk, Nic, VmSpec
 
 KNOWN = frozenset({"qemu64", "Nehalem", "Haswell-noTSX-IBRS", "Westmere"})
@@ -104,98 +98,3 @@ def test_migration_port_is_stable_and_in_range() -> None:
 
 def test_kernel_append() -> None:
     assert kernel_append(spec(kernel_args=""), "console=ttyS0") == "console=ttyS0 haven.name=web"
-
-
-# --- QMP client against a fake monitor ---------------------------------------------------------
-
-class FakeMonitor:
-    """Greets, negotiates, answers query-status (with an event first), fails `bad`, and keeps the
-    descriptors `getfd` brings by name (as QEMU does)."""
-
-    def __init__(self, path: Path, greet: bool = True) -> None:
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(str(path))
-        self.server.listen(4)
-        self.greet = greet
-        self.fds: dict[str, int] = {}
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        try:
-            conn, _ = self.server.accept()
-        except OSError:
-            return
-        with conn:
-            if not self.greet:
-                time.sleep(2)
-                return
-            conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
-            buf, fds = b"", []
-            while True:
-                data, received, _, _ = socket.recv_fds(conn, 4096, 4)
-                if not data:
-                    return
-                buf += data
-                fds += received
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    msg = json.loads(line)
-                    ident = msg.get("id")
-                    if msg["execute"] == "query-status":
-                        conn.sendall(b'{"event": "RESUME", "timestamp": {}}\n')
-                        reply = {"return": {"status": "running"}, "id": ident}
-                    elif msg["execute"] == "getfd" and fds:
-                        self.fds[msg["arguments"]["fdname"]] = fds.pop(0)
-                        reply = {"return": {}, "id": ident}
-                    elif msg["execute"] == "bad":
-                        reply = {"error": {"class": "GenericError", "desc": "nope"}, "id": ident}
-                    else:
-                        reply = {"return": {}, "id": ident}
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
-
-    def close(self) -> None:
-        self.server.close()
-
-
-def test_qmp_client(tmp_path: Path) -> None:
-    monitor = FakeMonitor(tmp_path / "qmp.sock")
-    try:
-        with QmpClient(str(tmp_path / "qmp.sock"), timeout=2) as client:
-            assert client.execute("query-status") == {"status": "running"}
-            assert client.events and client.events[0]["event"] == "RESUME"
-            with pytest.raises(QmpError) as err:
-                client.execute("bad")
-            assert err.value.desc == "nope"
-    finally:
-        monitor.close()
-
-
-def test_a_descriptor_passed_over_qmp_reaches_the_monitor(tmp_path: Path) -> None:
-    monitor = FakeMonitor(tmp_path / "qmp.sock")
-    state = tmp_path / "vm.state"
-    fd = os.open(state, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with QmpClient(str(tmp_path / "qmp.sock"), timeout=2) as client:
-            assert pass_fd(client, "haven-state", fd) == "fd:haven-state"
-            assert client.execute("query-status") == {"status": "running"}  # the stream goes on
-    finally:
-        os.close(fd)
-        monitor.close()
-    received = monitor.fds["haven-state"]
-    os.write(received, b"written through the passed descriptor")  # as QEMU's `migrate fd:` does
-    os.close(received)
-    assert state.read_bytes() == b"written through the passed descriptor"
-
-
-def test_qmp_client_times_out_on_a_silent_monitor(tmp_path: Path) -> None:
-    monitor = FakeMonitor(tmp_path / "qmp.sock", greet=False)
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(QmpConnectError):
-            QmpClient(str(tmp_path / "qmp.sock"), timeout=0.3).connect()
-        assert time.monotonic() - t0 < 1.5
-    finally:
-        monitor.close()
-    with pytest.raises(QmpConnectError):
-        QmpClient(str(tmp_path / "missing.sock"), timeout=0.3).connect()

@@ -1,4 +1,4 @@
-from haven.core.scheduler import Capacity, admission_problem, build_loads, plan_balance
+from haven.core.scheduler import Capacity, Shortfall, admission_problem, build_loads, failure_shortfall, plan_balance
 from haven.model.spec import PlacementPolicy, Settings, VmSpec
 
 from .helpers import host, running
@@ -78,6 +78,22 @@ def test_admission_control_keeps_room_for_a_host_failure():
     fine = [VmSpec(name="v0", memory_mib=512, priority=2), VmSpec(name="v1", memory_mib=512, priority=2)]
     small = loads(hosts, fine, [running("v0", "h1")])
     assert admission_problem(fine[1], "h2", small, {v.name: v for v in fine}, SETTINGS) is None
+
+
+def test_failure_check_tries_every_host_not_only_the_heaviest():
+    # Losing h1 (the most HA memory) is fine: h2 has room. Losing h2 is not: its VM needs 2.5 GiB
+    # and h2 took its own free room with it. A check of the heaviest host alone misses that.
+    free = {"h1": 0, "h2": 4096, "h3": 2048}
+    ha = {"h1": [("a", 3072)], "h2": [("b", 2560)], "h3": []}
+    assert failure_shortfall(free, ha, 1) == Shortfall(("h2",), 2560, 2048, ("b", 2560))
+    assert failure_shortfall(free, ha, 0) is None
+    assert failure_shortfall(free, {"h1": [], "h2": [], "h3": []}, 1) is None  # nothing to restart
+    assert failure_shortfall({"h1": 4096}, {"h1": [("a", 512)]}, 1) == Shortfall(("h1",), 512, 0)  # too few hosts
+    hosts = [host("h1", memory=3072), host("h2", memory=6656), host("h3", memory=2048)]
+    vms = [VmSpec(name="a", memory_mib=3072), VmSpec(name="b", memory_mib=2560), VmSpec(name="new", memory_mib=128)]
+    current = loads(hosts, vms, [running("a", "h1"), running("b", "h2")])
+    problem = admission_problem(vms[2], "h3", current, {v.name: v for v in vms}, SETTINGS)
+    assert problem and "after losing h2 the cluster could not restart b (2560 MiB)" in problem
 
 
 def test_balancing_moves_load_from_the_hottest_host_and_stops_when_even():

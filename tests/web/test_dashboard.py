@@ -147,6 +147,9 @@ def test_dashboard(server: str, browser: object) -> None:
     expect(page.locator("#pet")).to_have_attribute("data-mood", re.compile("^(ill|worried)$"), timeout=20_000)
     expect(page.locator("#pet-reason")).not_to_contain_text("all 4 HA VMs run; the cluster survives")
     expect(page.locator(f'[data-host="{victim}"]')).not_to_have_attribute("data-state", "online", timeout=10_000)
+    # The timeline flags the host's loss from the event's fields (kind and new state), not its words.
+    expect(page.locator(f'#events li.alert[data-kind="state_change"][data-subject="host {victim}"]').first
+           ).to_be_visible(timeout=10_000)
     screenshot(page, "dashboard.png")
     if os.environ.get("HAVEN_DOCS_SCREENSHOT"):
         page.locator("#toasts").evaluate("el => el.replaceChildren()")

@@ -4,40 +4,39 @@ The event log is bounded, so these are counted by this API process as it sees ne
 event once, by id); the first scrape counts what the log still holds. A restart of the API starts
 from the log again, which Prometheus treats as a counter reset.
 
-Rules (messages follow `core`'s "old -> new (detail)" transition lines):
-- failover: a `vm X` event `recovering -> starting ...`;
-- recovery seconds: from a `vm X` event `... -> recovering` to its next `... -> running`;
-- migration: from `... -> migrating` (kind: the first of live / quick / cold in the message) to
-  `migrating -> <state>`; result `succeeded` when it ends in running (or starting, for a cold
-  migration) without "fail" / "abort" / "rollback" in the message, else `failed`;
-- migration duration: "(live from h1, 1.224 s)" in the message that ends a migration;
-- migration downtime: "downtime 0.12 s" (or "120 ms") if the message reports it; otherwise, for a
-  quick migration, its whole duration (the guest is paused from save to restore). A live
-  migration's final pause is not in the log, so it is not observed;
-- manager change: any event saying a manager took office ("became the active manager",
-  "elected", "took over", ...);
-- store errors (cluster side): events from source `store` mentioning unavailable / unreachable /
-  error / timeout.
+Every rule reads the events' fields (`core.events`), never their sentences:
+- failover: a VM's state change recovering -> starting (restarted after its host was lost);
+- recovery seconds: from a VM's change to recovering to its next change to running;
+- migration: from MIGRATION_STARTED (its `migration` kind) to the VM's next change out of
+  migrating: MIGRATED counts as `succeeded`, anything else (aborted, crashed, target lost, ...)
+  as `failed`;
+- migration duration: MIGRATED's `seconds` (request to running on the target);
+- migration downtime: MIGRATED's `downtime_s` where the hypervisor measured it; else, for a quick
+  migration, its whole duration (the guest is paused from save to restore);
+- manager change: MANAGER_ELECTED.
+Events written by older versions (kind TEXT) are served but not counted.
 """
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from haven.api.schemas import EventOut
+from haven.core.events import EventKind, SubjectKind
+from haven.model.state import VmState
 
-TRANSITION = re.compile(r"^(?P<old>[a-z_]+) -> (?P<new>[a-z_]+)\b(?P<rest>.*)$")
-KIND = re.compile(r"\b(live|quick|cold)\b")
-DOWNTIME = re.compile(r"downtime[ =:]*(?P<value>\d+(?:\.\d+)?) ?(?P<unit>ms|s)\b")
-FAILED = re.compile(r"fail|abort|roll(?:ed)? ?back|timed? ?out", re.IGNORECASE)
-MANAGER = re.compile(r"elected|took office|takes office|took over|takes over|"
-                     r"(?:became|becomes|is now) (?:the )?(?:active )?manager|leader(?:ship)? (?:acquired|won)",
-                     re.IGNORECASE)
-DURATION = re.compile(r"\b(?:live|quick|cold) from \S+, (?P<value>\d+(?:\.\d+)?) s\b")
-STORE_ERROR = re.compile(r"unavailable|unreachable|error|timeout|timed out", re.IGNORECASE)
+# The kinds each derived metric counts: a test checks that the runtime emits every one of them.
+COUNTED_KINDS: dict[str, frozenset[EventKind]] = {
+    "haven_failovers": frozenset({EventKind.STATE_CHANGE}),
+    "haven_recovery_seconds": frozenset({EventKind.STATE_CHANGE}),
+    "haven_migrations": frozenset({EventKind.MIGRATION_STARTED, EventKind.MIGRATED,
+                                   EventKind.MIGRATION_ABORTED}),
+    "haven_migration_duration_seconds": frozenset({EventKind.MIGRATED}),
+    "haven_migration_downtime_seconds": frozenset({EventKind.MIGRATED}),
+    "haven_manager_changes": frozenset({EventKind.MANAGER_ELECTED}),
+}
 
 RECOVERY_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
 DOWNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -69,7 +68,6 @@ class EventStats:
     cursor: str = ""
     failovers: int = 0
     manager_changes: int = 0
-    store_errors: int = 0
     migrations: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, result)
     recovery: Histogram = field(default_factory=lambda: Histogram(RECOVERY_BUCKETS))
     downtime: dict[str, Histogram] = field(default_factory=dict)  # by kind
@@ -86,39 +84,32 @@ class EventStats:
                     self._count(event)
                     self.cursor = event.id
 
-    def _count(self, event: EventOut) -> None:
-        if event.source.split()[0] == "store" and STORE_ERROR.search(event.message):
-            self.store_errors += 1
-        if MANAGER.search(event.message):
+    def _observe(self, series: dict[str, Histogram], kind: str, value: float) -> None:
+        series.setdefault(kind, Histogram(DOWNTIME_BUCKETS)).observe(value)
+
+    def _count(self, e: EventOut) -> None:
+        if e.kind is EventKind.MANAGER_ELECTED:
             self.manager_changes += 1
-        if not event.subject.startswith("vm "):
+        if e.subject_kind is not SubjectKind.VM or e.new is None:
             return
-        vm = event.subject[3:]
-        match = TRANSITION.match(event.message)
-        if match is None:
-            return
-        old, new, rest = match["old"], match["new"], match["rest"]
-        if new == "recovering":
-            self._recovering_since.setdefault(vm, event.t)
-        if old == "recovering" and new == "starting":
-            self.failovers += 1
-        if new == "running" and vm in self._recovering_since:
-            self.recovery.observe(max(0.0, event.t - self._recovering_since.pop(vm)))
-        if new == "migrating":
-            kind = KIND.search(rest)
-            self._migrating[vm] = kind[1] if kind else "unknown"
-        elif old == "migrating":
-            kind = self._migrating.pop(vm, None) or (m[1] if (m := KIND.search(rest)) else "unknown")
-            ok = (new == "running" or (new == "starting" and kind == "cold")) and not FAILED.search(rest)
+        vm, migration = e.name, e.migration.value if e.migration else None
+        if e.kind is EventKind.MIGRATION_STARTED:
+            self._migrating[vm] = migration or "unknown"
+        elif e.old == VmState.MIGRATING and e.new != VmState.MIGRATING:
+            kind = self._migrating.pop(vm, None) or migration or "unknown"
+            ok = e.kind is EventKind.MIGRATED
             self.migrations[(kind, "succeeded" if ok else "failed")] += 1
-            if not ok:
-                return
-            duration = DURATION.search(rest)
-            if duration:
-                self.duration.setdefault(kind, Histogram(DOWNTIME_BUCKETS)).observe(float(duration["value"]))
-            downtime = DOWNTIME.search(rest)
-            if downtime:
-                seconds = float(downtime["value"]) / (1000 if downtime["unit"] == "ms" else 1)
-                self.downtime.setdefault(kind, Histogram(DOWNTIME_BUCKETS)).observe(seconds)
-            elif kind == "quick" and duration:
-                self.downtime.setdefault(kind, Histogram(DOWNTIME_BUCKETS)).observe(float(duration["value"]))
+            if ok and e.seconds is not None:
+                self._observe(self.duration, kind, e.seconds)
+            if ok and e.downtime_s is not None:
+                self._observe(self.downtime, kind, e.downtime_s)
+            elif ok and kind == "quick" and e.seconds is not None:
+                self._observe(self.downtime, kind, e.seconds)  # paused from save to restore
+        if e.old is None:
+            return  # not a state change (waiting, a quick migration's handover)
+        if e.new == VmState.RECOVERING:
+            self._recovering_since.setdefault(vm, e.t)
+        if e.old == VmState.RECOVERING and e.new == VmState.STARTING:
+            self.failovers += 1
+        if e.new == VmState.RUNNING and vm in self._recovering_since:
+            self.recovery.observe(max(0.0, e.t - self._recovering_since.pop(vm)))

@@ -1,8 +1,9 @@
 """`GET /metrics`: Prometheus text, from a collector that reads the store at each scrape.
 
 Gauges come from the snapshot; counters and histograms the runtime does not export are derived
-from the event log (`api.event_stats` says how). `haven_store_errors_total{source="api"}` counts
-the store failures this API process met.
+from the event log's fields (`api.event_stats` says how). `haven_store_errors_total{source="api"}`
+counts the store failures this API process met (no event reports the cluster's own, so there is
+no `source="cluster"` series: it could never move).
 """
 from __future__ import annotations
 
@@ -105,10 +106,9 @@ class HavenCollector(Collector):
                                           "(from the event log)")
             changes.add_metric([], s.manager_changes)
             yield changes
-            errors = CounterMetricFamily("haven_store_errors", "store failures: met by this API, or "
-                                         "reported in the event log", labels=["source"])
+            errors = CounterMetricFamily("haven_store_errors", "store failures met by this API",
+                                         labels=["source"])
             errors.add_metric(["api"], self.ctx.store_errors)
-            errors.add_metric(["cluster"], s.store_errors)
             yield errors
 
 

@@ -10,6 +10,7 @@ from haven.api.auth import require_read
 from haven.api.context import ApiContext, context, invalid
 from haven.api.schemas import ERRORS
 from haven.model.spec import VmSpec
+from haven.model.state import HostState
 from haven.plan.capacity import capacity
 from haven.plan.present import from_snapshot
 from haven.plan.topology import Topology, TopologyInput, compare
@@ -38,7 +39,7 @@ def plan_capacity(vcpus: int = Query(1, ge=1, le=512), memory_mib: int = Query(.
     """How many more VMs of this size fit while keeping the host-failure reserve."""
     snapshot = ctx.snapshot()
     config, running = from_snapshot(snapshot, ctx.layout.cluster)
-    usable = {h for h, r in snapshot.records.items() if r.state.value == "online" and h in snapshot.alive}
+    usable = {h for h, r in snapshot.records.items() if r.state is HostState.ONLINE and h in snapshot.alive}
     return asdict(capacity(config, running, VmSpec(name="planned", vcpus=vcpus, memory_mib=memory_mib), usable))
 
 

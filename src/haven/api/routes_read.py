@@ -7,6 +7,7 @@ from haven.api import views
 from haven.api.auth import require_read
 from haven.api.context import ApiContext, context, not_found
 from haven.api.schemas import ERRORS, NOT_FOUND, EventPage, HostOut, SummaryOut, VmOut
+from haven.core.events import SubjectKind
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], responses=ERRORS)
 
@@ -59,8 +60,8 @@ def vm_history(name: str, ctx: ApiContext = Depends(context),
     if ctx.get(ctx.layout.vm_spec(name)) is None:
         raise not_found("VM", name)
     prefix = ctx.layout.events()
-    subject = f"vm {name}"
-    events = [e for e in views.events_from(ctx.get_prefix(prefix), prefix) if e.subject == subject]
+    events = [e for e in views.events_from(ctx.get_prefix(prefix), prefix)
+              if e.subject_kind is SubjectKind.VM and e.name == name]
     events = events[-limit:]
     return EventPage(events=events, next=events[-1].id if events else None)
 

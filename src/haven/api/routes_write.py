@@ -20,9 +20,10 @@ from haven.api.bodies import documented, model_body, parse, raw_mapping
 from haven.api.context import ApiContext, ApiProblem, conflict, context, invalid, not_found
 from haven.api.schemas import CONFLICT, ERRORS, INVALID, NOT_FOUND, Accepted, MigrateIn
 from haven.api.spec_checks import cluster_problems
+from haven.core.migration import Obstacle, migration_precondition
 from haven.core.protection import host_state
-from haven.model.spec import DesiredState, MigrationKind, VmSpec
-from haven.model.state import HostState, RequestAction, VmState
+from haven.model.spec import DesiredState, VmSpec
+from haven.model.state import RequestAction, VmState
 from haven.ports.store import Compare, Delete, Put
 from haven.runtime import intents
 from haven.runtime.intents import IntentConflict, IntentError, revision_of
@@ -144,27 +145,30 @@ def stop_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
 
 
 def _check_migration(snap: Snapshot, name: str, body: MigrateIn) -> None:
-    spec = snap.specs[name]
-    placement = snap.placements.get(name)
+    """The core's migration rules (`core.migration.migration_precondition`), worded for HTTP: 422
+    for a request that can never work, 409 for one the cluster's present state rules out."""
     view = snap.view()
-    if body.target is not None and body.target not in snap.hosts:
-        raise invalid(f"target host {body.target!r} does not exist",
-                      [f"target: host {body.target!r} does not exist (hosts: {', '.join(sorted(snap.hosts))})"])
-    if body.kind == MigrationKind.LIVE and not spec.migratable:
-        raise invalid(f"VM {name} may not be live-migrated",
-                      [f"kind: VM {name} has migratable: false; use quick or cold"])
-    if placement is None or placement.state != VmState.RUNNING:
-        state = placement.state.value if placement else "not placed yet"
-        raise conflict(f"VM {name} is {state}: only a running VM can be migrated")
-    if body.target == placement.host:
-        raise invalid(f"VM {name} already runs on {body.target}",
-                      [f"target: VM {name} already runs on {body.target}; pick another host"])
-    if body.target is not None:
-        state = host_state(view.hosts[body.target])
-        if state != HostState.ONLINE:
-            raise conflict(f"target host {body.target} is {state.value}: it takes no VMs now")
-    elif not any(host_state(h) == HostState.ONLINE for n, h in view.hosts.items() if n != placement.host):
-        raise conflict(f"no other host is online: VM {name} has nowhere to go")
+    hosts = {host: host_state(h) for host, h in view.hosts.items()}
+    refusal = migration_precondition(snap.specs[name], snap.placements.get(name), body.kind, body.target, hosts)
+    if refusal is None:
+        return
+    target = body.target
+    match refusal.obstacle:
+        case Obstacle.UNKNOWN_TARGET:
+            raise invalid(f"target host {target!r} does not exist",
+                          [f"target: host {target!r} does not exist (hosts: {', '.join(sorted(snap.hosts))})"])
+        case Obstacle.NOT_LIVE_MIGRATABLE:
+            raise invalid(f"VM {name} may not be live-migrated",
+                          [f"kind: VM {name} has migratable: false; use quick or cold"])
+        case Obstacle.NOT_RUNNING:
+            raise conflict(f"VM {name} is {refusal.state}: only a running VM can be migrated")
+        case Obstacle.ALREADY_THERE:
+            raise invalid(f"VM {name} already runs on {target}",
+                          [f"target: VM {name} already runs on {target}; pick another host"])
+        case Obstacle.TARGET_UNAVAILABLE:
+            raise conflict(f"target host {target} is {refusal.state}: it takes no VMs now")
+        case Obstacle.NOWHERE_TO_GO:
+            raise conflict(f"no other host is online: VM {name} has nowhere to go")
 
 
 @router.post("/vms/{name}/migrate", status_code=202, response_model=Accepted,

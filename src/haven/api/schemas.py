@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from haven.core.events import EventKind, SubjectKind
 from haven.model.spec import HostSpec, MigrationKind, VmSpec
 from haven.model.state import Placement, VmRequest, VmStatus
 
@@ -65,12 +66,35 @@ class SummaryOut(BaseModel):
 
 
 class EventOut(BaseModel):
+    """One event: its fields (read these), and its sentence as the timeline shows it. Only the
+    fields its kind needs are set; an event written by an older version is kind `text`."""
+
     id: str = Field(description="opaque, increasing in the order events were written")
-    t: float
-    source: str
-    subject: str
-    message: str
-    line: str
+    t: float = Field(description="seconds on the writer's clock")
+    source: str = Field(description="who wrote it: manager, agent <host>, store, ...")
+    kind: EventKind
+    subject_kind: SubjectKind
+    name: str = Field(description="the host's or VM's name ('' for the cluster)")
+    old: str | None = Field(None, description="the state before, when the event changes it")
+    new: str | None = Field(None, description="the state after (waiting: the state it stays in)")
+    host: str | None = Field(None, description="VM: where it starts, runs or stopped; agent: its host")
+    generation: int | None = None
+    reason: str = ""
+    priority: int | None = None
+    migration: MigrationKind | None = None
+    from_host: str | None = Field(None, description="the host a VM leaves (migration source, lost host)")
+    to_host: str | None = Field(None, description="a migration's target")
+    seconds: float | None = Field(None, description="a duration: the migration's, or the lease's age "
+                                  "at a self-fence")
+    grace_s: float | None = None
+    downtime_s: float | None = Field(None, description="a live migration's final pause, as measured")
+    detail: str = Field("", description="the hypervisor's own words")
+    lease: int | None = None
+    count: int | None = Field(None, description="VMs killed")
+    action: str = ""
+    subject: str = Field(description="rendered: 'vm web', 'host h1', 'cluster'")
+    message: str = Field(description="rendered from the fields; do not parse it")
+    line: str = Field(description="the timeline line: t, source, subject, message")
 
 
 class EventPage(BaseModel):

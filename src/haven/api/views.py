@@ -1,12 +1,13 @@
 """Turn a store snapshot into what the API returns. Pure functions over `Snapshot`."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from haven.api.schemas import EventOut, HostOut, ProtectionOut, SummaryOut, Usage, VmOut
-from haven.core.decision import Event
-from haven.core.protection import HOLDING_STATES, assess, host_state
-from haven.model.state import ClusterView, HostState, VmState
+from haven.core.events import Event
+from haven.core.protection import assess, host_state
+from haven.model.state import HOLDING_STATES, ClusterView, HostState, VmState
 from haven.ports.store import KeyValue
 from haven.runtime.layout import Snapshot, decode_event
 
@@ -73,16 +74,24 @@ def event_id(kv: KeyValue, prefix: str) -> str:
     return f"{kv.mod_revision:012d}-{kv.key[len(prefix):]}"
 
 
+_SHOWN = tuple(f.name for f in dataclasses.fields(Event) if f.name in EventOut.model_fields)
+
+
+def event_out(event: Event, id_: str) -> EventOut:
+    """The event's fields, and its rendered subject, message and line."""
+    return EventOut(id=id_, subject=event.subject, message=event.message, line=event.line(),
+                    **{name: getattr(event, name) for name in _SHOWN})
+
+
 def events_from(items: list[KeyValue], prefix: str) -> list[EventOut]:
     """Decode event keys, oldest write first. Undecodable entries are skipped, not fatal."""
     events = []
     for kv in items:
         try:
             event: Event = decode_event(kv.value)
+            events.append(event_out(event, event_id(kv, prefix)))
         except (ValueError, KeyError, TypeError):
             continue
-        events.append(EventOut(id=event_id(kv, prefix), t=event.t, source=event.source,
-                               subject=event.subject, message=event.message, line=event.line()))
     events.sort(key=lambda e: e.id)
     return events
 

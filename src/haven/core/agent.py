@@ -133,7 +133,8 @@ def reconcile(inp: AgentInput) -> AgentDecision:
 def status_of(host: str, local: LocalVm) -> VmStatus:
     """What an agent reports for a local VM (only when it changed: this is not free)."""
     return VmStatus(vm=local.name, host=host, generation=local.generation, state=local.state,
-                    since=local.since, detail=local.detail, failed_migration=local.failed_migration)
+                    since=local.since, detail=local.detail, failed_migration=local.failed_migration,
+                    downtime_ms=local.downtime_ms)
 
 
 def concerns(p: Placement, host: str) -> bool:

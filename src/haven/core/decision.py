@@ -3,21 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.state import HostRecord, Placement
 
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One line of the cluster's timeline, e.g.
-    `t=12.550 manager  vm web: recovering -> starting on h2 (generation 2, priority 3)`."""
-
-    t: float
-    source: str  # manager, agent h2, store, fault, ...
-    subject: str  # "vm web", "host h1", "cluster"
-    message: str
-
-    def line(self) -> str:
-        return f"t={self.t:.3f} {self.source:<8} {self.subject}: {self.message}"
+__all__ = ["Decision", "Event", "EventKind", "SubjectKind"]  # events live in core.events
 
 
 @dataclass

@@ -9,8 +9,9 @@ killed its VMs (docs/DESIGN.md section 3).
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-from haven.core.decision import Decision, Event
+from haven.core.decision import Decision, Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex
 from haven.core.migration import MigrationSteps
 from haven.core.round import Round, settle_s
@@ -47,6 +48,7 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
     name, record = host.spec.name, host.record
     want_maintenance = host.admin.maintenance
     new: tuple[HostState, str] | None = None
+    grace: float | None = None  # set when the grace ran out: a fact of the event
     if record is None:
         if host.alive:
             new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "registered")
@@ -70,7 +72,8 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
         elif host.fence_confirmed:
             new = (HostState.FENCED, "power fence confirmed")
         elif waited >= view.settings.fence_grace_s:
-            new = (HostState.FENCED, f"grace {view.settings.fence_grace_s:g} s")
+            grace = view.settings.fence_grace_s
+            new = (HostState.FENCED, f"grace {grace:g} s")
     elif host.alive:  # fenced or offline, now back
         new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "rejoined")
     if new is None:
@@ -80,7 +83,8 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
     updated = HostRecord(host=name, state=state, since=now, reason=reason)
     decision.host_records[name] = updated
     before = record.state.value if record else "unknown"
-    decision.events.append(Event(now, "manager", f"host {name}", f"{before} -> {state.value} ({reason})"))
+    decision.events.append(Event(now, "manager", EventKind.STATE_CHANGE, subject_kind=SubjectKind.HOST, name=name,
+                                 old=before, new=state.value, reason=reason, grace_s=grace))
     return updated
 
 
@@ -99,7 +103,9 @@ def _retire_fenced_hosts(r: Round) -> None:
         if not any(p and name in (p.host, p.migration.target if p.migration else None) for p in placements):
             r.decision.host_records[name] = HostRecord(host=name, state=HostState.OFFLINE, since=r.now,
                                                        reason="no VMs left")
-            r.decision.events.append(Event(r.now, "manager", f"host {name}", "fenced -> offline (no VMs left)"))
+            r.decision.events.append(Event(r.now, "manager", EventKind.STATE_CHANGE, subject_kind=SubjectKind.HOST,
+                                           name=name, old=HostState.FENCED.value, new=HostState.OFFLINE.value,
+                                           reason="no VMs left"))
 
 
 # --- VMs ---
@@ -122,8 +128,8 @@ class _VmStep(MigrationSteps):
             return None
         return status
 
-    def change(self, message: str | None = None, **fields: object) -> None:
-        """Write a new placement; log `message` (a state change) if given."""
+    def change(self, event: Event | None = None, **fields: object) -> None:
+        """Write a new placement; log `event` (a state change) if given."""
         old = self.p
         new = old.model_copy(update=fields)
         if new.state != old.state or new.host != old.host or new.generation != old.generation:
@@ -131,16 +137,24 @@ class _VmStep(MigrationSteps):
         self.p = new
         self.r.replaced(old, new, self.spec)
         self.r.decision.placements[self.spec.name] = new
-        if message:
-            self.event(message)
+        if event:
+            self.event(event)
 
-    def event(self, message: str) -> None:
-        self.r.decision.events.append(Event(self.r.now, "manager", f"vm {self.spec.name}", message))
+    def event(self, event: Event) -> None:
+        self.r.decision.events.append(event)
+
+    def said(self, kind: EventKind, **facts: Any) -> Event:
+        """An event about this VM, from the manager, now."""
+        return Event(self.r.now, "manager", kind, subject_kind=SubjectKind.VM, name=self.spec.name, **facts)
+
+    def moved(self, old: str, new: str, **facts: Any) -> Event:
+        """This VM's state change from `old` to `new`."""
+        return self.said(EventKind.STATE_CHANGE, old=old, new=new, **facts)
 
     def note(self, reason: str) -> None:
         """Record why the VM waits, logging it only when the reason changes."""
         if reason != self.p.reason:
-            self.change(f"{self.p.state.value}: {reason}", reason=reason)
+            self.change(self.said(EventKind.WAITING, new=self.p.state.value, reason=reason), reason=reason)
 
     def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection:
         return self.r.capacity.select(self.spec, exclude, prefer)
@@ -159,12 +173,14 @@ class _VmStep(MigrationSteps):
         self.change(request_id=request.id)
         if request.action is RequestAction.ACKNOWLEDGE:
             if self.p.state is VmState.ERROR:
-                self.change("error -> stopped (acknowledged)", state=VmState.STOPPED, host=None,
+                self.change(self.moved(VmState.ERROR.value, VmState.STOPPED.value, reason="acknowledged"),
+                            state=VmState.STOPPED, host=None,
                             restarts=(), reason="")
             return
         refusal = self.migration_refusal(request.kind, request.target)
         if refusal:
-            self.event(f"{request.kind.value} migration refused: {refusal}")
+            self.event(self.said(EventKind.MIGRATION_REFUSED, migration=request.kind, reason=refusal,
+                                 from_host=self.p.host, to_host=request.target))
             return
         target = request.target or self.select(exclude=(self.p.host or "",)).host
         assert target is not None
@@ -185,10 +201,11 @@ class _VmStep(MigrationSteps):
             return
         self.start_on(choice.host, "stopped", "start requested")
 
-    def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None) -> None:
+    def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None,
+                 kind: EventKind = EventKind.STATE_CHANGE, **facts: Any) -> None:
         generation = self.p.generation + 1
-        self.change(f"{before} -> starting on {host} (generation {generation}, priority "
-                    f"{self.spec.priority}, {why})", state=VmState.STARTING, host=host,
+        self.change(self.said(kind, old=before, new=VmState.STARTING.value, host=host, generation=generation,
+                              priority=self.spec.priority, reason=why, **facts), state=VmState.STARTING, host=host,
                     generation=generation, migration=None, restore_from=None, reason="",
                     restarts=self.p.restarts if restarts is None else restarts)
 
@@ -196,7 +213,8 @@ class _VmStep(MigrationSteps):
         """Handle a lost or fenced host; True if the VM's step is over."""
         state = self.r.host_state(self.p.host)
         if state is HostState.LOST:
-            self.change(f"{self.p.state.value} -> recovering (host {self.p.host} lost)",
+            self.change(self.moved(self.p.state.value, VmState.RECOVERING.value, from_host=self.p.host,
+                                   reason=f"host {self.p.host} lost"),
                         state=VmState.RECOVERING, migration=None, restore_from=None)
             return True
         if state in GONE or state is None:
@@ -208,12 +226,13 @@ class _VmStep(MigrationSteps):
     def recover(self, why: str, prefer: str | None = None) -> None:
         before = self.vm.placement.state.value if self.vm.placement else "stopped"
         if self.spec.desired is not DesiredState.RUNNING:
-            self.change(f"{before} -> stopped ({why})", state=VmState.STOPPED, host=None, migration=None)
+            self.change(self.moved(before, VmState.STOPPED.value, reason=why), state=VmState.STOPPED, host=None,
+                        migration=None)
             return
         if not self.spec.ha:
-            self.change(f"{before} -> error ({why}; priority 0 VMs are not restarted automatically: "
-                        f"acknowledge to start it)", state=VmState.ERROR, host=None, migration=None,
-                        reason=f"{why}; priority 0")
+            self.change(self.moved(before, VmState.ERROR.value, reason=f"{why}; priority 0 VMs are not restarted "
+                                   "automatically: acknowledge to start it"),
+                        state=VmState.ERROR, host=None, migration=None, reason=f"{why}; priority 0")
             return
         # No exclusion: the old host is lost, fenced or gone, so never a candidate (or, settled
         # again, the preferred one), and the reason stays the same from one iteration to the next.
@@ -221,11 +240,11 @@ class _VmStep(MigrationSteps):
         if not choice:
             waiting = f"waiting: {choice.reason}"
             if before != VmState.RECOVERING.value:
-                self.change(f"{before} -> recovering ({why}; {waiting})", state=VmState.RECOVERING,
-                            host=None, migration=None, restore_from=None, reason=waiting)
+                self.change(self.moved(before, VmState.RECOVERING.value, reason=f"{why}; {waiting}"),
+                            state=VmState.RECOVERING, host=None, migration=None, restore_from=None, reason=waiting)
             elif self.p.host is not None:
-                self.change(f"recovering: {why}; {waiting}", host=None, migration=None, restore_from=None,
-                            reason=waiting)
+                self.change(self.said(EventKind.WAITING, new=VmState.RECOVERING.value, reason=f"{why}; {waiting}"),
+                            host=None, migration=None, restore_from=None, reason=waiting)
             else:
                 self.note(waiting)
             return
@@ -237,19 +256,20 @@ class _VmStep(MigrationSteps):
         recent = tuple(t for t in self.p.restarts if self.r.now - t < window) + (self.r.now,)
         before = self.p.state.value
         if len(recent) > self.spec.restart.max_restarts:
-            self.change(f"{before} -> error ({why}; restart limit {self.spec.restart.max_restarts} "
-                        f"in {window:g} s reached)", state=VmState.ERROR, host=None, migration=None,
+            self.change(self.moved(before, VmState.ERROR.value, reason=f"{why}; restart limit "
+                                   f"{self.spec.restart.max_restarts} in {window:g} s reached"),
+                        state=VmState.ERROR, host=None, migration=None,
                         restore_from=None, restarts=recent, reason=f"restart limit reached: {why}")
             return
         if not self.spec.ha or self.spec.desired is not DesiredState.RUNNING:
-            self.change(f"{before} -> stopped ({why})", state=VmState.STOPPED, host=None,
+            self.change(self.moved(before, VmState.STOPPED.value, reason=why), state=VmState.STOPPED, host=None,
                         migration=None, restore_from=None, restarts=recent)
             return
         choice = self.select(prefer=failed_host) if prefer_same else self.select(exclude=(failed_host,))
         if not choice and not prefer_same:
             choice = self.select()
         if not choice:
-            self.change(f"{before} -> recovering ({why}; waiting: {choice.reason})",
+            self.change(self.moved(before, VmState.RECOVERING.value, reason=f"{why}; waiting: {choice.reason}"),
                         state=VmState.RECOVERING, host=None, migration=None, restore_from=None,
                         restarts=recent, reason=choice.reason)
             return
@@ -263,9 +283,11 @@ class _VmStep(MigrationSteps):
         host = self.p.host
         status = self.status(host, self.p.generation)
         if self.spec.desired is DesiredState.STOPPED:
-            self.change("starting -> stopping (stop requested)", state=VmState.STOPPING)
+            self.change(self.moved(VmState.STARTING.value, VmState.STOPPING.value, reason="stop requested"),
+                        state=VmState.STOPPING)
         elif status and status.state is LocalState.RUNNING:
-            self.change(f"starting -> running on {host}", state=VmState.RUNNING, restore_from=None)
+            self.change(self.moved(VmState.STARTING.value, VmState.RUNNING.value, host=host,
+                                   generation=self.p.generation), state=VmState.RUNNING, restore_from=None)
         elif status and status.state in (LocalState.FAILED, LocalState.CRASHED, LocalState.STOPPED):
             # STOPPED unasked: killed while booting (a watchdog or a self-fence); start it again
             self.restart(f"start failed on {host}: {status.detail or status.state.value}", host or "", False)
@@ -279,7 +301,8 @@ class _VmStep(MigrationSteps):
         assert host is not None
         status = self.status(host, self.p.generation)
         if self.spec.desired is DesiredState.STOPPED:
-            self.change("running -> stopping (stop requested)", state=VmState.STOPPING)
+            self.change(self.moved(VmState.RUNNING.value, VmState.STOPPING.value, reason="stop requested"),
+                        state=VmState.STOPPING)
         elif status and status.state in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED):
             self.restart(f"{status.state.value} on {host}", host, True)
         elif self.r.host_state(host) is HostState.MAINTENANCE:
@@ -295,7 +318,8 @@ class _VmStep(MigrationSteps):
             if self.spec.ha:
                 self.note(f"cannot leave {host}: {choice.reason}")
             else:
-                self.change(f"running -> stopping (drain of {host}: {choice.reason}; priority 0)",
+                self.change(self.moved(VmState.RUNNING.value, VmState.STOPPING.value,
+                                       reason=f"drain of {host}: {choice.reason}; priority 0"),
                             state=VmState.STOPPING)
             return
         assert choice.host is not None
@@ -317,11 +341,13 @@ class _VmStep(MigrationSteps):
         state = self.r.host_state(self.p.host)
         status = self.status(self.p.host, self.p.generation)
         if state in GONE:
-            self.change(f"stopping -> stopped (host {self.p.host} {state.value})", state=VmState.STOPPED, host=None)
+            self.change(self.moved(VmState.STOPPING.value, VmState.STOPPED.value, from_host=self.p.host,
+                                   reason=f"host {self.p.host} {state.value}"), state=VmState.STOPPED, host=None)
         elif state is HostState.LOST:
             return  # wait for the fence: the VM may still run until then
         elif status is None or status.state not in (LocalState.RUNNING, LocalState.STARTING):
-            self.change(f"stopping -> stopped on {self.p.host}", state=VmState.STOPPED, host=None)
+            self.change(self.moved(VmState.STOPPING.value, VmState.STOPPED.value, host=self.p.host),
+                        state=VmState.STOPPED, host=None)
 
     def on_recovering(self) -> None:
         host = self.p.host

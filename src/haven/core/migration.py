@@ -2,16 +2,62 @@
 their phases, and their aborts when a side fails (docs/DESIGN.md section 5)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
+from haven.core.events import Event, EventKind
 from haven.model.spec import MigrationKind, VmSpec
 from haven.model.state import HOST_UP as UP
-from haven.model.state import LocalState, Migration, Placement, VmState
+from haven.model.state import HostState, LocalState, Migration, Placement, VmState
 
 if TYPE_CHECKING:
     from haven.core.round import Round
     from haven.core.scheduler import Selection
     from haven.model.state import VmStatus
+
+
+class Obstacle(StrEnum):
+    """Why a migration cannot be carried out, before any capacity is weighed."""
+
+    UNKNOWN_TARGET = "unknown_target"
+    NOT_LIVE_MIGRATABLE = "not_live_migratable"
+    NOT_RUNNING = "not_running"
+    ALREADY_THERE = "already_there"
+    TARGET_UNAVAILABLE = "target_unavailable"  # the target is not online
+    NOWHERE_TO_GO = "nowhere_to_go"  # no other host is online
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRefusal:
+    obstacle: Obstacle
+    reason: str  # one line, as the manager logs it
+    state: str = ""  # NOT_RUNNING: the VM's state; TARGET_UNAVAILABLE: the target's
+
+
+def migration_precondition(spec: VmSpec, placement: Placement | None, kind: MigrationKind, target: str | None,
+                           hosts: Mapping[str, HostState]) -> MigrationRefusal | None:
+    """Can this VM be moved now, `kind`, to `target` (None: the best host)? `hosts`: every host's
+    state as the caller sees it. The one set of rules: the API asks before it writes a request (and
+    words the answer for HTTP), the manager asks again when it handles the request, then weighs
+    capacity (its scheduler's filters)."""
+    if target is not None and target not in hosts:
+        return MigrationRefusal(Obstacle.UNKNOWN_TARGET, f"unknown host {target}")
+    if kind is MigrationKind.LIVE and not spec.migratable:
+        return MigrationRefusal(Obstacle.NOT_LIVE_MIGRATABLE, "VM is not live-migratable (use quick)")
+    if placement is None or placement.state is not VmState.RUNNING or placement.host is None:
+        state = placement.state.value if placement else "not placed yet"
+        return MigrationRefusal(Obstacle.NOT_RUNNING, f"VM is {state}, not running", state)
+    if target == placement.host:
+        return MigrationRefusal(Obstacle.ALREADY_THERE, f"already on {target}")
+    if target is not None:
+        if hosts[target] is not HostState.ONLINE:
+            state = hosts[target].value
+            return MigrationRefusal(Obstacle.TARGET_UNAVAILABLE, f"target {target} is {state}", state)
+    elif not any(state is HostState.ONLINE for name, state in hosts.items() if name != placement.host):
+        return MigrationRefusal(Obstacle.NOWHERE_TO_GO, "no other host is online")
+    return None
 
 
 class MigrationSteps:
@@ -23,21 +69,22 @@ class MigrationSteps:
 
     if TYPE_CHECKING:  # provided by _VmStep
         def status(self, host: str | None, generation: int | None = None) -> VmStatus | None: ...
-        def change(self, message: str | None = None, **fields: object) -> None: ...
-        def event(self, message: str) -> None: ...
+        def change(self, event: Event | None = None, **fields: object) -> None: ...
+        def event(self, event: Event) -> None: ...
+        def said(self, kind: EventKind, **facts: Any) -> Event: ...
+        def moved(self, old: str, new: str, **facts: Any) -> Event: ...
         def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection: ...
         def host_trouble(self) -> bool: ...
         def restart(self, why: str, failed_host: str, prefer_same: bool) -> None: ...
-        def start_on(self, host: str, before: str, why: str,
-                     restarts: tuple[float, ...] | None = None) -> None: ...
+        def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None,
+                     kind: EventKind = EventKind.STATE_CHANGE, **facts: Any) -> None: ...
 
     def migration_refusal(self, kind: MigrationKind, target: str | None) -> str | None:
-        if self.p.state is not VmState.RUNNING or self.p.host is None:
-            return f"VM is {self.p.state.value}, not running"
-        if kind is MigrationKind.LIVE and not self.spec.migratable:
-            return "VM is not live-migratable (use quick)"
-        if target == self.p.host:
-            return f"already on {target}"
+        hosts = {name: record.state for name, record in self.r.records.items()}
+        refusal = migration_precondition(self.spec, self.p, kind, target, hosts)
+        if refusal:
+            return refusal.reason
+        assert self.p.host is not None
         if target is not None:
             reason = self.r.capacity.why_not(self.spec, target)
             return f"{target}: {reason}" if reason else None
@@ -48,13 +95,16 @@ class MigrationSteps:
         assert self.p.host is not None
         migration = Migration(kind=kind, source=self.p.host, target=target,
                               generation=self.p.generation + 1, started=self.r.now, reason=reason)
-        self.change(f"running -> migrating ({kind.value} {self.p.host} -> {target}, {reason})",
+        self.change(self.said(EventKind.MIGRATION_STARTED, old=VmState.RUNNING.value, new=VmState.MIGRATING.value,
+                              migration=kind, from_host=self.p.host, to_host=target,
+                              generation=migration.generation, reason=reason),
                     state=VmState.MIGRATING, migration=migration, reason="")
 
     def on_migrating(self) -> None:
         m = self.p.migration
         if m is None:  # cannot happen in records we write; heal it
-            self.change("migrating -> running (no migration recorded)", state=VmState.RUNNING)
+            self.change(self.moved(VmState.MIGRATING.value, VmState.RUNNING.value, reason="no migration recorded"),
+                        state=VmState.RUNNING)
             return
         if m.kind is MigrationKind.LIVE:
             self.live_migration(m)
@@ -66,15 +116,20 @@ class MigrationSteps:
     def finish_migration(self, m: Migration) -> None:
         took = self.r.now - m.started
         source = self.status(m.source, self.p.generation) if m.kind is MigrationKind.LIVE else None
-        # the hypervisor's own account, e.g. "to h2: 465 ms, downtime 23 ms" (metrics read it)
-        measured = f"; {source.detail}" if source and source.state is LocalState.MIGRATED and source.detail else ""
-        self.change(f"migrating -> running on {m.target} ({m.kind.value} from {m.source}, {took:.3f} s{measured})",
+        # the hypervisor's own account, e.g. "to h2: 465 ms, downtime 23 ms", and its downtime figure
+        handed = source if source and source.state is LocalState.MIGRATED else None
+        downtime = handed.downtime_ms / 1000 if handed and handed.downtime_ms is not None else None
+        self.change(self.said(EventKind.MIGRATED, old=VmState.MIGRATING.value, new=VmState.RUNNING.value,
+                              host=m.target, migration=m.kind, from_host=m.source, to_host=m.target,
+                              generation=m.generation, seconds=took, downtime_s=downtime,
+                              detail=handed.detail if handed else ""),
                     state=VmState.RUNNING, host=m.target, generation=m.generation, migration=None,
                     restore_from=None, reason="")
 
     def abort_migration(self, m: Migration, why: str) -> None:
-        self.change(f"migrating -> running on {m.source} ({m.kind.value} migration to {m.target} "
-                    f"aborted: {why})", state=VmState.RUNNING, migration=None, reason="")
+        self.change(self.said(EventKind.MIGRATION_ABORTED, old=VmState.MIGRATING.value, new=VmState.RUNNING.value,
+                              host=m.source, migration=m.kind, from_host=m.source, to_host=m.target, reason=why),
+                    state=VmState.RUNNING, migration=None, reason="")
 
     def live_migration(self, m: Migration) -> None:
         source = self.status(m.source, self.p.generation)
@@ -88,7 +143,8 @@ class MigrationSteps:
             if target_state in UP and target and target.state in (LocalState.CRASHED, LocalState.FAILED):
                 self.restart(f"crashed on {m.target} after live migration", m.target, False)
             elif target_state not in UP:
-                self.change(f"migrating -> recovering (target {m.target} lost after handover)",
+                self.change(self.moved(VmState.MIGRATING.value, VmState.RECOVERING.value, from_host=m.target,
+                                       reason=f"target {m.target} lost after handover"),
                             state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
         elif self.host_trouble():
             return
@@ -131,7 +187,8 @@ class MigrationSteps:
                 assert choice.host is not None
                 target = choice.host
             moved = m.model_copy(update={"target": target})
-            self.change(f"migrating: saved on {m.source}, restoring on {target} (generation {m.generation})",
+            self.change(self.said(EventKind.MIGRATION_HANDOVER, new=VmState.MIGRATING.value, migration=m.kind,
+                                  from_host=m.source, to_host=target, host=target, generation=m.generation),
                         host=target, generation=m.generation, migration=moved, restore_from=source.detail)
         elif source and source.state is LocalState.RUNNING and source.failed_migration == m.attempt:
             self.abort_migration(m, source.detail or "save failed")
@@ -147,4 +204,5 @@ class MigrationSteps:
         if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
             target = m.target if self.r.host_state(m.target) in UP else None
             target = target or self.select(exclude=(m.source,)).host or m.source
-            self.start_on(target, "migrating", f"cold migration from {m.source}")
+            self.start_on(target, "migrating", f"cold migration from {m.source}", kind=EventKind.MIGRATED,
+                          migration=m.kind, from_host=m.source, to_host=target)

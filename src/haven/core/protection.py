@@ -5,31 +5,22 @@
   losing ``settings.host_failures_to_tolerate`` hosts;
 - ``content`` / ``protected``: otherwise.
 
-Pure: no I/O, no clock. The failure check is a simple memory bin-packing (first fit, largest VM
-first) of the lost hosts' HA VMs into the free memory of the remaining usable hosts, each keeping
-``settings.memory_reserve_mib``. The scheduler may replace `can_survive` with its own check; keep
-`assess(view) -> Protection` stable.
+Pure: no I/O, no clock. The failure check is the scheduler's (`scheduler.failure_shortfall`, the
+same one admission control uses): the lost hosts' HA VMs packed into the free memory of the
+remaining usable hosts, each keeping ``settings.memory_reserve_mib``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Literal
 
+from haven.core.scheduler import failure_shortfall
 from haven.model.spec import DesiredState
-from haven.model.state import ClusterView, HostState, HostView, VmState, VmView
+from haven.model.state import GUEST_UP_STATES, HOLDING_STATES, ClusterView, HostState, HostView, VmView
 
 Level = Literal["protected", "degraded", "down"]
 Mood = Literal["content", "worried", "ill"]
-
-# VM states in which the guest is up from the operator's point of view (a migration keeps it up,
-# or down for about a second for a quick one).
-UP_STATES = frozenset({VmState.RUNNING, VmState.MIGRATING})
-# Placement states that hold memory on their host.
-HOLDING_STATES = frozenset({VmState.STARTING, VmState.RUNNING, VmState.MIGRATING, VmState.STOPPING})
-# Beyond this many combinations of failed hosts, check only the hosts carrying the most HA memory.
-MAX_COMBINATIONS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +70,6 @@ def memory_used(view: ClusterView) -> dict[str, int]:
     return used
 
 
-def _fits(sizes: Sequence[int], free: Sequence[int]) -> bool:
-    """First fit decreasing: can every size be placed in the free bins?"""
-    bins = sorted(free, reverse=True)
-    for size in sorted(sizes, reverse=True):
-        for i, room in enumerate(bins):
-            if room >= size:
-                bins[i] = room - size
-                break
-        else:
-            return False
-    return True
-
-
 def can_survive(view: ClusterView, failures: int) -> tuple[bool, str]:
     """Can every running HA VM restart somewhere if `failures` usable hosts die?
     Returns (True, "") or (False, a reason naming the hosts)."""
@@ -100,40 +78,27 @@ def can_survive(view: ClusterView, failures: int) -> tuple[bool, str]:
     reserve = view.settings.memory_reserve_mib
     used = memory_used(view)
     hosts = [name for name, host in sorted(view.hosts.items()) if usable(host)]
-    ha_on: dict[str, list[int]] = {name: [] for name in hosts}
+    ha_on: dict[str, list[tuple[str, int]]] = {name: [] for name in hosts}
     for vm in _protected_vms(view):
         p = vm.placement
         if p is not None and p.host in ha_on and p.state in HOLDING_STATES:
-            ha_on[p.host].append(vm.spec.memory_mib)
-    if not any(ha_on.values()):
+            ha_on[p.host].append((vm.spec.name, vm.spec.memory_mib))
+    free = {name: view.hosts[name].spec.memory_mib - reserve - used[name] for name in hosts}
+    short = failure_shortfall(free, ha_on, failures)
+    if short is None:
         return True, ""
-    if len(hosts) <= failures:
+    if short.stranded is None:
         return False, (f"only {len(hosts)} usable host(s) ({_names(hosts) or 'none'}): cannot "
                        f"survive {failures} host failure(s)")
-    free = {name: view.hosts[name].spec.memory_mib - reserve - used[name] for name in hosts}
-    candidates = [h for h in hosts if ha_on[h]]
-    n_combos = 1
-    for i in range(failures):
-        n_combos = n_combos * (len(hosts) - i) // (i + 1)
-    if n_combos > MAX_COMBINATIONS:
-        heaviest = sorted(candidates, key=lambda h: (-sum(ha_on[h]), h))[:failures]
-        scenarios: Iterable[tuple[str, ...]] = [tuple(sorted(heaviest))]
-    else:
-        scenarios = combinations(hosts, failures)
-    for lost in scenarios:
-        sizes = [size for h in lost for size in ha_on[h]]
-        rest = [max(0, free[h]) for h in hosts if h not in lost]
-        if not _fits(sizes, rest):
-            return False, (f"losing {_names(lost)} would leave {sum(sizes)} MiB of HA VMs without "
-                           f"room ({sum(rest)} MiB free elsewhere)")
-    return True, ""
+    return False, (f"losing {_names(short.lost)} would leave {short.displaced_mib} MiB of HA VMs without "
+                   f"room ({short.room_mib} MiB free elsewhere)")
 
 
 def assess(view: ClusterView) -> Protection:
     """The cluster's protection level, mood and a one-line reason."""
     vms = _protected_vms(view)
     down = {vm.spec.name: vm for vm in vms
-            if vm.placement is None or vm.placement.state not in UP_STATES}
+            if vm.placement is None or vm.placement.state not in GUEST_UP_STATES}
     if down:
         details = []
         for name, vm in list(down.items())[:3]:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from haven.model.spec import HostSpec, PlacementPolicy, Settings, VmSpec
-from haven.model.state import Placement, VmState
+from haven.model.state import HOLDING_STATES, Placement
 
-# Placements in these states occupy their host (a migrating VM also occupies its target).
-OCCUPYING = frozenset({VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.MIGRATING})
+# Beyond this many combinations of failed hosts, check only the hosts carrying the most HA memory.
+MAX_COMBINATIONS = 500
 
 
 @dataclass
@@ -52,7 +53,7 @@ class HostLoad:
 
 
 def occupied_hosts(placement: Placement) -> tuple[str, ...]:
-    if placement.state not in OCCUPYING or placement.host is None:
+    if placement.state not in HOLDING_STATES or placement.host is None:
         return ()
     if placement.migration and placement.migration.target != placement.host:
         return (placement.host, placement.migration.target)
@@ -64,7 +65,7 @@ def build_loads(hosts: Mapping[str, HostSpec], usable: Iterable[str], specs: Map
     usable_set = set(usable)
     loads = {name: HostLoad(spec, name in usable_set) for name, spec in sorted(hosts.items())}
     for placement in placements:
-        if placement.state not in OCCUPYING or placement.host is None:
+        if placement.state not in HOLDING_STATES or placement.host is None:
             continue  # the common case, kept cheap: this loop sees every VM of the cluster
         spec = specs.get(placement.vm)
         if spec is None:
@@ -203,37 +204,79 @@ class Capacity:
         return Selection(None, f"no host can take it ({summary})")
 
 
+# --- surviving host failures: the one check behind admission control and the protection level ---
+
+@dataclass(frozen=True, slots=True)
+class Shortfall:
+    """Why the HA VMs could not all restart after some host failures."""
+
+    lost: tuple[str, ...]  # the failed hosts assumed, sorted (every usable host when there are too few)
+    displaced_mib: int  # HA memory on them
+    room_mib: int  # memory left free on the survivors
+    stranded: tuple[str, int] | None = None  # the first VM (name, MiB) left without room; None: too few hosts
+
+
+def failure_shortfall(free: Mapping[str, int], ha: Mapping[str, Sequence[tuple[str, int]]],
+                      failures: int) -> Shortfall | None:
+    """Can every HA VM restart on the survivors whichever `failures` of these hosts die?
+
+    `free`: MiB each usable host can still take (reserve deducted); `ha`: the HA VMs (name, MiB)
+    each one carries. Every combination of failed hosts is tried, not only the hosts with the most
+    HA memory: a failed host also takes its free room with it, so the worst case is not always the
+    heaviest host. Beyond MAX_COMBINATIONS combinations only the heaviest are tried. The displaced
+    VMs go largest first into the first survivor with room, survivors largest first (first fit
+    decreasing). None when they always fit."""
+    hosts = sorted(free)
+    if failures <= 0 or not any(ha.get(h) for h in hosts):
+        return None
+
+    def ha_mib(names: Iterable[str]) -> int:
+        return sum(mib for h in names for _, mib in ha.get(h, ()))
+
+    if len(hosts) <= failures:
+        return Shortfall(tuple(hosts), ha_mib(hosts), 0)
+    n_combos = 1
+    for i in range(failures):
+        n_combos = n_combos * (len(hosts) - i) // (i + 1)
+    scenarios: Iterable[tuple[str, ...]] = combinations(hosts, failures)
+    if n_combos > MAX_COMBINATIONS:
+        scenarios = [tuple(sorted(sorted(hosts, key=lambda h: (-ha_mib((h,)), h))[:failures]))]
+    for lost in scenarios:
+        displaced = sorted((vm for h in lost for vm in ha.get(h, ())), key=lambda vm: (-vm[1], vm[0]))
+        bins = sorted((max(0, free[h]) for h in hosts if h not in lost), reverse=True)
+        room = sum(bins)
+        for name, mib in displaced:
+            for i, left in enumerate(bins):
+                if left >= mib:
+                    bins[i] = left - mib
+                    break
+            else:
+                return Shortfall(lost, sum(mib for _, mib in displaced), room, (name, mib))
+    return None
+
+
 def admission_problem(vm: VmSpec, host: str, loads: Mapping[str, HostLoad], specs: Mapping[str, VmSpec],
                       settings: Settings) -> str | None:
     """Would starting `vm` on `host` leave the cluster unable to restart every HA VM after
-    `host_failures_to_tolerate` host failures? The failed hosts assumed are those carrying the most
-    HA memory (the worst case for a greedy check); survivors take the VMs largest first."""
+    `host_failures_to_tolerate` host failures (`failure_shortfall`)?"""
     tolerate = settings.host_failures_to_tolerate
     if not vm.ha or tolerate == 0:
         return None
     usable = [load for load in loads.values() if load.usable or load.spec.name == host]
-
-    def ha_memory(load: HostLoad) -> int:
-        extra = vm.memory_mib if load.spec.name == host else 0
-        return extra + sum(specs[v].memory_mib for v in load.vms if v in specs and specs[v].ha)
-
-    failed = sorted(usable, key=lambda load: (-ha_memory(load), load.spec.name))[:tolerate]
-    if len(failed) >= len(usable):
+    free = {load.spec.name: load.memory_free(settings) for load in usable}
+    ha = {load.spec.name: [(v, specs[v].memory_mib) for v in sorted(load.vms) if v in specs and specs[v].ha]
+          for load in usable}
+    if host in ha and vm.name not in loads[host].vms:  # as if started there
+        free[host] -= vm.memory_mib
+        ha[host].append((vm.name, vm.memory_mib))
+    short = failure_shortfall(free, ha, tolerate)
+    if short is None:
+        return None
+    if short.stranded is None:
         return f"admission control: {len(usable)} usable host(s) cannot tolerate {tolerate} failure(s)"
-    failed_names = {load.spec.name for load in failed}
-    displaced = [specs[v] for load in failed for v in load.vms if v in specs and specs[v].ha]
-    if host in failed_names:
-        displaced.append(vm)
-    free = {load.spec.name: load.memory_free(settings) - (vm.memory_mib if load.spec.name == host else 0)
-            for load in usable if load.spec.name not in failed_names}
-    for victim in sorted(displaced, key=lambda s: (-s.memory_mib, s.name)):
-        target = max(free, key=lambda h: (free[h], h), default=None)
-        if target is None or free[target] < victim.memory_mib:
-            return (f"admission control: after losing {', '.join(sorted(failed_names))} the cluster "
-                    f"could not restart {victim.name} ({victim.memory_mib} MiB); "
-                    f"add capacity or lower host_failures_to_tolerate")
-        free[target] -= victim.memory_mib
-    return None
+    name, mib = short.stranded
+    return (f"admission control: after losing {', '.join(short.lost)} the cluster could not restart "
+            f"{name} ({mib} MiB); add capacity or lower host_failures_to_tolerate")
 
 
 @dataclass(frozen=True)

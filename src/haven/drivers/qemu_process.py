@@ -1,21 +1,13 @@
 """QEMU processes seen from the host, without QMP: /proc reads that tell our QEMU from a process
-that reuses its pid, signals, the tails of its logs, O_DIRECT support of a pool, and the probe that
-picks KVM or TCG. Also the production clock."""
+that reuses its pid, signals, the tails of its logs, O_DIRECT support of a pool. Also the
+production clock."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-
-from haven.drivers.qemu_boot import DirectBoot
-
-from haven.drivers.qemu_cmdline import QEMU
-
-DEFAULT_ACCEL_CACHE = Path("/var/cache/haven/accel.json")
 
 
 class MonotonicClock:
@@ -25,9 +17,7 @@ class MonotonicClock:
         return time.monotonic()
 
 
-# --- processes ---------------------------------------------------------------------------------
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
+def proc_stat(pid: int) -> tuple[str, str] | None:
     """(state letter, starttime) of a process, or None if there is none."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -37,38 +27,46 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
         return None
 
 
-def _alive(pid: int | None, starttime: str) -> bool:
+def alive(pid: int | None, starttime: str) -> bool:
     if not pid:
         return False
-    st = _proc_stat(pid)
+    st = proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X") and (not starttime or st[1] == starttime)
 
 
-def _wait_dead(pid: int | None, starttime: str, timeout: float) -> bool:
+def wait_dead(pid: int | None, starttime: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid, starttime):
+    while alive(pid, starttime):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
     return True
 
 
-def _sigkill(pid: int | None, starttime: str) -> None:
-    if _alive(pid, starttime):
+def sigkill(pid: int | None, starttime: str) -> None:
+    if alive(pid, starttime):
         try:
             os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
         except ProcessLookupError:
             pass
 
 
-def _read_pidfile(path: Path) -> int | None:
+def is_qemu_for(pid: int, qmp_socket: Path) -> bool:
+    """Whether `pid` is the QEMU serving `qmp_socket` (not another process that got its pid)."""
+    try:
+        return str(qmp_socket).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def read_pidfile(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _tail(path: Path, limit: int = 600) -> str:
+def tail(path: Path, limit: int = 600) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -78,9 +76,9 @@ def _tail(path: Path, limit: int = 600) -> str:
         return ""
 
 
-def _qemu_error(path: Path) -> str:
+def qemu_error(path: Path) -> str:
     """QEMU's last error from its stderr, without timestamps and echoed options."""
-    lines = [ln.strip() for ln in _tail(path, 1500).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in tail(path, 1500).splitlines() if ln.strip()]
     out: list[str] = []
     for line in lines[-2:]:
         head, sep, rest = line.partition(": ")
@@ -90,7 +88,7 @@ def _qemu_error(path: Path) -> str:
     return " ".join(out)[-400:]
 
 
-def _supports_o_direct(directory: Path) -> bool:
+def supports_o_direct(directory: Path) -> bool:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=directory, prefix=".odirect-")
@@ -103,81 +101,3 @@ def _supports_o_direct(directory: Path) -> bool:
             os.unlink(name)
     except OSError:
         return False
-
-
-# --- accelerator probe -------------------------------------------------------------------------
-
-_ACCEL_MEMO: dict[str, str] = {}
-
-
-def _qemu_version(binary: str) -> str:
-    try:
-        return subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout.split("\n")[0]
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def probe_accel(guest: DirectBoot | None, binary: str = QEMU, cache_file: Path | None = DEFAULT_ACCEL_CACHE,
-                boot_timeout: float = 6.0, silence_timeout: float = 2.0) -> str:
-    """'kvm' if KVM really boots the direct-boot guest here, else 'tcg'. Cached in memory and on disk
-    (keyed by host kernel, QEMU version and guest kernel).
-
-    /dev/kvm missing or not openable -> tcg at once. Without a guest image to try -> kvm if the
-    device opens. Otherwise boot the guest under KVM: ready line within `boot_timeout` -> kvm;
-    QEMU died, or not one byte on the serial console within `silence_timeout` (what this
-    machine's broken KVM does: it spins in the kernel), or no ready line in time -> tcg."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-        os.close(fd)
-    except OSError:
-        return "tcg"
-    if guest is None or guest.ready_marker is None:
-        return "kvm"
-    marker = guest.ready_marker.encode()
-    key = f"{os.uname().release}|{_qemu_version(binary)}|{Path(guest.kernel).resolve()}"
-    if key in _ACCEL_MEMO:
-        return _ACCEL_MEMO[key]
-    cached: dict[str, str] = {}
-    if cache_file is not None:
-        try:
-            cached = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if cached.get(key) in ("kvm", "tcg"):
-            _ACCEL_MEMO[key] = cached[key]
-            return cached[key]
-    result = "tcg"
-    with tempfile.TemporaryDirectory(prefix="haven-kvm-probe-") as tmp:
-        serial = Path(tmp) / "serial.log"
-        proc = subprocess.Popen([binary, "-accel", "kvm", "-m", "128", "-nodefaults", "-no-user-config",
-                                 "-display", "none", "-serial", f"file:{serial}", "-no-reboot",
-                                 "-kernel", guest.kernel, "-initrd", guest.initrd,
-                                 "-append", "console=ttyS0 panic=-1 haven.name=kvm-probe"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            t0 = time.monotonic()
-            while proc.poll() is None:
-                elapsed = time.monotonic() - t0
-                text = serial.read_bytes() if serial.exists() else b""
-                if marker in text:
-                    result = "kvm"
-                    break
-                if elapsed > boot_timeout or (not text and elapsed > silence_timeout):
-                    break
-                time.sleep(0.05)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    _ACCEL_MEMO[key] = result
-    if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cached[key] = result
-            tmpf = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-            tmpf.write_text(json.dumps(cached, indent=1))
-            os.replace(tmpf, cache_file)
-        except OSError:
-            pass
-    return result

@@ -132,9 +132,3 @@ def pass_fd(client: QmpClient, name: str, fd: int) -> str:
     client.execute("getfd", {"fdname": name}, fds=[fd])
     return f"fd:{name}"
 
-
-def qmp_command(path: str, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float = 3.0) -> Any:
-    """One command on a fresh connection."""
-    with QmpClient(path, timeout) as client:
-        return client.execute(command, arguments)

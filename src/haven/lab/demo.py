@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.lab.cluster import DEFAULT_ROOT, Lab, LabError
 from haven.lab.netns import HttpProbe, IcmpProbe
 from haven.model.spec import MigrationKind
 from haven.model.state import HostState, RequestAction, VmState
 from haven.runtime import intents
+from haven.runtime.layout import decode_event
 
 LOCK_DIR = Path("/run/haven-lab")
 
@@ -78,32 +80,30 @@ def exclusive_root(name: str) -> Iterator[Path]:
         os.close(fd)
 
 
-def events_since(lab: Lab, t0: float) -> list[dict[str, Any]]:
+def events_since(lab: Lab, t0: float) -> list[Event]:
+    """The event log from `t0` on (the writers' clocks), oldest first; what is no event is skipped."""
     assert lab.store is not None
     out = []
     for kv in lab.store.get_prefix(lab.layout.events()):
         try:
-            event = json.loads(kv.value)
-        except ValueError:
+            event = decode_event(kv.value)
+        except (ValueError, KeyError, TypeError):
             continue
-        if event.get("t", 0) >= t0:
+        if event.t >= t0:
             out.append(event)
-    return sorted(out, key=lambda e: e["t"])
+    return sorted(out, key=lambda e: e.t)
 
 
-def first(events: list[dict[str, Any]], source: str | None = None, subject: str | None = None,
-          contains: str = "", startswith: str = "", after: float = -1e18, not_source: str | None = None
-          ) -> dict[str, Any] | None:
+def first(events: list[Event], kind: EventKind, about: tuple[SubjectKind, str], *, new: str | None = None,
+          source: str | None = None, not_source: str | None = None, after: float = -1e18) -> Event | None:
+    """The first event of `kind` about `about` (e.g. (SubjectKind.VM, "vm1")) at or after `after`,
+    to state `new` if given, from `source` (and not from `not_source`) if given: fields, not words."""
     for e in events:
-        if e["t"] < after:
+        if e.t < after or e.kind is not kind or (e.subject_kind, e.name) != about:
             continue
-        if source is not None and e["source"] != source:
+        if (new is not None and e.new != new) or (source is not None and e.source != source):
             continue
-        if not_source is not None and e["source"] == not_source:
-            continue
-        if subject is not None and e["subject"] != subject:
-            continue
-        if contains not in e["message"] or not e["message"].startswith(startswith):
+        if not_source is not None and e.source == not_source:
             continue
         return e
     return None
@@ -270,20 +270,22 @@ def measure_crash(lab: Lab, host: str, timeout: float = 180.0) -> list[CrashSamp
         raise DemoError(f"{', '.join(missing)} did not answer again within {timeout:g} s of the crash of {host}")
     time.sleep(0.3)  # let the last events land
     events = events_since(lab, t_crash - 1)
-    lost = first(events, "manager", f"host {host}", "-> lost", after=t_crash)
-    fenced = first(events, "manager", f"host {host}", "-> fenced", after=t_crash)
+    crashed = (SubjectKind.HOST, host)
+    lost = first(events, EventKind.STATE_CHANGE, crashed, new=HostState.LOST, source="manager", after=t_crash)
+    fenced = first(events, EventKind.STATE_CHANGE, crashed, new=HostState.FENCED, source="manager", after=t_crash)
     samples = []
     for vm in victims:
-        started = first(events, None, f"vm {vm}", startswith="starting", after=t_crash, not_source=f"agent {host}")
-        started = started if started and started["source"].startswith("agent ") else None
-        to = started["source"].split(" ", 1)[1] if started else (lab.placement(vm).host or "?")
+        # the new host's agent reporting its QEMU up (starting: the guest boots)
+        started = first(events, EventKind.LOCAL_STATE, (SubjectKind.VM, vm), new="starting", after=t_crash,
+                        not_source=f"agent {host}")
+        to = started.host if started and started.host else (lab.placement(vm).host or "?")
         t_answer = answered[vm]
         samples.append(CrashSample(
             vm=vm, host=host, to=to, was_manager=was_manager, rto=t_answer - t_crash,
-            detection=lost["t"] - t_crash if lost else None,
-            fencing=fenced["t"] - lost["t"] if lost and fenced else None,
-            restart=started["t"] - fenced["t"] if started and fenced else None,
-            boot=t_answer - started["t"] if started else None))
+            detection=lost.t - t_crash if lost else None,
+            fencing=fenced.t - lost.t if lost and fenced else None,
+            restart=started.t - fenced.t if started and fenced else None,
+            boot=t_answer - started.t if started else None))
     return samples
 
 
@@ -362,9 +364,9 @@ def migrate(lab: Lab, vm: str, kind: MigrationKind, target: str, timeout: float)
         if p.host == target and p.state is VmState.RUNNING and p.request_id == req.id:
             return True
         if p.request_id == req.id and p.state is VmState.RUNNING and p.migration is None:
-            e = first(events_since(lab, t0), "manager", f"vm {vm}", "migration refused")
+            e = first(events_since(lab, t0), EventKind.MIGRATION_REFUSED, (SubjectKind.VM, vm), source="manager")
             if e:
-                refused.append(e["message"])
+                refused.append(e.message)
                 return True
         return False
 
@@ -438,14 +440,15 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
         t0 = time.monotonic()
         migrate(lab, vm, MigrationKind.QUICK, target, timeout)
         events = events_since(lab, t0)
-        started = first(events, f"agent {target}", f"vm {vm}", startswith="starting", after=t0)
+        here = (SubjectKind.VM, vm)
+        started = first(events, EventKind.LOCAL_STATE, here, new="starting", source=f"agent {target}", after=t0)
         if started is None:
             raise DemoError(f"no start of {vm} on {target} in the event log")
         deadline = time.monotonic() + 30
         serving = None
         while serving is None and time.monotonic() < deadline:
             serving = next((mono(r["t"] + r["dt"]) for r in list(http.records)
-                            if "body" in r and mono(r["t"]) > started["t"]), None)
+                            if "body" in r and mono(r["t"]) > started.t), None)
             time.sleep(0.05)
         time.sleep(0.3)
     finally:
@@ -454,18 +457,18 @@ def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float =
     if serving is None:
         raise DemoError(f"{vm} did not answer on {target} after its quick migration")
     events = events_since(lab, t0)
-    saving = first(events, f"agent {source}", f"vm {vm}", startswith="saving", after=t0)
-    saved = first(events, f"agent {source}", f"vm {vm}", startswith="saved", after=t0)
-    running = first(events, f"agent {target}", f"vm {vm}", startswith="running", after=started["t"])
+    saving = first(events, EventKind.LOCAL_STATE, here, new="saving", source=f"agent {source}", after=t0)
+    saved = first(events, EventKind.LOCAL_STATE, here, new="saved", source=f"agent {source}", after=t0)
+    running = first(events, EventKind.LOCAL_STATE, here, new="running", source=f"agent {target}", after=started.t)
     if saving is None:
         raise DemoError(f"no save of {vm} on {source} in the event log")
     after = lab.wait_answer(vm, 10, request_timeout=1.0)
     return QuickSample(
-        vm=vm, source=source, target=target, stop_to_serving=serving - saving["t"],
-        save=saved["t"] - saving["t"] if saved else None,
-        handover=started["t"] - saved["t"] if saved else None,
-        restore=running["t"] - started["t"] if running else None,
-        answer=serving - running["t"] if running else None,
+        vm=vm, source=source, target=target, stop_to_serving=serving - saving.t,
+        save=saved.t - saving.t if saved else None,
+        handover=started.t - saved.t if saved else None,
+        restore=running.t - started.t if running else None,
+        answer=serving - running.t if running else None,
         client_gap_s=answer_gap(http.records),
         ram_kept=after.get("ram_counter", 0) > before.get("ram_counter", 0)
         and after.get("boot_count") == before.get("boot_count"),
@@ -550,7 +553,7 @@ def _recent_events(out: Any, lab: Lab, n: int = 25) -> None:
         return
     out.print(f"[dim]last {len(events)} cluster events (t = CLOCK_MONOTONIC):[/]")
     for e in events:
-        out.print(f"[dim]  {e['t']:.3f} {e['source']:<10} {e['subject']:<10} {e['message']}[/]")
+        out.print(f"[dim]  {e.t:.3f} {e.source:<10} {e.subject:<10} {e.message}[/]")
 
 
 def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:

@@ -40,6 +40,15 @@ class VmState(StrEnum):
     ERROR = "error"  # restart limit hit, or cannot be placed; needs an operator
 
 
+# Placement states that hold a share of their host (memory, vCPUs, an anti-affinity slot): a
+# migrating VM holds its source and its target. Capacity, admission and protection all count these.
+HOLDING_STATES = frozenset({VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.MIGRATING})
+
+# Placement states in which the guest is up from the operator's point of view (a migration keeps
+# it up, or down for about a second for a quick one).
+GUEST_UP_STATES = frozenset({VmState.RUNNING, VmState.MIGRATING})
+
+
 class LocalState(StrEnum):
     """What one host's hypervisor reports for one VM."""
 
@@ -103,6 +112,7 @@ class VmStatus(Record):
     since: float = 0.0
     detail: str = ""
     failed_migration: str = ""  # attempt id of the last outgoing migration that failed here
+    downtime_ms: float | None = None  # migrated: the guest's final pause as measured (the manager's event carries it)
 
 
 class HostRecord(Record):

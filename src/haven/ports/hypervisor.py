@@ -27,6 +27,7 @@ class LocalVm:
     detail: str = ""
     since: float = 0.0
     failed_migration: str = ""  # `attempt` of the last outgoing migration or save that failed
+    downtime_ms: float | None = None  # MIGRATED: the guest's final pause, as the hypervisor measured it
 
 
 class Hypervisor(Protocol):

@@ -22,16 +22,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from haven.core.agent import (LAUNCHES, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
                               PrepareIncoming, PrepareRestore, Save, Start, Stop, concerns, reconcile,
                               self_fence_kills, status_of)
-from haven.core.decision import Event
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
 from haven.model.state import DEAD_LOCAL_STATES, Placement, VmStatus
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
-from haven.runtime.layout import DecodeCache
+from haven.runtime.layout import DecodeCache, KeyKind
 from haven.runtime.lease import LeaseKeeper
 
 EventSink = Callable[[Event], None]
@@ -64,8 +65,11 @@ class AgentLoop:
         self.changed = True  # inputs changed since the last reconcile
         self.was_lease_ok = False
 
-    def event(self, subject: str, message: str) -> None:
-        self.emit(Event(self.clock.now(), f"agent {self.host.name}", subject, message))
+    def event(self, kind: EventKind, vm: str | None = None, **facts: Any) -> None:
+        """An event from this agent, about `vm` or else about this host."""
+        subject = (SubjectKind.VM, vm) if vm else (SubjectKind.HOST, self.host.name)
+        self.emit(Event(self.clock.now(), f"agent {self.host.name}", kind, subject_kind=subject[0], name=subject[1],
+                        host=self.host.name, **facts))
 
     # --- what we know of the store ---
 
@@ -94,12 +98,14 @@ class AgentLoop:
         return concerned
 
     def _apply(self, key: str, kv: KeyValue | None, revision: int = 0) -> bool:
-        parts = key[len(self.layout.root):].split("/")
+        parsed = self.layout.parse(key)
+        if parsed is None:
+            return False
         decoded = self.decoded
         host = self.host.name
-        if parts[0] == "vms" and len(parts) == 3:
-            name, what = parts[1], parts[2]
-            if what == "placement":
+        if parsed.kind in (KeyKind.PLACEMENT, KeyKind.VM_SPEC):
+            name = parsed.vm
+            if parsed.kind is KeyKind.PLACEMENT:
                 if revision and revision < self.placement_revs.get(name, 0):
                     return False  # a resumed watch replaying what a fresh read already has
                 old, new = self.placements.pop(name, None), None
@@ -109,22 +115,22 @@ class AgentLoop:
                     self.placement_revs[name] = kv.mod_revision
                 return (name in self.known or (old is not None and concerns(old, host))
                         or (new is not None and concerns(new, host)))
-            if what == "spec":
+            if parsed.kind is KeyKind.VM_SPEC:
                 self.specs.pop(name, None)
                 if kv is not None:
                     self.specs[name] = decoded(VmSpec, kv)
                 placement = self.placements.get(name)
                 return name in self.known or (placement is not None and concerns(placement, host))
-        elif parts[0] == "status" and len(parts) == 3:
-            self.peers.pop((parts[2], parts[1]), None)
+        elif parsed.kind is KeyKind.STATUS:
+            self.peers.pop((parsed.vm, parsed.host), None)
             if kv is not None:
-                self.peers[(parts[2], parts[1])] = decoded(VmStatus, kv)
-            p = self.placements.get(parts[2])
+                self.peers[(parsed.vm, parsed.host)] = decoded(VmStatus, kv)
+            p = self.placements.get(parsed.vm)
             return bool(p and p.migration and p.migration.source == host)
-        elif parts[0] == "hosts" and len(parts) == 2:
-            self.addresses.pop(parts[1], None)
+        elif parsed.kind is KeyKind.HOST:
+            self.addresses.pop(parsed.host, None)
             if kv is not None:
-                self.addresses[parts[1]] = decoded(HostSpec, kv).address
+                self.addresses[parsed.host] = decoded(HostSpec, kv).address
         return False
 
     # --- one iteration ---
@@ -136,13 +142,13 @@ class AgentLoop:
         with self.local_lock:
             state = self.keeper.state
             last_sent = state.last_renewal_sent if state.lease else -math.inf
-            kills = self_fence_kills(self.clock.now(), last_sent, self.settings, self.hypervisor.list())
+            now = self.clock.now()
+            kills = self_fence_kills(now, last_sent, self.settings, self.hypervisor.list())
             if kills is None:
                 return False
             if not self.keeper.fenced:
                 self.keeper.fenced = True
-                self.event(f"host {self.host.name}", f"self-fence: lease not renewed in time; killing "
-                                                     f"{len(kills)} VM(s), giving the lease up")
+                self.event(EventKind.SELF_FENCE, count=len(kills), seconds=now - last_sent)
             for kill in kills:
                 self._act(kill)
             return True
@@ -191,8 +197,9 @@ class AgentLoop:
         for name in sorted(set(local) | set(self.known)):
             old, new = self.known.get(name), local.get(name)
             if new and (old is None or (old.state, old.generation) != (new.state, new.generation)):
-                detail = f" ({new.detail})" if new.detail and new.state.value in ("failed", "crashed") else ""
-                self.event(f"vm {name}", f"{new.state.value} (generation {new.generation}){detail}")
+                detail = new.detail if new.state.value in ("failed", "crashed") else ""  # why it died
+                self.event(EventKind.LOCAL_STATE, name, old=old.state.value if old else None, new=new.state.value,
+                           generation=new.generation, detail=detail)
         self.known = dict(local)
 
     def _claim(self, vm: str) -> bool:
@@ -208,8 +215,7 @@ class AgentLoop:
                 [Compare(self.layout.placement(vm), mod_revision=self.placement_revs[vm]),
                  Compare(self.layout.alive(self.host.name), mod_revision=state.alive_rev)], []).succeeded
             if fresh and not current:
-                self.event(f"vm {vm}", "start held back: its placement or this host's lease changed "
-                                       "since they were read; reading again")
+                self.event(EventKind.START_HELD_BACK, vm, generation=self.placements[vm].generation)
         except StoreError:
             current = False
         if not current:
@@ -233,7 +239,8 @@ class AgentLoop:
                 case Stop(vm):
                     hv.stop(vm)
                 case Kill(vm, reason):
-                    self.event(f"vm {vm}", f"killed: {reason}")
+                    known = self.known.get(vm)
+                    self.event(EventKind.KILLED, vm, reason=reason, generation=known.generation if known else None)
                     hv.kill(vm)
                     hv.forget(vm)
                 case PrepareIncoming(vm, generation):
@@ -250,7 +257,7 @@ class AgentLoop:
                 case Forget(vm):
                     hv.forget(vm)
         except HypervisorError as error:
-            self.event(f"vm {action.vm}", f"{type(action).__name__.lower()} failed: {error}")
+            self.event(EventKind.ACTION_FAILED, action.vm, action=type(action).__name__.lower(), reason=str(error))
 
     def _publish(self, local: dict[str, LocalVm]) -> None:
         """Report local VMs that changed since the last report, bound to our lease."""
@@ -263,7 +270,8 @@ class AgentLoop:
             for name, vm in sorted(local.items()):
                 if self.published.get(name) != vm:
                     status = status_of(self.host.name, vm)
-                    self.store.put(self.layout.status(self.host.name, name), status.model_dump_json(),
+                    # exclude_none: a status without a downtime figure reads as before the field existed
+                    self.store.put(self.layout.status(self.host.name, name), status.model_dump_json(exclude_none=True),
                                    lease=lease_id)
                     self.published[name] = vm
             for name in sorted(set(self.published) - set(local)):

@@ -21,22 +21,91 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from enum import StrEnum
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from haven.core.decision import Decision, Event
+from haven.core.decision import Decision
+from haven.core.events import Event, from_dict, to_dict
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import (ClusterView, HostAdmin, HostRecord, HostView, Placement, VmRequest,
                                VmStatus, VmView)
 from haven.ports.store import Compare, Delete, KeyValue, Put, Store
 
 
+class KeyKind(StrEnum):
+    """What a key of the layout holds."""
+
+    CONFIG = "config"
+    HOST = "hosts"
+    HOST_ADMIN = "hostadmin"
+    HOST_STATE = "hoststate"
+    ALIVE = "alive"
+    MANAGER = "manager"
+    VM_SPEC = "spec"
+    PLACEMENT = "placement"
+    REQUEST = "request"
+    STATUS = "status"
+    EVENT = "events"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKey:
+    """A key of the layout, parsed (`Layout.parse`): what it holds, and for which host and VM."""
+
+    kind: KeyKind
+    host: str = ""  # hosts/, hostadmin/, hoststate/, alive/ and status/ keys
+    vm: str = ""  # vms/ and status/ keys
+
+
+_SINGLE_KEYS = {"config": KeyKind.CONFIG, "manager": KeyKind.MANAGER}  # <root>config
+_HOST_KEYS = {"hosts": KeyKind.HOST, "hostadmin": KeyKind.HOST_ADMIN, "hoststate": KeyKind.HOST_STATE,
+              "alive": KeyKind.ALIVE}  # <root>hosts/<host>
+_VM_KEYS = {"spec": KeyKind.VM_SPEC, "placement": KeyKind.PLACEMENT, "request": KeyKind.REQUEST}  # <root>vms/<vm>/spec
+
+
 @dataclass(frozen=True)
 class Layout:
     cluster: str
+
+    @functools.cached_property  # key -> parsed, for the bounded kinds (not events): loops parse the same keys all day
+    def _parsed(self) -> dict[str, StoreKey]:
+        return {}
+
+    def parse(self, key: str) -> StoreKey | None:
+        """The one reader of key names (the methods below are their one writer). None for a key
+        this layout does not define."""
+        hit = self._parsed.get(key)
+        if hit is not None:
+            return hit
+        parsed = self._parse(key)
+        if parsed is not None and parsed.kind is not KeyKind.EVENT:
+            self._parsed[key] = parsed
+        return parsed
+
+    def _parse(self, key: str) -> StoreKey | None:
+        if not key.startswith(self.root):
+            return None
+        parts = key[len(self.root):].split("/")
+        head, n = parts[0], len(parts)
+        if n == 3:
+            if head == "vms":  # the most common kind first
+                kind = _VM_KEYS.get(parts[2])
+                return StoreKey(kind, vm=parts[1]) if kind else None
+            if head == "status":
+                return StoreKey(KeyKind.STATUS, host=parts[1], vm=parts[2])
+        elif n == 2:
+            host_kind = _HOST_KEYS.get(head)
+            if host_kind:
+                return StoreKey(host_kind, host=parts[1])
+            if head == "events":
+                return StoreKey(KeyKind.EVENT)
+        elif n == 1 and head in _SINGLE_KEYS:
+            return StoreKey(_SINGLE_KEYS[head])
+        return None
 
     @functools.cached_property  # every key starts with it: build it once
     def root(self) -> str:
@@ -88,13 +157,17 @@ class Layout:
 
 
 def encode_event(event: Event) -> str:
-    return json.dumps({"t": event.t, "source": event.source, "subject": event.subject,
-                       "message": event.message})
+    """The event's fields as JSON, with its rendered subject and message for older readers."""
+    return json.dumps(to_dict(event))
 
 
 def decode_event(value: str) -> Event:
+    """An event as `encode_event` wrote it, or in the old (t, source, subject, message) form.
+    Raises ValueError, KeyError or TypeError for what is not an event."""
     data = json.loads(value)
-    return Event(data["t"], data["source"], data["subject"], data["message"])
+    if not isinstance(data, dict):
+        raise TypeError("an event is a JSON object")
+    return from_dict(data)
 
 
 # Defaults for records not in the store; frozen, so one instance serves every snapshot.
@@ -140,6 +213,12 @@ class Snapshot:
 M = TypeVar("M", bound=BaseModel)
 
 
+class Decoder(Protocol):
+    """Decodes a stored value into a model (`DecodeCache`, or a plain parse)."""
+
+    def __call__(self, model: type[M], kv: KeyValue) -> M: ...
+
+
 class DecodeCache:
     """Decoded values by key and mod revision: a loop re-reads the same records many times.
     Loops reading the same store may share one (a key at a revision has one value); the values
@@ -162,37 +241,36 @@ def _no_cache(model: type[M], kv: KeyValue) -> M:
 
 
 def decode(layout: Layout, items: Iterable[KeyValue],
-           cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
+           cache: Decoder = _no_cache) -> Snapshot:
     snap = Snapshot(DEFAULT_SETTINGS, {}, {}, {}, set(), None, {}, {}, {}, {}, [])
-    skip = len(layout.root)
     for kv in items:
-        parts = kv.key[skip:].split("/")
-        kind = parts[0]
-        if kind == "vms" and len(parts) == 3:  # the most common kinds first
-            vm, what = parts[1], parts[2]
-            if what == "spec":
-                snap.specs[vm] = cache(VmSpec, kv)
-            elif what == "placement":
-                snap.placements[vm] = cache(Placement, kv)
-            elif what == "request":
-                snap.requests[vm] = cache(VmRequest, kv)
-        elif kind == "status" and len(parts) == 3:
-            status = cache(VmStatus, kv)
-            snap.statuses.setdefault(status.vm, {})[status.host] = status
-        elif kind == "config":
-            snap.settings = cache(Settings, kv)
-        elif kind == "hosts":
-            snap.hosts[parts[1]] = cache(HostSpec, kv)
-        elif kind == "hostadmin":
-            snap.admin[parts[1]] = cache(HostAdmin, kv)
-        elif kind == "hoststate":
-            snap.records[parts[1]] = cache(HostRecord, kv)
-        elif kind == "alive":
-            snap.alive.add(parts[1])
-        elif kind == "manager":
-            snap.manager = json.loads(kv.value).get("host")
-        elif kind == "events":
-            snap.events.append(decode_event(kv.value))
+        key = layout.parse(kv.key)
+        if key is None:
+            continue
+        match key.kind:
+            case KeyKind.VM_SPEC:
+                snap.specs[key.vm] = cache(VmSpec, kv)
+            case KeyKind.PLACEMENT:
+                snap.placements[key.vm] = cache(Placement, kv)
+            case KeyKind.REQUEST:
+                snap.requests[key.vm] = cache(VmRequest, kv)
+            case KeyKind.STATUS:
+                status = cache(VmStatus, kv)
+                snap.statuses.setdefault(status.vm, {})[status.host] = status
+            case KeyKind.CONFIG:
+                snap.settings = cache(Settings, kv)
+            case KeyKind.HOST:
+                snap.hosts[key.host] = cache(HostSpec, kv)
+            case KeyKind.HOST_ADMIN:
+                snap.admin[key.host] = cache(HostAdmin, kv)
+            case KeyKind.HOST_STATE:
+                snap.records[key.host] = cache(HostRecord, kv)
+            case KeyKind.ALIVE:
+                snap.alive.add(key.host)
+            case KeyKind.MANAGER:
+                snap.manager = json.loads(kv.value).get("host")
+            case KeyKind.EVENT:
+                snap.events.append(decode_event(kv.value))
     return snap
 
 
@@ -200,7 +278,7 @@ STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "man
 
 
 def read_snapshot(store: Store, layout: Layout, with_events: bool = True,
-                  cache: Callable[[type[M], KeyValue], M] = _no_cache) -> Snapshot:
+                  cache: Decoder = _no_cache) -> Snapshot:
     """The whole cluster state. Without events it skips the (large) event log, reading prefix by
     prefix; the loops are level-triggered, so a snapshot spanning a few revisions is harmless."""
     if with_events:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from haven.core.agent import DEAD, lease_valid
-from haven.core.decision import Event
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, Settings
 from haven.ports.clock import Clock
 from haven.ports.fencer import Watchdog
@@ -102,8 +102,9 @@ class LeaseKeeper:
             self.watchdog.arm(state.last_renewal_sent + self.settings.self_fence_after_s
                               + self.settings.self_fence_margin_s / 2)
 
-    def _event(self, message: str) -> None:
-        self.emit(Event(self.clock.now(), f"agent {self.host.name}", f"host {self.host.name}", message))
+    def _event(self, kind: EventKind, lease: Lease) -> None:
+        self.emit(Event(self.clock.now(), f"agent {self.host.name}", kind, subject_kind=SubjectKind.HOST,
+                        name=self.host.name, host=self.host.name, lease=lease.id))
 
     def _put_alive(self, lease: Lease, sent: float) -> int:
         return self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
@@ -119,7 +120,7 @@ class LeaseKeeper:
             return False
         self.fenced = False
         self._set(LeaseState(lease, sent, alive_rev))
-        self._event(f"lease {lease.id} granted")
+        self._event(EventKind.LEASE_GRANTED, lease)
         return True
 
     def resume(self, lease: Lease) -> bool:
@@ -133,7 +134,7 @@ class LeaseKeeper:
             return False
         self.fenced = False
         self._set(LeaseState(lease, sent, alive_rev))
-        self._event(f"lease {lease.id} resumed")
+        self._event(EventKind.LEASE_RESUMED, lease)
         return True
 
     def take_over(self, lease: Lease, last_renewal_sent: float) -> None:
@@ -163,7 +164,7 @@ class LeaseKeeper:
             with self.lock:  # whatever the clock says, our VMs must die now
                 if self._state.lease is state.lease:
                     self._state = LeaseState(None, -math.inf, 0)
-            self._event("lease lost")
+            self._event(EventKind.LEASE_LOST, state.lease)
             return Renewal.LOST
         except StoreError:
             return Renewal.FAILED

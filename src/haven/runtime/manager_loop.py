@@ -10,13 +10,16 @@ import json
 import math
 from collections.abc import Callable
 
-from haven.core.decision import Decision, Event
+from haven.core.decision import Decision
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex, changed_vms
 from haven.core.manager import decide
 from haven.model.state import ClusterView
 from haven.ports.clock import Clock
+from haven.ports.fencer import Fencer
 from haven.ports.store import Compare, EventType, Put, Store, StoreError, WatchEvent
-from haven.runtime.layout import DecodeCache, Layout, decision_ops, leader_guard, read_snapshot, trim_events
+from haven.runtime.layout import (DecodeCache, Layout, decision_ops, encode_event, leader_guard, read_snapshot,
+                                  trim_events)
 
 EventSink = Callable[[Event], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
@@ -25,7 +28,7 @@ FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch even
 
 class ManagerLoop:
     def __init__(self, name: str, store: Store, clock: Clock, layout: Layout, lease_id: Callable[[], int],
-                 emit: EventSink, fence: Callable[[str], bool] | None = None,
+                 emit: EventSink, fencer: Fencer | None = None,
                  decoded: DecodeCache | None = None) -> None:
         self.name = name
         self.store = store
@@ -33,11 +36,11 @@ class ManagerLoop:
         self.layout = layout
         self.lease_id = lease_id  # the host's lease: the leader key dies with the host
         self.emit = emit
-        self.fence = fence  # power fencing, when the host has a fencing device
+        self.fencer = fencer  # power fencing, for hosts with a fencing device
         self.leader_value: str | None = None
         self.leader_revision = 0  # the store revision at which we won the key
         self.since = 0.0
-        self.fence_confirmed: set[str] = set()
+        self.fence_confirmed: set[str] = set()  # hosts a device powered off since they were last lost
         self.event_seq = 0
         self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
         self.view: ClusterView | None = None
@@ -51,6 +54,10 @@ class ManagerLoop:
     def leading(self) -> bool:
         return self.leader_value is not None
 
+    def _office(self, kind: EventKind, now: float) -> Event:
+        """An event about this host's hold on the leader key."""
+        return Event(now, "manager", kind, subject_kind=SubjectKind.HOST, name=self.name, host=self.name)
+
     def campaign(self) -> bool:
         lease = self.lease_id()
         if not lease:
@@ -58,20 +65,25 @@ class ManagerLoop:
         now = self.clock.now()
         value = json.dumps({"host": self.name, "since": round(now, 6)})
         key = self.layout.manager()
+        # The election's event is written with the win itself: the daemon ships no event of the
+        # manager's own, and the log (hence haven_manager_changes) must show every new manager.
+        elected = self._office(EventKind.MANAGER_ELECTED, now)
         try:
-            result = self.store.txn([Compare(key, mod_revision=0)], [Put(key, value, lease)])
+            result = self.store.txn([Compare(key, mod_revision=0)], [
+                Put(key, value, lease), Put(self.layout.event(elected, self.event_seq), encode_event(elected))])
             held = None if result.succeeded else self.store.get(key)
         except StoreError:
             return False
         if result.succeeded:
             self.leader_value, self.leader_revision, self.since, self.stale = value, result.revision, now, True
-            self.emit(Event(now, "manager", f"host {self.name}", "became the active manager"))
+            self.event_seq += 1
+            self.emit(elected)
             return True
         if held is not None and json.loads(held.value).get("host") == self.name:
             # Our own key from before this daemon restarted: carry on with it (writes stay
             # guarded by its value; it goes with the lease it is bound to).
             self.leader_value, self.leader_revision, self.since, self.stale = held.value, held.mod_revision, now, True
-            self.emit(Event(now, "manager", f"host {self.name}", "still the active manager (after a restart)"))
+            self.emit(self._office(EventKind.MANAGER_RESUMED, now))
             return True
         return False
 
@@ -108,7 +120,17 @@ class ManagerLoop:
         if (self.leading and event.mod_revision > self.leader_revision
                 and (event.type is EventType.DELETE or event.value != self.leader_value)):
             self.leader_value = None
-            self.emit(Event(self.clock.now(), "manager", f"host {self.name}", "no longer the active manager"))
+            self.emit(self._office(EventKind.MANAGER_DEPOSED, self.clock.now()))
+
+    def _power_fence(self, hosts: list[str]) -> None:
+        """Cut the power of hosts just found lost, once the decision saying so was written (or may
+        have been; a manager the leader guard refused powers nothing off). A confirmation goes into
+        the next view (`HostView.fence_confirmed`), which ends the host's wait for `fence_grace_s`."""
+        for host in hosts:
+            self.fence_confirmed.discard(host)  # a confirmation is worth one loss, not the next one
+            if self.fencer is not None and self.fencer.power_off(host):
+                self.fence_confirmed.add(host)
+                self.stale = True
 
     def step(self) -> Decision | None:
         now = self.clock.now()
@@ -123,10 +145,6 @@ class ManagerLoop:
             return None
         assert self.index is not None
         decision = decide(view, now, self.index)
-        for host in decision.fence_hosts:
-            if self.fence and self.fence(host):
-                self.fence_confirmed.add(host)
-                self.stale = True
         if decision.empty and not decision.events:
             return decision
         assert self.leader_value is not None
@@ -136,13 +154,17 @@ class ManagerLoop:
         try:
             result = self.store.txn(leader_guard(self.layout, self.leader_value), ops)
         except StoreError:
-            return None  # unknown whether it landed: the next iteration reads and decides again
+            # Unknown whether it landed: the next iteration reads and decides again. Fence anyway:
+            # if it landed, the host is lost for good and no later decision asks again.
+            self._power_fence(decision.fence_hosts)
+            return None
         if not result.succeeded:
             self.leader_value = None
-            self.emit(Event(now, "manager", f"host {self.name}", "no longer the active manager"))
+            self.emit(self._office(EventKind.MANAGER_DEPOSED, now))
             return None
         for event in decision.events:
             self.emit(event)
+        self._power_fence(decision.fence_hosts)
         if self.event_seq // TRIM_EVERY != (self.event_seq - len(decision.events)) // TRIM_EVERY:
             try:
                 trim_events(self.store, self.layout, view.settings.event_log_size)

@@ -7,9 +7,10 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 
-from haven.core.decision import Event
+from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import WatchEvent
@@ -18,6 +19,7 @@ from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.manager_loop import ManagerLoop
 from haven.runtime.wake import route
+from haven.sim.fencer import SimFencer
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
 from haven.sim.store import MemoryStore
@@ -54,9 +56,10 @@ class SimWatchdog:
         at = self.host.clock.to_world(self.deadline)
         if at > loop.now + 1e-9:  # moved on since: wait for the new deadline (world time, no float loop)
             self.timer = loop.at(at, self._fire)
-        elif self.host.hv.kill_all():
-            self.host.cluster.log(Event(self.host.cluster.now, f"wdog {self.host.name}",
-                                        f"host {self.host.name}", "deadline passed: killed every VM"))
+        elif killed := self.host.hv.kill_all():
+            self.host.cluster.log(Event(self.host.cluster.now, f"wdog {self.host.name}", EventKind.WATCHDOG_FIRED,
+                                        subject_kind=SubjectKind.HOST, name=self.host.name, host=self.host.name,
+                                        count=killed))
 
 
 class SimHost:
@@ -117,7 +120,7 @@ class SimHost:
                                   self.watchdog)
         self.agent = AgentLoop(self.keeper, c.decoded)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
-                                   decoded=c.decoded)
+                                   fencer=c.fencer, decoded=c.decoded)
         for cancel in self.unwatch:
             cancel()
         # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
@@ -244,7 +247,9 @@ class SimHost:
         decision = self.manager.step()
         for name, record in sorted(decision.host_records.items()) if decision else ():
             if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
-                self._soon(f"fence {name}", self._manager_step, self.settings.fence_grace_s + 1e-6)
+                # (none to wait for when its power fence confirmed: recover at once)
+                wait = 0.0 if name in self.manager.fence_confirmed else self.settings.fence_grace_s + 1e-6
+                self._soon(f"fence {name}", self._manager_step, wait)
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         """The daemon's wake policy (`runtime.wake.route`), on virtual time."""
@@ -262,9 +267,10 @@ class SimHost:
 
 class SimCluster:
     def __init__(self, config: ClusterConfig, timings: SimTimings | None = None,
-                 running: Mapping[str, str] | None = None) -> None:
+                 running: Mapping[str, str] | None = None, fence_devices: Iterable[str] = ()) -> None:
         """`running` (VM -> host) starts the cluster with those VMs already running there, as
-        the planners need to replay a real cluster's present."""
+        the planners need to replay a real cluster's present. `fence_devices`: the hosts with a
+        power-fencing device (`SimFencer`)."""
         self.config = config
         self.settings = config.settings
         self.timings = timings or SimTimings()
@@ -276,6 +282,7 @@ class SimCluster:
         self.world.monitor.placement_of = self._placement_in_store
         self.events: list[Event] = []
         self._requests = 0
+        self.fencer = SimFencer(self, fence_devices)
         self.lease_hosts: dict[int, str] = {}  # every lease a host held, for the log
         self.operator = self.store.client("operator", lambda: not self.world.network.store_down)
         self.operator.put(self.layout.config(), self.settings.model_dump_json())
@@ -305,7 +312,7 @@ class SimCluster:
     def log(self, event: Event) -> None:
         # Loops stamp events with their host's clock, which may be skewed; the timeline is in
         # virtual (true) time so that it reads in order.
-        self.events.append(Event(self.loop.now, event.source, event.subject, event.message))
+        self.events.append(dataclasses.replace(event, t=self.loop.now))
 
     def log_lines(self) -> list[str]:
         return [event.line() for event in self.events]
@@ -313,12 +320,18 @@ class SimCluster:
     def client(self, name: str = "operator"):  # noqa: ANN201 - a Store
         return self.operator if name == "operator" else self.store.client(name)
 
-    def _lease_owner(self, lease_id: int) -> str:
+    def _lease_expired(self, lease_id: int) -> Event:
+        """The store's event for an expired lease, about the host that holds (or held) it."""
         for host in self.hosts.values():
             if host.keeper and host.keeper.lease and host.keeper.lease.id == lease_id:
-                return f"host {host.name}"
+                return Event(self.loop.now, "store", EventKind.LEASE_EXPIRED, subject_kind=SubjectKind.HOST,
+                             name=host.name, host=host.name, lease=lease_id)
         owner = self.lease_hosts.get(lease_id)
-        return f"host {owner} (an earlier lease)" if owner else f"lease {lease_id}"
+        if owner:
+            return Event(self.loop.now, "store", EventKind.LEASE_EXPIRED, subject_kind=SubjectKind.HOST, name=owner,
+                         host=owner, lease=lease_id, reason="an earlier lease")
+        return Event(self.loop.now, "store", EventKind.LEASE_EXPIRED, subject_kind=SubjectKind.LEASE,
+                     name=str(lease_id), lease=lease_id)
 
     def advance_to(self, until: float) -> None:
         """Run every event up to virtual time `until`, checking safety after each."""
@@ -330,7 +343,7 @@ class SimCluster:
             if expiry is not None and expiry <= until and (next_timer is None or expiry <= next_timer):
                 loop.now = max(loop.now, expiry)
                 for lease_id in store.expire(loop.now):
-                    self.log(Event(loop.now, "store", self._lease_owner(lease_id), "lease expired"))
+                    self.log(self._lease_expired(lease_id))
             elif next_timer is not None and next_timer <= until:
                 loop.pop().fn()
             else:

@@ -8,6 +8,7 @@
     hang H | unhang H                     the daemon stops (SIGSTOP) and continues
     restart H                             the daemon restarts; its VMs keep running
     slow renew H by S | normal renew H    lease renewals come S seconds late
+    fence fails H | fence works H         H's power-fencing device stops confirming / works again
     skew H RATE                           H's clock runs at RATE (1.0 = true)
     crash VM                              the guest dies where it runs
     fail start VM [N]                     its next N starts fail (default 1)
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from haven.core.decision import Event
+from haven.core.events import Event, EventKind
 from haven.model.spec import DesiredState, MigrationKind
 from haven.model.state import RequestAction
 from haven.ports.store import StoreError
@@ -45,13 +46,14 @@ def apply_fault(cluster: SimCluster, line: str) -> None:
     if handler is None:
         raise FaultError(f"unknown fault {words[0]!r}; known: {', '.join(sorted(_HANDLERS))}")
     operator = words[0] in _OPERATOR
-    cluster.log(Event(cluster.now, "operator" if operator else "fault", "cluster", line))
+    kind = EventKind.OPERATOR if operator else EventKind.FAULT
+    cluster.log(Event(cluster.now, kind.value, kind, text=line))
     try:
         handler(cluster, words[1:])
     except (StoreError, intents.IntentConflict) as error:
         if not operator:
             raise
-        cluster.log(Event(cluster.now, "operator", "cluster", f"command failed: {error}"))
+        cluster.log(Event(cluster.now, "operator", EventKind.COMMAND_FAILED, reason=str(error)))
 
 
 def _host(cluster: SimCluster, name: str) -> SimHost:
@@ -157,6 +159,19 @@ def _skew(cluster: SimCluster, args: list[str]) -> None:
     _host(cluster, args[0]).clock.set_rate(rate)
 
 
+def _fence(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) != 2 or args[0] not in ("fails", "works"):
+        raise FaultError("usage: fence fails|works HOST")
+    host = _host(cluster, args[1]).name
+    fencer = cluster.fencer
+    if host not in fencer.devices:
+        raise FaultError(f"host {host} has no fencing device (the scenario's fence_devices)")
+    if args[0] == "fails":
+        fencer.failing.add(host)
+    else:
+        fencer.failing.discard(host)
+
+
 def _crash(cluster: SimCluster, args: list[str]) -> None:
     _expect(args, 1, "crash VM")
     name = _vm(cluster, args[0])
@@ -214,7 +229,7 @@ def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
 _HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
     "power": _power, "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
     "hang": _hang(True), "unhang": _hang(False), "restart": _restart, "slow": _renew, "normal": _normal, "skew": _skew,
-    "crash": _crash, "fail": _fail,
+    "crash": _crash, "fail": _fail, "fence": _fence,
     "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),
     "acknowledge": _acknowledge, "migrate": _migrate, "drain": _maintenance(True),
     "resume": _maintenance(False),

@@ -45,6 +45,7 @@ class SimVm:
     detail: str = ""
     failed_migration: str = ""
     standby: bool = False  # INCOMING from prepare_restore: waits for a state file
+    downtime_ms: float | None = None  # MIGRATED: the handover here is instantaneous, a zero pause
 
 
 _instances = itertools.count(1)
@@ -65,7 +66,8 @@ class FakeHypervisor:
 
     def list(self) -> dict[str, LocalVm]:
         if self._listed is None:  # rebuilt only after a change: agents ask on every tick
-            self._listed = {name: LocalVm(name, vm.generation, vm.state, vm.detail, vm.since, vm.failed_migration)
+            self._listed = {name: LocalVm(name, vm.generation, vm.state, vm.detail, vm.since, vm.failed_migration,
+                                          vm.downtime_ms)
                             for name, vm in sorted(self.vms.items())}
         return dict(self._listed)
 
@@ -129,6 +131,7 @@ class FakeHypervisor:
             if target and incoming and incoming.state is LocalState.INCOMING and \
                     self.world.network.hosts_connected(self.host, target_host):
                 incoming.ram_epoch = vm.ram_epoch
+                vm.downtime_ms = 0.0  # reported as QEMU does; the world switches over at once
                 self._transition(vm, LocalState.MIGRATED)
                 target._transition(incoming, LocalState.RUNNING)
             else:
@@ -203,6 +206,8 @@ class FakeHypervisor:
 
     def _transition(self, vm: SimVm, state: LocalState, detail: str = "") -> None:
         vm.state, vm.detail, vm.since = state, detail, self.clock.now()
+        if state is not LocalState.MIGRATED:
+            vm.downtime_ms = None
         if state not in (LocalState.RUNNING, LocalState.MIGRATING_OUT):
             vm.instance = next(_instances)  # pending completions of the old phase are void
         self._changed()

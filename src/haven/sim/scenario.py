@@ -4,6 +4,7 @@
     sim: {boot_s: 3.0}                      # optional SimTimings overrides
     hosts:
       - {name: h1, vcpus: 8, memory_mib: 4096}
+    fence_devices: [h1]                     # optional: hosts with a power-fencing device (SimFencer)
     vms:
       - {name: web, memory_mib: 512, priority: 3}
     timeline:
@@ -53,6 +54,7 @@ class Scenario(BaseModel):
     settings: dict[str, Any] = {}
     sim: SimOptions = SimOptions()
     hosts: list[dict[str, Any]]
+    fence_devices: list[str] = []  # hosts the manager can power off (and so recover without the grace)
     vms: list[dict[str, Any]] = []
     timeline: list[Step] = []
     until: float = Field(default=30.0, gt=0)
@@ -71,7 +73,11 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ConfigError(str(file), ["a scenario is a mapping with hosts, vms, timeline and until"])
     name = file.parent.name if file.name == SCENARIO_FILE else file.stem
     scenario = validate(Scenario, {"name": name, **data}, str(file))
-    scenario.cluster_config()  # report declaration problems now
+    config = scenario.cluster_config()  # report declaration problems now
+    hosts = {host.name for host in config.hosts}
+    unknown = [name for name in scenario.fence_devices if name not in hosts]
+    if unknown:
+        raise ConfigError(str(file), [f"fence_devices: no host named {name!r}" for name in unknown])
     for step in scenario.timeline:
         if step.at > scenario.until:
             raise ConfigError(str(file), [f"timeline step at {step.at:g} is after until {scenario.until:g}"])
@@ -97,14 +103,14 @@ def cluster_from_scenario(path: str | Path) -> SimCluster:
     """A cluster built from a scenario file whose timeline plays as virtual time advances
     (for `haven sim serve`)."""
     scenario = load_scenario(path)
-    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario))
+    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario), fence_devices=scenario.fence_devices)
     for step in sorted(scenario.timeline, key=lambda s: s.at):
         cluster.loop.at(step.at, functools.partial(apply_fault, cluster, step.do))
     return cluster
 
 
 def run_scenario(scenario: Scenario) -> RunResult:
-    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario))
+    cluster = SimCluster(scenario.cluster_config(), timings_of(scenario), fence_devices=scenario.fence_devices)
     for step in sorted(scenario.timeline, key=lambda s: s.at):
         cluster.advance_to(step.at)
         try:

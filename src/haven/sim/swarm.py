@@ -3,7 +3,8 @@
 One seed decides everything (cluster shape, faults, times), so a failing seed replays exactly:
 `haven sim swarm --seed N --verbose`. Safety is checked after every simulated event. Liveness: once
 every fault is healed (and any VM in error acknowledged, as an operator would), every
-desired-running HA VM must run again within `LIVENESS_BOUND_S`.
+desired-running HA VM must run again within `LIVENESS_BOUND_S`. In a share of the seeds some hosts
+have a power-fencing device (`SimFencer`), some of which fail.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from haven.sim.faults import apply_fault
 FAULT_WINDOW = (5.0, 40.0)
 HEAL_AT = 50.0
 LIVENESS_BOUND_S = 60.0
+FENCED_SHARE = 0.25  # of the seeds, whose hosts may have power-fencing devices
 
 
 @dataclass
@@ -30,6 +32,7 @@ class SwarmRun:
     recovery_s: float | None  # heal -> every HA VM running
     timeline: list[tuple[float, str]]
     lines: list[str] = field(default_factory=list)
+    fence_devices: list[str] = field(default_factory=list)
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -107,6 +110,16 @@ def random_faults(rng: random.Random, config: ClusterConfig) -> list[tuple[float
     return sorted(steps, key=lambda s: s[0])
 
 
+def random_fencing(seed: int, config: ClusterConfig) -> tuple[list[str], list[str]]:
+    """Hosts with a power-fencing device, and those whose device fails. Drawn from a stream of
+    their own, so a seed's cluster and faults are the same with or without them."""
+    rng = random.Random(f"fence {seed}")
+    if rng.random() >= FENCED_SHARE:
+        return [], []
+    devices = [host.name for host in config.hosts if rng.random() < 0.7]
+    return devices, [host for host in devices if rng.random() < 0.3]
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
     for host in config.hosts:
@@ -119,7 +132,9 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
     rng = random.Random(seed)
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
-    cluster = SimCluster(config)
+    devices, failing = random_fencing(seed, config)
+    timeline = [(0.0, f"fence fails {host}") for host in failing] + timeline
+    cluster = SimCluster(config, fence_devices=devices)
     for at, line in timeline:
         cluster.advance_to(min(at, HEAL_AT))
         if at < HEAL_AT:
@@ -140,7 +155,7 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
         f"not running {LIVENESS_BOUND_S:g} s after healing: {', '.join(_unhealthy(cluster, config))}"]
     cluster.advance_to(t + 5.0)  # safety keeps being checked a little longer
     return SwarmRun(seed, list(cluster.world.monitor.violations), liveness, recovery, timeline,
-                    cluster.log_lines() + cluster.world.monitor.violations if keep_log else [])
+                    cluster.log_lines() + cluster.world.monitor.violations if keep_log else [], devices)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:

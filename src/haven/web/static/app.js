@@ -240,10 +240,17 @@ let refreshTimer = null;
 function refreshSoon() { clearTimeout(refreshTimer); refreshTimer = setTimeout(refresh, 120); }
 
 // -- events -----------------------------------------------------------------------------------
+// Events are data (kind, old/new state, ...): what needs an operator's eye is read from the fields.
+const ALERT_KINDS = new Set(["self_fence", "killed", "watchdog_fired", "lease_lost", "lease_expired", "fault",
+  "action_failed", "migration_aborted", "migration_refused", "manager_deposed"]);
+const ALERT_STATES = new Set(["lost", "fenced", "recovering", "error"]);
+
 function addEvents(events, fresh) {
   const list = $("#events");
   for (const e of events) {
-    list.prepend(h("li", { class: fresh ? "fresh" : "", "data-id": e.id },
+    const alert = ALERT_KINDS.has(e.kind) || ALERT_STATES.has(e.new);
+    const cls = [fresh ? "fresh" : "", alert ? "alert" : ""].filter(Boolean).join(" ");
+    list.prepend(h("li", { class: cls, "data-id": e.id, "data-kind": e.kind, "data-subject": e.subject },
       h("span", { class: "t" }, `${e.t.toFixed(2)}`),
       h("span", {}, h("span", { class: "subject" }, e.subject), h("span", { class: "source" }, e.source),
         h("div", {}, e.message))));
