@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from haven.lab.cluster import Lab
-from haven.lab.netns import HttpProbe
+from haven.lab.netns import USER_TIMEOUT_S, HttpProbe
 from haven.model.spec import MigrationKind
 from haven.model.state import HostState, RequestAction, VmState
 from haven.runtime import intents
@@ -75,9 +75,6 @@ class DoubleRunSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-USER_TIMEOUT_S = 3.0
 
 
 def migrate_elsewhere(lab: Lab, vm: str, kind: MigrationKind) -> str:

@@ -1,7 +1,7 @@
 """The API application: routes, error answers, the dashboard's static files."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ BODY_MODELS = (VmSpec, MigrateIn, FaultIn)  # bodies read by api.bodies, documen
 
 
 def _problem(status: int, detail: str, problems: list[str] | None = None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+             headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "problems": problems or []}, status_code=status,
                         headers=headers)
 
@@ -71,7 +71,7 @@ def _install_openapi(app: FastAPI) -> None:
             schema.setdefault("components", {}).setdefault("securitySchemes", {})
             app.openapi_schema = schema
         return app.openapi_schema
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
 def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: str,

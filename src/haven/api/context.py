@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from fastapi import HTTPException, Request
 
-from haven.runtime.layout import Layout, Snapshot, read_snapshot
 from haven.ports.store import Compare, Delete, KeyValue, Put, Store, StoreUnavailable
+from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
 
 class SimControl(Protocol):

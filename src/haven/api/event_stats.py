@@ -60,7 +60,7 @@ class Histogram:
                 self.counts[i] += 1
 
     def cumulative(self) -> list[tuple[str, int]]:
-        return [(repr(b), c) for b, c in zip(self.buckets, self.counts)] + [("+Inf", self.n)]
+        return [(repr(b), c) for b, c in zip(self.buckets, self.counts, strict=True)] + [("+Inf", self.n)]
 
 
 @dataclass

@@ -70,8 +70,8 @@ class HavenCollector(Collector):
         yield hosts
         vms = GaugeMetricFamily("haven_vms", "VMs by state ('pending': not placed yet)", labels=["state"])
         by_vm_state = Counter(views.vm_state(snap, name) for name in snap.specs)
-        for state in [*(s.value for s in VmState), views.PENDING]:
-            vms.add_metric([state], by_vm_state.get(state, 0))
+        for value in [*(s.value for s in VmState), views.PENDING]:
+            vms.add_metric([value], by_vm_state.get(value, 0))
         yield vms
         protection = assess(view)
         level = GaugeMetricFamily("haven_protection_level",

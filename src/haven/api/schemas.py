@@ -1,6 +1,8 @@
 """Request and response bodies of the REST API (they make the OpenAPI document)."""
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from haven.core.events import EventKind, SubjectKind
@@ -124,8 +126,10 @@ class FaultIn(BaseModel):
     line: str = Field(min_length=1, max_length=200, examples=["power off h1"])
 
 
-ERRORS = {code: {"model": Problem, "description": text} for code, text in (
+Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` (extra OpenAPI answers)
+
+ERRORS: Responses = {code: {"model": Problem, "description": text} for code, text in (
     (401, "no token"), (403, "wrong or insufficient token"), (503, "the store is unreachable"))}
-NOT_FOUND = {404: {"model": Problem, "description": "no such VM or host"}}
-CONFLICT = {409: {"model": Problem, "description": "not possible in the current state"}}
-INVALID = {422: {"model": Problem, "description": "invalid request: one line per problem"}}
+NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM or host"}}
+CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
+INVALID: Responses = {422: {"model": Problem, "description": "invalid request: one line per problem"}}

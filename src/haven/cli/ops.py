@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from haven.cli import ops_render as render
-from haven.cli.ops_client import (DEFAULT_API, EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, ApiClient,
-                                  CliError)
+from haven.cli.ops_client import DEFAULT_API, EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, ApiClient, CliError
 
 F = TypeVar("F", bound=Callable[..., Any])
 POLL_S = 0.5

@@ -41,7 +41,10 @@ def status(summary: dict[str, Any], hosts: list[dict[str, Any]]) -> None:
     clock = f"sim t={summary['time']:.1f} s" if sim else f"t={summary['time']:.1f}"
     out.print(f"[bold]cluster {summary['cluster']}[/]  manager: {summary['manager'] or '[red]none[/]'}  {clock}")
     out.print(f"[{style}]{FACES.get(p['mood'], '(?_?)')} {p['mood']} ({p['level']})[/]: {p['reason']}")
-    counts = lambda d: ", ".join(f"{styled(k)} {v}" for k, v in d.items() if v) or "none"  # noqa: E731
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{styled(k)} {v}" for k, v in d.items() if v) or "none"
+
     out.print(f"hosts: {counts(summary['hosts'])}")
     out.print(f"VMs:   {counts(summary['vms'])}")
     hosts_table(hosts)

@@ -47,7 +47,7 @@ def demo() -> None:
     scenario = load_scenario(Path(__file__).parent.parent / "sim" / "demo.yaml")
     result = run_scenario(scenario)
     for line in result.lines:
-        style = {"fault": "red", "operator": "cyan"}.get(line.split()[1], None)
+        style = {"fault": "red", "operator": "cyan"}.get(line.split()[1])
         click.secho(line, fg=style, bold=style is not None)
     click.echo(f"\nsafety violations: {len(result.violations)}")
     if result.violations:

@@ -185,9 +185,9 @@ def _reconcile_vm(inp: AgentInput, name: str, p: Placement | None, local: LocalV
     if local is not None and local.generation > p.generation:
         return  # ahead of the placement (handover in flight): wait for the manager
     if local is None or (local.generation < p.generation and local.state in DEAD):
-        if p.state in (VmState.STARTING, VmState.RUNNING) or (p.state is VmState.MIGRATING and p.restore_from):
-            if name in inp.specs:
-                acts.append(Start(name, p.generation, p.restore_from))
+        startable = p.state in (VmState.STARTING, VmState.RUNNING) or (p.state is VmState.MIGRATING and p.restore_from)
+        if startable and name in inp.specs:
+            acts.append(Start(name, p.generation, p.restore_from))
         return
     if local.generation < p.generation:
         acts.append(Kill(name, f"stale generation {local.generation} (placement has {p.generation})"))

@@ -19,8 +19,18 @@ from haven.core.scheduler import Selection, admission_problem, plan_balance
 from haven.model.spec import DesiredState, MigrationKind
 from haven.model.state import HOST_GONE as GONE
 from haven.model.state import HOST_UP as UP
-from haven.model.state import (ClusterView, HostRecord, HostState, HostView, LocalState, Placement,
-                               RequestAction, VmState, VmStatus, VmView)
+from haven.model.state import (
+    ClusterView,
+    HostRecord,
+    HostState,
+    HostView,
+    LocalState,
+    Placement,
+    RequestAction,
+    VmState,
+    VmStatus,
+    VmView,
+)
 
 
 def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> Decision:
@@ -253,7 +263,7 @@ class _VmStep(MigrationSteps):
 
     def restart(self, why: str, failed_host: str, prefer_same: bool) -> None:
         window = self.spec.restart.window_s
-        recent = tuple(t for t in self.p.restarts if self.r.now - t < window) + (self.r.now,)
+        recent = (*(t for t in self.p.restarts if self.r.now - t < window), self.r.now)
         before = self.p.state.value
         if len(recent) > self.spec.restart.max_restarts:
             self.change(self.moved(before, VmState.ERROR.value, reason=f"{why}; restart limit "

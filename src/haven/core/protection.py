@@ -59,7 +59,7 @@ def _protected_vms(view: ClusterView) -> list[VmView]:
 
 def memory_used(view: ClusterView) -> dict[str, int]:
     """MiB held by placed VMs on each host (a migrating VM counts on source and target)."""
-    used = {name: 0 for name in view.hosts}
+    used = dict.fromkeys(view.hosts, 0)
     for vm in view.vms.values():
         p = vm.placement
         if p is None or p.state not in HOLDING_STATES:

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from haven.drivers.qemu_boot import DirectBoot
+from haven.drivers.qemu_config import QemuHostConfig
+from haven.drivers.tap import bridge_taps
 from haven.model.load import load_yaml_file, validate
-from haven.model.spec import HostSpec
+from haven.model.spec import HostSpec, Settings
 
 
 class ShutdownPolicy(StrEnum):
@@ -54,6 +57,18 @@ class NodeConfig(BaseModel):
     downtime_limit_ms: int = Field(default=100, gt=0)
     image_locking: bool = Field(default=True, description="QEMU's image locks; the lab turns them off so "
                                 "that a fencing bug shows as a double run instead of a lock error")
+
+
+def qemu_host_config(config: NodeConfig, settings: Settings) -> QemuHostConfig:
+    """What the QEMU driver needs of a node's configuration and the cluster's settings."""
+    guest = config.guest
+    return QemuHostConfig(
+        host_name=config.host.name, run_dir=config.run_dir / "vms", pools=config.pools, address=config.host.address,
+        tap_for=bridge_taps(config.vm_bridge) if config.vm_bridge else None,
+        guest=DirectBoot(str(guest.kernel), str(guest.initrd), guest.ready_marker, guest.disk_filesystem)
+        if guest else None,
+        accel=config.accel, stop_timeout=settings.stop_timeout_s, image_locking=config.image_locking,
+        migration_bandwidth_mib=config.migration_bandwidth_mib, downtime_limit_ms=config.downtime_limit_ms)
 
 
 def load_node_config(path: str | Path) -> NodeConfig:

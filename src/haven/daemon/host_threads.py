@@ -109,7 +109,7 @@ class HostThreads:
             try:
                 if self.agent.fence_if_due():
                     self.wake_agent.set()  # the agent notes the kills and hands the lease back
-            except Exception:  # noqa: BLE001 - the fence must outlive a bug in one attempt
+            except Exception:  # the fence must outlive a bug in one attempt (logged)
                 log.exception("self-fence failed")
             self.wake_fence.wait(FENCED_POLL_S)
             self.wake_fence.clear()
@@ -123,7 +123,7 @@ class HostThreads:
                 while not self.agent_inbox.empty():
                     self.agent.on_store_event(self.agent_inbox.get())
                 self.agent.step()
-            except Exception:  # noqa: BLE001 - the loop must outlive a bug in one iteration
+            except Exception:  # the loop must outlive a bug in one iteration (logged)
                 log.exception("agent step failed")
 
     def manager_loop(self) -> None:
@@ -139,7 +139,7 @@ class HostThreads:
                         self.manager.observe_leader_key(event)
                     self.manager.mark_stale()
                 decision = self.manager.step()
-            except Exception:  # noqa: BLE001
+            except Exception:  # logged: the loop goes on
                 log.exception("manager step failed")
                 continue
             if decision and any(r.state is HostState.LOST for r in decision.host_records.values()):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haven.ports.store import Lease
+from haven.runtime.lease import LeaseState
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +31,13 @@ class LeaseFile:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def save(self, lease: Lease, last_renewal_sent: float) -> None:
+    def save(self, state: LeaseState) -> None:
+        """Keep the lease held now (nothing if none is)."""
+        if state.lease is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"id": lease.id, "ttl": lease.ttl, "sent": last_renewal_sent}))
+        tmp.write_text(json.dumps({"id": state.lease.id, "ttl": state.lease.ttl, "sent": state.last_renewal_sent}))
         os.replace(tmp, self.path)  # a crash mid-write leaves the old file, never half a new one
 
     def remove(self) -> None:

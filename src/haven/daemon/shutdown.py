@@ -1,6 +1,7 @@
 """What a stopping daemon does with its VMs (`NodeConfig.shutdown`, or KEEP for a restart)."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 from haven.core.events import Event, EventKind, SubjectKind
@@ -26,15 +27,12 @@ def shut_down(policy: ShutdownPolicy, threads: HostThreads, hypervisor: Hypervis
     if policy is ShutdownPolicy.KEEP:
         threads.stopping.set()  # no new action: the next run decides from here
         keeper.renew()  # the next run has a full self-fence interval to take over
-        state = keeper.state
-        if state.lease is not None:
-            lease_file.save(state.lease, state.last_renewal_sent)
+        lease_file.save(keeper.state)
         return
     if policy is ShutdownPolicy.MIGRATE:
-        try:
+        # On failure the VMs stay: the timeout below still bounds the wait.
+        with contextlib.suppress(StoreError, intents.IntentConflict):
             intents.set_maintenance(keeper.store, keeper.layout, keeper.host.name, True)
-        except (StoreError, intents.IntentConflict):
-            pass  # the VMs stay: the timeout below still bounds the wait
     else:
         for name in list(hypervisor.list()):
             hypervisor.stop(name)

@@ -5,10 +5,32 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 TAKEOVER_TIMEOUT_S = 5.0
+SIGNAL_WAIT_S = 60.0
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the daemon to stop; SIGHUP asks it to go for a restart (the next
+    run takes over: the VMs stay). Handlers only set flags; the main thread acts on them."""
+
+    def __init__(self) -> None:
+        self.stop, self.restart = threading.Event(), threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.restart.set()
+        self.stop.set()
+
+    def wait(self) -> None:
+        # An interrupted wait runs the handler on this (the main) thread, which sets the event.
+        while not self.stop.wait(SIGNAL_WAIT_S):
+            pass
 
 
 def take_over(pidfile: Path, timeout: float = TAKEOVER_TIMEOUT_S) -> None:

@@ -8,6 +8,7 @@ left by another boot: that run's QEMUs died with it, and its clock is not this b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -78,10 +79,8 @@ def run_watchdog(deadline_file: Path, run_dir: Path, log: Callable[..., None] = 
         if armed is not None and now > armed[0]:
             pids = qemu_pids(run_dir)
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             os.replace(deadline_file, deadline_file.with_name(deadline_file.name + ".fired"))
             log(f"watchdog: deadline passed {now - armed[0]:.3f} s ago: killed {len(pids)} QEMU(s)", flush=True)
             armed = None

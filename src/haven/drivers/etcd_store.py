@@ -19,6 +19,7 @@ Failure model:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -31,8 +32,17 @@ from typing import Any
 import httpx
 
 from haven.ports.store import (
-    Compare, Delete, EventType, KeyValue, Lease, LeaseLost, Put, StoreError, StoreUnavailable,
-    TxnResult, WatchEvent,
+    Compare,
+    Delete,
+    EventType,
+    KeyValue,
+    Lease,
+    LeaseLost,
+    Put,
+    StoreError,
+    StoreUnavailable,
+    TxnResult,
+    WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -240,10 +250,8 @@ class EtcdStore:
             raise LeaseLost(f"lease {lease.id:x} expired or revoked")
 
     def lease_revoke(self, lease: Lease) -> None:
-        try:
+        with contextlib.suppress(LeaseLost):  # already gone: revoking is idempotent
             self._call("/v3/lease/revoke", {"ID": str(lease.id)})
-        except LeaseLost:
-            pass  # already gone: revoking is idempotent
 
     # -- watches --------------------------------------------------------------------------
 
@@ -309,10 +317,8 @@ class _Watch:
         self._stopped.set()
         sock = self._sock
         if sock is not None:
-            try:  # unblocks the thread's recv() at once; close() alone would not
+            with contextlib.suppress(OSError):  # unblocks the thread's recv() at once; close() alone would not
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)
         with self.store._lock:
@@ -391,7 +397,7 @@ class _Watch:
                 return
             try:
                 self.callback(WatchEvent(etype, _unb64(kv.get("key")), value, rev))
-            except Exception:  # noqa: BLE001 - a buggy callback must not kill the watch
+            except Exception:  # a buggy callback must not kill the watch
                 log.exception("watch %s: callback failed", self.prefix)
         if last:
             self.next_rev = last + 1  # a revision's events always arrive in one message

@@ -218,7 +218,7 @@ class QemuHypervisor:
     def _launch_thread(self, vm: VmRecord, token: int, incoming: str | None) -> None:
         try:
             self._launch_and_follow(vm, token, incoming)
-        except Exception as exc:  # never leave a VM in STARTING for an unexpected error
+        except Exception as exc:  # noqa: BLE001 - never leave a VM in STARTING for an unexpected error
             self.table.set(vm, token, S.FAILED, detail=f"launch error: {type(exc).__name__}: {exc}")
             with self.table.lock:
                 pid, starttime = vm.pid, vm.starttime

@@ -157,11 +157,11 @@ def build_cmdline(spec: VmSpec, config: CmdlineConfig, paths: VmPaths, disks: li
     for i, disk in enumerate(disks):
         direct = "on" if disk.cache == "none" else "off"
         locking = "" if config.image_locking else ",locking=off"
-        argv += ["-blockdev", f"driver=file,filename={_escape(disk.path)},node-name=file{i},"
-                              f"cache.direct={direct}{locking}",
+        argv += ["-blockdev", (f"driver=file,filename={_escape(disk.path)},node-name=file{i},"
+                               f"cache.direct={direct}{locking}"),
                  "-blockdev", f"driver={disk.format},file=file{i},node-name=disk{i}",
                  "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}"]
-    for i, (nic, tap) in enumerate(zip(spec.nics, taps)):
+    for i, (nic, tap) in enumerate(zip(spec.nics, taps, strict=True)):
         argv += ["-netdev", f"tap,id=net{i},ifname={tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},id=nic{i}"]
     if incoming:

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from haven.drivers.qemu_accel import DEFAULT_ACCEL_CACHE, probe_accel
 from haven.drivers.qemu_boot import DirectBoot
 from haven.drivers.qemu_cmdline import MIGRATION_PORT_BASE, QEMU, CmdlineConfig, migration_port
-from haven.drivers.qemu_accel import DEFAULT_ACCEL_CACHE, probe_accel
 from haven.model.spec import VmSpec
 from haven.ports.hypervisor import HypervisorError
 

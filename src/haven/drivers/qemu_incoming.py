@@ -11,6 +11,7 @@ The state file is removed once the restored VM runs (unless `keep_state_files`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -19,8 +20,8 @@ from pathlib import Path
 from haven.drivers.qemu_config import QemuHostConfig
 from haven.drivers.qemu_monitor import MONITOR_ERRORS, STATE_FD, run_state
 from haven.drivers.qemu_process import sigkill
-from haven.drivers.qmp import QmpError, pass_fd
 from haven.drivers.qemu_vm import S, VmRecord, VmTable
+from haven.drivers.qmp import QmpError, pass_fd
 
 # Run states of a QEMU that holds a loaded state but does not run it yet: `cont` runs it.
 LOADED = ("paused", "prelaunch", "postmigrate", "restore-vm")
@@ -51,10 +52,8 @@ class IncomingMigration:
                 self.table.set(vm, token, S.RUNNING, detail="")
                 return
             if status in ("paused", "postmigrate"):  # the source was paused: continue it here
-                try:
+                with contextlib.suppress(*MONITOR_ERRORS):
                     vm.monitor.execute("cont")
-                except MONITOR_ERRORS:
-                    pass
             time.sleep(0.05)
 
     def restore(self, vm: VmRecord, restore_from: str) -> bool:
@@ -102,10 +101,8 @@ class IncomingMigration:
                     status = run_state(q.execute("query-status"))
                     if status in LOADED:
                         loaded = loaded or time.monotonic()
-                        try:
+                        with contextlib.suppress(QmpError):
                             q.execute("cont")
-                        except QmpError:
-                            pass
                         status = run_state(q.execute("query-status"))
             except MONITOR_ERRORS:
                 time.sleep(0.05)

@@ -77,7 +77,7 @@ class QemuLauncher:
     def _disks(self, spec: VmSpec, new_disks: bool) -> list[DiskArg]:
         disks = []
         guest = self.config.guest
-        for disk, path in zip(spec.disks, self.config.disk_paths(spec)):
+        for disk, path in zip(spec.disks, self.config.disk_paths(spec), strict=True):
             if not path.exists():
                 if not new_disks:
                     raise LaunchError(f"disk {path} missing")

@@ -32,9 +32,8 @@ class Monitor:
     def session(self, timeout: float | None = None) -> Iterator[QmpClient]:
         """One connection for several commands that belong together (e.g. `getfd` + `migrate`,
         whose descriptor lives only as long as the connection)."""
-        with self._lock:
-            with QmpClient(self.socket_path, timeout or self.timeout) as client:
-                yield client
+        with self._lock, QmpClient(self.socket_path, timeout or self.timeout) as client:
+            yield client
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         with self.session(timeout) as client:

@@ -13,6 +13,7 @@ Either one that fails or is cancelled goes back to RUNNING (continued if it was 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -22,9 +23,9 @@ from typing import Any
 
 from haven.drivers.qemu_config import QemuHostConfig
 from haven.drivers.qemu_monitor import MONITOR_ERRORS, STATE_FD
-from haven.drivers.qmp import pass_fd
 from haven.drivers.qemu_process import sigkill, wait_dead
 from haven.drivers.qemu_vm import S, VmRecord, VmTable
+from haven.drivers.qmp import pass_fd
 from haven.ports.hypervisor import HypervisorError
 
 UNDER_WAY = ("setup", "active", "device", "pre-switchover", "completed")  # query-migrate statuses
@@ -115,10 +116,8 @@ class OutgoingMigration:
                 time.sleep(0.05 if live else 0.02)
         except MONITOR_ERRORS as exc:
             if vm.token == token and vm.alive():
-                try:
+                with contextlib.suppress(*MONITOR_ERRORS):
                     vm.monitor.execute("migrate_cancel")
-                except MONITOR_ERRORS:
-                    pass
                 self.roll_back(vm, token, attempt, f"{type(exc).__name__}: {exc}")
 
     def _start(self, vm: VmRecord, dest: str, live: bool) -> None:
@@ -166,10 +165,8 @@ class OutgoingMigration:
                 return
             vm.intent = "saved"  # from now on, QEMU's exit means SAVED (also to a restarted agent)
             self.table.save(vm)
-        try:
+        with contextlib.suppress(*MONITOR_ERRORS):
             vm.monitor.execute("quit")
-        except MONITOR_ERRORS:
-            pass
         if not wait_dead(vm.pid, vm.starttime, 5.0):
             sigkill(vm.pid, vm.starttime)
             wait_dead(vm.pid, vm.starttime, 5.0)

@@ -3,6 +3,7 @@ that reuses its pid, signals, the tails of its logs, O_DIRECT support of a pool.
 production clock."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
@@ -44,11 +45,9 @@ def wait_dead(pid: int | None, starttime: str, timeout: float) -> bool:
 
 
 def sigkill(pid: int | None, starttime: str) -> None:
-    if alive(pid, starttime):
-        try:
-            os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
-        except ProcessLookupError:
-            pass
+    if pid and alive(pid, starttime):
+        with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+            os.kill(pid, signal.SIGKILL)
 
 
 def is_qemu_for(pid: int, qmp_socket: Path) -> bool:

@@ -66,26 +66,26 @@ class Reattacher:
         if vm.state in (S.MIGRATING_OUT, S.SAVING):  # an outgoing migration or save was watched
             live = vm.state is S.MIGRATING_OUT
             if migration in UNDER_WAY or (live and status == "postmigrate"):
-                watch = lambda: self.outgoing.follow(vm, token, live)  # noqa: E731
+                watch = lambda: self.outgoing.follow(vm, token, live)  # noqa: E731 - run on a thread
             else:  # it failed, was cancelled or never began: the VM goes on running here
                 why = f"{'migration' if live else 'save'} interrupted by an agent restart"
-                watch = lambda: self.outgoing.roll_back(vm, token, vm.attempt, why)  # noqa: E731
+                watch = lambda: self.outgoing.roll_back(vm, token, vm.attempt, why)  # noqa: E731 - run on a thread
         elif status == "postmigrate":
             self.table.set(vm, token, S.MIGRATED)
         elif status == "inmigrate" and vm.origin == "standby":  # still waiting for its state file
             self.table.set(vm, token, S.INCOMING)
         elif status == "inmigrate" and vm.origin == "restore":
             self.table.set(vm, token, S.STARTING)
-            watch = lambda: self.incoming.watch_restore(vm, token, time.monotonic())  # noqa: E731
+            watch = lambda: self.incoming.watch_restore(vm, token, time.monotonic())  # noqa: E731 - run on a thread
         elif status == "inmigrate":
             self.table.set(vm, token, S.INCOMING)
-            watch = lambda: self.incoming.watch_live(vm, token)  # noqa: E731
+            watch = lambda: self.incoming.watch_live(vm, token)  # noqa: E731 - run on a thread
         elif status == "running":
             if not (vm.state is S.STARTING and vm.origin == "boot" and self.config.guest is not None):
                 self.table.set(vm, token, S.RUNNING, detail="" if vm.state is S.RUNNING else vm.detail)
             # else: the watcher still waits for the guest's ready line
         elif status in ("paused", "prelaunch") and vm.origin == "restore" and vm.state is S.STARTING:
-            watch = lambda: self.incoming.watch_restore(vm, token, time.monotonic())  # noqa: E731
+            watch = lambda: self.incoming.watch_restore(vm, token, time.monotonic())  # noqa: E731 - run on a thread
         else:
             self.table.set(vm, token, detail=f"re-attached, QEMU status {status}")
         if watch is not None:

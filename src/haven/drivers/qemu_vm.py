@@ -11,6 +11,7 @@ is still current, so that a killed VM's old threads cannot bring it back to life
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -99,6 +100,7 @@ class VmTable:
         self.host_name = host_name
         self.clock = clock
         self.on_change = on_change
+        self.on_record: Callable[[], None] | None = None  # the driver's own watcher: any record changed
         self.lock = threading.RLock()
         self._vms: dict[str, VmRecord] = {}
         self._tokens = 0
@@ -152,13 +154,16 @@ class VmTable:
         with self.lock:
             if not self.is_current(vm, token):
                 return False
-            changed = state is not None and state is not vm.state
-            if changed:
-                vm.state = state  # type: ignore[assignment]
+            changed = False
+            if state is not None and state is not vm.state:
+                vm.state = state
                 vm.since = self.clock.now()
+                changed = True
             for key, value in fields.items():
                 setattr(vm, key, value)
             self.save(vm)
+        if self.on_record is not None:
+            self.on_record()
         if changed:
             self.notify()
         return True
@@ -176,7 +181,5 @@ class VmTable:
     def notify(self) -> None:
         callback = self.on_change
         if callback is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken callback must not break the driver
                 callback()
-            except Exception:  # noqa: BLE001 - a broken callback must not break the driver
-                pass

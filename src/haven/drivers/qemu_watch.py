@@ -12,6 +12,7 @@ What an exit means depends on what was asked (`VmRecord.intent`) and the state:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -19,6 +20,8 @@ import threading
 from haven.drivers.qemu_process import tail
 from haven.drivers.qemu_vm import TERMINAL_STATES, S, VmRecord, VmTable
 
+STARTING_POLL_MS = 100  # a booting guest's ready line is looked for this often
+IDLE_POLL_MS = 5000  # a safety net only: exits wake the watcher through their pidfds
 _ORIGINS = {"incoming": "incoming migration", "standby": "standby", "restore": "restore"}
 
 
@@ -27,13 +30,22 @@ class VmWatcher:
         self.table = table
         self.ready_marker = ready_marker
         self._closed = threading.Event()
+        # Woken through a pipe when a record changes (a new QEMU to watch, a guest booting) or on
+        # close; otherwise it sleeps until a QEMU exits (its pidfd turns readable).
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        table.on_record = self.wake
         self._thread = threading.Thread(target=self._run, name=f"qemu-watch-{table.host_name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            os.write(self._wake_w, b"w")
+
     def close(self) -> None:
         self._closed.set()
+        self.wake()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
@@ -45,9 +57,9 @@ class VmWatcher:
             if vm.pid is not None and not vm.alive():
                 self.exited(vm)
                 return
-            if vm.state is S.STARTING and vm.origin == "boot" and self.ready_marker and vm.pid is not None:
-                if self._ready_line_seen(vm):
-                    self.table.set(vm, None, S.RUNNING, detail="")
+            booting = vm.state is S.STARTING and vm.origin == "boot" and self.ready_marker and vm.pid is not None
+            if booting and self._ready_line_seen(vm):
+                self.table.set(vm, None, S.RUNNING, detail="")
 
     def _ready_line_seen(self, vm: VmRecord) -> bool:
         try:
@@ -86,14 +98,14 @@ class VmWatcher:
                 for key in set(pidfds) - live:
                     os.close(pidfds.pop(key))
                 for key in live - set(pidfds):
-                    try:
+                    with contextlib.suppress(OSError, AttributeError):
                         pidfds[key] = os.pidfd_open(key[0])
-                    except (OSError, AttributeError):
-                        pass
                 poller = select.poll()
-                for fd in pidfds.values():
+                for fd in (*pidfds.values(), self._wake_r):
                     poller.register(fd, select.POLLIN)
-                poller.poll(100 if starting else 500)
+                poller.poll(STARTING_POLL_MS if starting else IDLE_POLL_MS)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
         finally:
-            for fd in pidfds.values():
+            for fd in (*pidfds.values(), self._wake_r, self._wake_w):
                 os.close(fd)

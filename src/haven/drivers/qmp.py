@@ -12,6 +12,7 @@ lock out a re-attaching agent or an operator's `socat`). This client:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -67,10 +68,8 @@ class QmpClient:
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def __enter__(self) -> QmpClient:

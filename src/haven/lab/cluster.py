@@ -8,6 +8,7 @@ failure (`with Lab(...) as lab:`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from haven.lab.etcd import EtcdCluster
 from haven.lab.guest import GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
 from haven.model.spec import Disk, HostSpec, Nic, Settings, VmSpec
-from haven.model.state import VmState
-from haven.runtime.layout import Layout, read_snapshot
+from haven.model.state import Placement, VmState
+from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
 DEFAULT_ROOT = Path("/var/lib/haven-lab")
 CLUSTER = "lab"
@@ -147,17 +149,17 @@ class Lab:
         if booting:
             member.boot_id = uuid.uuid4().hex
         env = {**os.environ, BOOT_ID_ENV: member.boot_id}
-        log = open(member.run_dir / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
-        member.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", member.namespace, sys.executable, "-m", "haven.cli.main", "node", "run",
-             "--config", str(member.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=env)
+        with open(member.run_dir / "daemon.log", "ab") as log:  # the child writes to its own copy
+            member.daemon = subprocess.Popen(
+                ["ip", "netns", "exec", member.namespace, sys.executable, "-m", "haven.cli.main", "node", "run",
+                 "--config", str(member.config_path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env)
         if booting:
-            wlog = open(member.run_dir / "watchdog.log", "ab")  # noqa: SIM115
-            member.watchdog = subprocess.Popen(
-                [sys.executable, "-m", "haven.cli.main", "node", "watchdog", "--deadline-file",
-                 str(member.run_dir / "watchdog.deadline"), "--run-dir", str(member.run_dir / "vms")],
-                stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            with open(member.run_dir / "watchdog.log", "ab") as wlog:
+                member.watchdog = subprocess.Popen(
+                    [sys.executable, "-m", "haven.cli.main", "node", "watchdog", "--deadline-file",
+                     str(member.run_dir / "watchdog.deadline"), "--run-dir", str(member.run_dir / "vms")],
+                    stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def down(self) -> None:
         """Remove every process, namespace, bridge and run file the lab made. Idempotent."""
@@ -224,11 +226,11 @@ class Lab:
 
     # --- looking at it ---
 
-    def snapshot(self):  # noqa: ANN201 - a layout.Snapshot
+    def snapshot(self) -> Snapshot:
         assert self.store is not None
         return read_snapshot(self.store, self.layout, with_events=False)
 
-    def wait(self, predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+    def wait(self, predicate: Callable[[Snapshot], object], timeout: float, what: str) -> Snapshot:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -241,8 +243,15 @@ class Lab:
                 raise LabError(f"timed out after {timeout:g} s waiting for {what}")
             time.sleep(0.1)
 
-    def placement(self, vm: str):  # noqa: ANN201
+    def placement(self, vm: str) -> Placement | None:
         return self.snapshot().placements.get(vm)
+
+    def placed_host(self, vm: str) -> str | None:
+        """The host `vm` is placed on (None: placed nowhere right now); the VM must have a placement."""
+        placement = self.placement(vm)
+        if placement is None:
+            raise LabError(f"{vm} has no placement")
+        return placement.host
 
     def wait_all_running(self, timeout: float) -> None:
         self.wait(lambda snap: all((p := snap.placements.get(vm)) and p.state is VmState.RUNNING
@@ -292,7 +301,5 @@ def _read_pid(path: Path) -> int:
 
 def _kill(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -12,6 +12,7 @@ clock as `time.monotonic()` here; the probes stamp wall time, converted with one
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from typing import Any
 
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.lab.cluster import DEFAULT_ROOT, Lab, LabError
-from haven.lab.netns import HttpProbe, IcmpProbe
+from haven.lab.netns import USER_TIMEOUT_S, HttpProbe, IcmpProbe
 from haven.model.spec import MigrationKind
 from haven.model.state import HostState, RequestAction, VmState
 from haven.runtime import intents
@@ -278,7 +279,7 @@ def measure_crash(lab: Lab, host: str, timeout: float = 180.0) -> list[CrashSamp
         # the new host's agent reporting its QEMU up (starting: the guest boots)
         started = first(events, EventKind.LOCAL_STATE, (SubjectKind.VM, vm), new="starting", after=t_crash,
                         not_source=f"agent {host}")
-        to = started.host if started and started.host else (lab.placement(vm).host or "?")
+        to = started.host if started and started.host else (lab.placed_host(vm) or "?")
         t_answer = answered[vm]
         samples.append(CrashSample(
             vm=vm, host=host, to=to, was_manager=was_manager, rto=t_answer - t_crash,
@@ -302,6 +303,7 @@ class LiveSample:
     http_requests: int
     http_failures: int
     http_max_gap_ms: float
+    http_worst_latency_ms: float  # the slowest answered request, with a user's client timeout
     qemu_downtime_ms: float | None
     qemu_total_ms: float | None
     duration_s: float  # request -> running on the target (as seen in the store)
@@ -377,13 +379,13 @@ def migrate(lab: Lab, vm: str, kind: MigrationKind, target: str, timeout: float)
 
 def measure_live(lab: Lab, vm: str, target: str | None = None, timeout: float = 120.0) -> LiveSample:
     assert lab.store is not None and lab.net is not None
-    source = lab.placement(vm).host
+    source = lab.placed_host(vm)
     assert source is not None
     target = target or pick_target(lab, source)
     lab.wait_answer(vm, 30, request_timeout=1.0)
     watch = StatusWatch(lab, vm)
     icmp = IcmpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.01)
-    http = HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=1.0)
+    http = HttpProbe(lab.client.namespace, lab.vm_address(vm), interval=0.05, timeout=USER_TIMEOUT_S)
     try:
         time.sleep(0.5)
         t0 = time.monotonic()
@@ -400,7 +402,8 @@ def measure_live(lab: Lab, vm: str, target: str | None = None, timeout: float = 
         vm=vm, source=source, target=target, blackout_ms=icmp.blackout_ms(),
         icmp_lost=summary.get("lost", 0), icmp_sent=summary.get("sent", 0),
         http_requests=len(records), http_failures=sum(1 for r in records if "error" in r),
-        http_max_gap_ms=http.max_gap() * 1000, qemu_downtime_ms=watch.downtime_ms, qemu_total_ms=watch.total_ms,
+        http_max_gap_ms=http.max_gap() * 1000, http_worst_latency_ms=http.worst_latency() * 1000,
+        qemu_downtime_ms=watch.downtime_ms, qemu_total_ms=watch.total_ms,
         duration_s=duration)
 
 
@@ -424,12 +427,12 @@ class QuickSample:
 def answer_gap(records: list[dict[str, Any]]) -> float:
     """Longest time between two consecutive answers (by arrival) seen by the client."""
     done = sorted(r["t"] + r["dt"] for r in records if "body" in r)
-    return max((b - a for a, b in zip(done, done[1:])), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(done)), default=0.0)
 
 
 def measure_quick(lab: Lab, vm: str, target: str | None = None, timeout: float = 120.0) -> QuickSample:
     assert lab.store is not None and lab.net is not None
-    source = lab.placement(vm).host
+    source = lab.placed_host(vm)
     assert source is not None
     target = target or pick_target(lab, source)
     before = lab.wait_answer(vm, 30, request_timeout=1.0)
@@ -562,7 +565,8 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
     _say(out, f"lab up in {time.monotonic() - t0:.0f} s; manager {snap.manager}; placement: "
               + ", ".join(f"{vm} on {p.host}" for vm, p in sorted(snap.placements.items())))
     _say(out, f"a client ({lab.client.namespace}) probes every VM: "
-              + ", ".join(f"{vm} http://{lab.vm_address(vm)}/ (boot {lab.wait_answer(vm, 30, request_timeout=1.0)['boot_count']})"
+              + ", ".join(f"{vm} http://{lab.vm_address(vm)}/ "
+                          f"(boot {lab.wait_answer(vm, 30, request_timeout=1.0)['boot_count']})"
                           for vm in sorted(lab.vm_specs)))
 
     host = pick_crash_host(lab)
@@ -579,7 +583,7 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
              60, f"{host} back online")
 
     live_vm = sorted(lab.vm_specs)[0]
-    source = lab.placement(live_vm).host
+    source = lab.placed_host(live_vm)
     target = pick_target(lab, source or "")
     _say(out, f"live migration of {live_vm} {source} -> {target} with an ICMP probe every 10 ms and HTTP "
               f"every 50 ms ...")
@@ -589,13 +593,13 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
               f"{live.http_failures} failed of {live.http_requests}")
 
     quick_vm = next((vm for vm in sorted(lab.vm_specs) if vm != live_vm), live_vm)
-    source = lab.placement(quick_vm).host
+    source = lab.placed_host(quick_vm)
     target = pick_target(lab, source or "")
     _say(out, f"quick migration of {quick_vm} {source} -> {target} (stop, save to the shared pool, restore) ...")
     quick = measure_quick(lab, quick_vm, target)
     _say(out, f"  stop -> serving on {target}: {quick.stop_to_serving:.2f} s (save {fmt_s(quick.save)}, "
-              f"handover {fmt_s(quick.handover)}, restore {fmt_s(quick.restore)}, guest answers {fmt_s(quick.answer)}); RAM "
-              f"{'kept' if quick.ram_kept else 'NOT kept'}")
+              f"handover {fmt_s(quick.handover)}, restore {fmt_s(quick.restore)}, "
+              f"guest answers {fmt_s(quick.answer)}); RAM {'kept' if quick.ram_kept else 'NOT kept'}")
 
     out.print()
     out.print(report_table(f"haven lab demo: what happened ({accelerator(lab)} guests, load average {load_average()})",
@@ -647,7 +651,7 @@ def demo_rows(crash: list[CrashSample], live: list[LiveSample], quick: list[Quic
     icmp = [s.icmp_blackout_ms for s in quick if s.icmp_blackout_ms is not None]
     rows.append(("  ICMP blackout (network back)", med_max(icmp, fmt_ms), "-", None, ""))
     rows.append(("  save/handover/restore/answer",
-                 " / ".join(fmt_s(stats([getattr(s, k) for s in quick if getattr(s, k) is not None])[0])
+                 " / ".join(fmt_s(statistics.median([getattr(s, k) for s in quick if getattr(s, k) is not None]))
                             if any(getattr(s, k) is not None for s in quick) else "-"
                             for k in ("save", "handover", "restore", "answer")), "-", None, "medians"))
     return rows

@@ -12,6 +12,7 @@ bind, e.g. a lab bridge address.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import shutil
@@ -124,10 +125,8 @@ class EtcdCluster:
         m = self._members[i]
         if m.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(m.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         m.proc.wait()
         m.proc = None
 

@@ -25,7 +25,9 @@ links and bridges it created, and releases the slot; it is idempotent and also r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -88,10 +90,8 @@ def _netns_pids(namespace: str) -> list[int]:
 
 def _kill_pids(pids: Sequence[int], timeout: float = 3.0) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     for pid in pids:
         while time.monotonic() < deadline:
@@ -113,10 +113,8 @@ def _sysctl(path: str, value: str, namespace: str | None = None) -> None:
         subprocess.run(["ip", "netns", "exec", namespace, "sh", "-c", f"echo {value} > /proc/sys/{path}"],
                        capture_output=True)
     else:
-        try:
+        with contextlib.suppress(OSError):
             Path("/proc/sys", path).write_text(value)
-        except OSError:
-            pass
 
 
 def short_name(prefix: str, name: str, limit: int = IFNAMSIZ) -> str:
@@ -495,10 +493,8 @@ class _Probe:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            try:
+            with contextlib.suppress(ValueError):
                 self.records.append(json.loads(line))
-            except ValueError:
-                pass
 
     def stop(self) -> list[dict[str, Any]]:
         if self.proc.poll() is None:
@@ -519,6 +515,11 @@ class _Probe:
         self.stop()
 
 
+# What a user's client waits before giving up: more than TCP's initial retransmission timeout (1 s),
+# so one SYN lost in a migration's switch-over costs a retransmission, not a failed request.
+USER_TIMEOUT_S = 3.0
+
+
 class HttpProbe(_Probe):
     """GET http://target/ every `interval` s from `namespace`; one record per request:
     {"t", "dt", "status", "body"} or {"t", "dt", "error"}."""
@@ -536,7 +537,7 @@ class HttpProbe(_Probe):
     def max_gap(self) -> float:
         """Longest time between two successful answers (request start times)."""
         ts = [r["t"] for r in self.successes()]
-        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(ts)), default=0.0)
 
 
 class IcmpProbe(_Probe):

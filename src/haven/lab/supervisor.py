@@ -16,6 +16,7 @@ are killed only if their command line names the lab's root).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -274,10 +275,8 @@ class Supervisor:
                 answer = reply.get(timeout=REPLY_TIMEOUT_S)
             except (OSError, ValueError, queue.Empty) as exc:
                 answer = {"ok": False, "error": f"bad request: {exc}"}
-            try:
+            with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(answer).encode() + b"\n")
-            except OSError:
-                pass
 
 
 def send_command(cmd: str, host: str | None = None, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
@@ -377,8 +376,6 @@ def stop_supervisor(state: dict[str, Any], timeout: float = 90.0) -> bool:
         if not pid_alive(pid):
             return True
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return False

@@ -43,7 +43,8 @@ def describe_validation_error(error: ValidationError) -> list[str]:
         elif item["type"] == "missing":
             message = "required field is missing"
         got = item.get("input")
-        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) else f" (got {got!r})"
+        hidden = item["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list))
+        shown = "" if hidden else f" (got {got!r})"
         problems.append(f"{_field_path(tuple(item['loc']))}: {message}{shown}")
     return problems
 

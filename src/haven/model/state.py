@@ -148,12 +148,15 @@ class VmRequest(Record):
 # The snapshot types below live only in memory (never stored): plain slotted dataclasses, as a
 # manager builds one per iteration over every host and VM.
 
+NO_ADMIN = HostAdmin()  # frozen: one instance serves as every view's default
+
+
 @dataclass(frozen=True, slots=True)
 class HostView:
     spec: HostSpec
     alive: bool  # its lease key exists
     record: HostRecord | None = None
-    admin: HostAdmin = HostAdmin()
+    admin: HostAdmin = NO_ADMIN
     fence_confirmed: bool = False  # a power fence reported it off
 
 

@@ -24,9 +24,24 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from haven.core.agent import (LAUNCHES, Action, AgentInput, CancelMigration, Forget, Kill, MigrateLive,
-                              PrepareIncoming, PrepareRestore, Save, Start, Stop, concerns, reconcile,
-                              self_fence_kills, status_of)
+from haven.core.agent import (
+    LAUNCHES,
+    Action,
+    AgentInput,
+    CancelMigration,
+    Forget,
+    Kill,
+    MigrateLive,
+    PrepareIncoming,
+    PrepareRestore,
+    Save,
+    Start,
+    Stop,
+    concerns,
+    reconcile,
+    self_fence_kills,
+    status_of,
+)
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
 from haven.model.state import DEAD_LOCAL_STATES, Placement, VmStatus

@@ -24,16 +24,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from pydantic import BaseModel
 
 from haven.core.decision import Decision
 from haven.core.events import Event, from_dict, to_dict
 from haven.model.spec import HostSpec, Settings, VmSpec
-from haven.model.state import (ClusterView, HostAdmin, HostRecord, HostView, Placement, VmRequest,
-                               VmStatus, VmView)
-from haven.ports.store import Compare, Delete, KeyValue, Put, Store
+from haven.model.state import ClusterView, HostAdmin, HostRecord, HostView, Placement, VmRequest, VmStatus, VmView
+from haven.ports.store import Compare, Delete, KeyValue, Put, Store, StoreError
 
 
 class KeyKind(StrEnum):
@@ -230,7 +229,7 @@ class DecodeCache:
     def __call__(self, model: type[M], kv: KeyValue) -> M:
         hit = self._items.get(kv.key)
         if hit is not None and hit[0] == kv.mod_revision and kv.mod_revision:
-            return hit[1]  # type: ignore[return-value]
+            return cast(M, hit[1])  # a key holds one model: it was decoded as `model` before
         value = model.model_validate_json(kv.value)
         self._items[kv.key] = (kv.mod_revision, value)
         return value
@@ -287,6 +286,15 @@ def read_snapshot(store: Store, layout: Layout, with_events: bool = True,
     for prefix in STATE_PREFIXES:
         items += store.get_prefix(layout.root + prefix)
     return decode(layout, items, cache)
+
+
+def read_settings(store: Store, layout: Layout) -> Settings:
+    """The cluster's settings, or the defaults if none are stored or the store does not answer."""
+    try:
+        kv = store.get(layout.config())
+    except StoreError:
+        kv = None
+    return Settings.model_validate_json(kv.value) if kv else Settings()
 
 
 def trim_events(store: Store, layout: Layout, keep: int) -> int:

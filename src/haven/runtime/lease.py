@@ -7,6 +7,7 @@ The simulator drives the same object from virtual-clock events.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -186,10 +187,8 @@ class LeaseKeeper:
             if lease is None:
                 return
             self._state = LeaseState(None, self._state.last_renewal_sent, 0)
-        try:
+        with contextlib.suppress(StoreError):  # it expires on its own
             self.store.lease_revoke(lease)
-        except StoreError:
-            pass  # it expires on its own
 
     def shutdown(self) -> None:
         """Give the lease back (the VMs' fate is the daemon's shutdown policy)."""
@@ -198,7 +197,5 @@ class LeaseKeeper:
         with self.lock:
             lease, self._state = self._state.lease, LeaseState(None, -math.inf, 0)
         if lease:
-            try:
+            with contextlib.suppress(StoreError):
                 self.store.lease_revoke(lease)
-            except StoreError:
-                pass

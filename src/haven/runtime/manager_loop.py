@@ -6,6 +6,7 @@ lease (or was deposed) cannot write (docs/DESIGN.md section 3).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -18,8 +19,15 @@ from haven.model.state import ClusterView
 from haven.ports.clock import Clock
 from haven.ports.fencer import Fencer
 from haven.ports.store import Compare, EventType, Put, Store, StoreError, WatchEvent
-from haven.runtime.layout import (DecodeCache, Layout, decision_ops, encode_event, leader_guard, read_snapshot,
-                                  trim_events)
+from haven.runtime.layout import (
+    DecodeCache,
+    Layout,
+    decision_ops,
+    encode_event,
+    leader_guard,
+    read_snapshot,
+    trim_events,
+)
 
 EventSink = Callable[[Event], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
@@ -166,8 +174,6 @@ class ManagerLoop:
             self.emit(event)
         self._power_fence(decision.fence_hosts)
         if self.event_seq // TRIM_EVERY != (self.event_seq - len(decision.events)) // TRIM_EVERY:
-            try:
+            with contextlib.suppress(StoreError):
                 trim_events(self.store, self.layout, view.settings.event_log_size)
-            except StoreError:
-                pass
         return decision

@@ -15,14 +15,14 @@ from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import HostState, Placement, VmState
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
-from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.layout import DecodeCache, Layout
+from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.manager_loop import ManagerLoop
 from haven.runtime.wake import route
 from haven.sim.fencer import SimFencer
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
-from haven.sim.store import MemoryStore
+from haven.sim.store import MemoryStore, MemoryStoreClient
 from haven.sim.world import World
 
 
@@ -286,16 +286,16 @@ class SimCluster:
         self.lease_hosts: dict[int, str] = {}  # every lease a host held, for the log
         self.operator = self.store.client("operator", lambda: not self.world.network.store_down)
         self.operator.put(self.layout.config(), self.settings.model_dump_json())
-        for vm in config.vms:
-            self.operator.put(self.layout.vm_spec(vm.name), vm.model_dump_json())
+        for spec in config.vms:
+            self.operator.put(self.layout.vm_spec(spec.name), spec.model_dump_json())
         self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
         specs = {vm.name: vm for vm in config.vms}
         for vm, host in sorted((running or {}).items()):
             placement = Placement(vm=vm, state=VmState.RUNNING, host=host, generation=1)
             self.operator.put(self.layout.placement(vm), placement.model_dump_json())
             self.hosts[host].hv.adopt_running(specs[vm], 1)
-        for host in self.hosts.values():
-            host.power_on()
+        for sim_host in self.hosts.values():
+            sim_host.power_on()
 
     @property
     def now(self) -> float:
@@ -317,7 +317,7 @@ class SimCluster:
     def log_lines(self) -> list[str]:
         return [event.line() for event in self.events]
 
-    def client(self, name: str = "operator"):  # noqa: ANN201 - a Store
+    def client(self, name: str = "operator") -> MemoryStoreClient:
         return self.operator if name == "operator" else self.store.client(name)
 
     def _lease_expired(self, lease_id: int) -> Event:

@@ -28,7 +28,6 @@ from haven.runtime import intents
 from haven.sim.cluster import SimCluster, SimHost
 from haven.sim.world import STORE
 
-
 # The defaults (TTL 2, margin 0.5, grace 0.3) are safe while (2 - 0.5) / rate < 2 + 0.3, i.e. for a
 # host clock running at 65 % of true speed or faster; the language stops a little above that.
 MIN_CLOCK_RATE = 0.7

@@ -25,12 +25,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from haven.ports.store import (
-    Compare, Delete, EventType, KeyValue, Lease, LeaseLost, Put, StoreError, StoreUnavailable,
-    TxnResult, WatchEvent,
+    Compare,
+    Delete,
+    EventType,
+    KeyValue,
+    Lease,
+    LeaseLost,
+    Put,
+    StoreError,
+    StoreUnavailable,
+    TxnResult,
+    WatchEvent,
 )
-
-
-_UNKNOWN = object()
 
 
 @dataclass
@@ -69,7 +75,8 @@ class MemoryStore:
         self._watch_ids = itertools.count(1)
         self._delivering = False
         self._caught_up = -1  # every watcher had every event up to this sequence number
-        self._next_expiry: float | None | object = _UNKNOWN
+        self._next_expiry: float | None = None
+        self._next_expiry_known = False  # else _next_expiry is stale
         self.lost_watch_events = 0  # events a held-back watcher missed because history wrapped
 
     def client(self, name: str, reachable: Callable[[], bool] = lambda: True) -> MemoryStoreClient:
@@ -86,16 +93,18 @@ class MemoryStore:
 
     def next_expiry(self) -> float | None:
         """Earliest lease expiry on the virtual clock, or None without leases."""
-        if self._next_expiry is _UNKNOWN:  # the simulator asks after every event: remember it
+        if not self._next_expiry_known:  # the simulator asks after every event: remember it
             self._next_expiry = min([lease.expiry for lease in self._leases.values()], default=None)
-        return self._next_expiry  # type: ignore[return-value]
+            self._next_expiry_known = True
+        return self._next_expiry
 
     def _leases_changed(self) -> None:
-        self._next_expiry = _UNKNOWN
+        self._next_expiry_known = False
 
     def expire(self, now: float) -> list[int]:
         """Revoke every lease whose expiry <= now (deleting its keys); the ids, in id order."""
-        if self.next_expiry() is None or self._next_expiry > now:  # type: ignore[operator]
+        next_expiry = self.next_expiry()
+        if next_expiry is None or next_expiry > now:
             return []
         expired = sorted(i for i, lease in self._leases.items() if lease.expiry <= now)
         for lease_id in expired:
@@ -186,9 +195,7 @@ class MemoryStore:
         kv = self._kvs.get(c.key)
         if c.mod_revision is not None and (kv.mod_revision if kv else 0) != c.mod_revision:
             return False
-        if c.value is not None and (kv is None or kv.value != c.value):
-            return False
-        return True
+        return c.value is None or (kv is not None and kv.value == c.value)
 
     # -- watches --------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ def random_faults(rng: random.Random, config: ClusterConfig) -> list[tuple[float
             side = rng.sample(hosts, rng.randint(1, len(hosts) - 1))
             rest = [h for h in hosts if h not in side] + ["store"]
             if rng.random() < 0.5:
-                side, rest = side + ["store"], [h for h in rest if h != "store"]
+                side, rest = [*side, "store"], [h for h in rest if h != "store"]
             steps += [(t, f"partition {' '.join(side)} | {' '.join(rest)}"), (t + length, "heal all")]
         elif kind == "pair":
             other = rng.choice([h for h in hosts if h != host])

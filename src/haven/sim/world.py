@@ -115,7 +115,7 @@ class SafetyMonitor:
 
 @dataclass
 class World:
-    now_fn: object  # Callable[[], float]; kept loose to avoid a cycle with the loop
+    now_fn: Callable[[], float]  # the virtual clock
     network: Network = field(default_factory=Network)
     hypervisors: dict[str, FakeHypervisor] = field(default_factory=dict)
     memory: dict[str, int] = field(default_factory=dict)
@@ -128,7 +128,7 @@ class World:
         self.monitor = SafetyMonitor(self)
 
     def now(self) -> float:
-        return self.now_fn()  # type: ignore[operator]
+        return self.now_fn()
 
     def new_epoch(self) -> int:
         return next(self._epochs)
