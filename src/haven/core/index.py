@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 
 from haven.core.scheduler import HostLoad, occupied_hosts
 from haven.model.spec import DesiredState, VmSpec
-from haven.model.state import ClusterView, LocalState, VmState, VmView
-
-FAILED_LOCALLY = (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED)
+from haven.model.state import ENDED_LOCAL_STATES, ClusterView, VmState, VmView
 
 
 def needs_turn(vm: VmView, failback: bool) -> bool:
@@ -26,7 +24,7 @@ def needs_turn(vm: VmView, failback: bool) -> bool:
         status = vm.statuses.get(p.host) if p.host else None
         preferred = vm.spec.preferred_hosts
         return (vm.spec.desired is not DesiredState.RUNNING
-                or (status is not None and status.generation == p.generation and status.state in FAILED_LOCALLY)
+                or (status is not None and status.generation == p.generation and status.state in ENDED_LOCAL_STATES)
                 or (failback and bool(preferred) and preferred[0] != p.host))
     if p.state is VmState.STOPPED:
         return vm.spec.desired is DesiredState.RUNNING

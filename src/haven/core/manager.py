@@ -17,9 +17,8 @@ from haven.core.migration import MigrationSteps
 from haven.core.round import Round, settle_s
 from haven.core.scheduler import Selection, admission_problem, plan_balance
 from haven.model.spec import DesiredState, MigrationKind
-from haven.model.state import HOST_GONE as GONE
-from haven.model.state import HOST_UP as UP
 from haven.model.state import (
+    ENDED_LOCAL_STATES,
     ClusterView,
     HostRecord,
     HostState,
@@ -31,6 +30,8 @@ from haven.model.state import (
     VmStatus,
     VmView,
 )
+from haven.model.state import HOST_GONE as GONE
+from haven.model.state import HOST_UP as UP
 
 
 def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> Decision:
@@ -298,7 +299,7 @@ class _VmStep(MigrationSteps):
         elif status and status.state is LocalState.RUNNING:
             self.change(self.moved(VmState.STARTING.value, VmState.RUNNING.value, host=host,
                                    generation=self.p.generation), state=VmState.RUNNING, restore_from=None)
-        elif status and status.state in (LocalState.FAILED, LocalState.CRASHED, LocalState.STOPPED):
+        elif status and status.state in ENDED_LOCAL_STATES:
             # STOPPED unasked: killed while booting (a watchdog or a self-fence); start it again
             self.restart(f"start failed on {host}: {status.detail or status.state.value}", host or "", False)
         elif self.r.now - self.p.since > self.r.settings.start_timeout_s:
@@ -313,7 +314,7 @@ class _VmStep(MigrationSteps):
         if self.spec.desired is DesiredState.STOPPED:
             self.change(self.moved(VmState.RUNNING.value, VmState.STOPPING.value, reason="stop requested"),
                         state=VmState.STOPPING)
-        elif status and status.state in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED):
+        elif status and status.state in ENDED_LOCAL_STATES:
             self.restart(f"{status.state.value} on {host}", host, True)
         elif self.r.host_state(host) is HostState.MAINTENANCE:
             self.leave_draining_host(host)

@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from haven.core.events import Event, EventKind
 from haven.model.spec import MigrationKind, VmSpec
+from haven.model.state import (
+    BROKEN_LOCAL_STATES,
+    ENDED_LOCAL_STATES,
+    HostState,
+    LocalState,
+    Migration,
+    Placement,
+    VmState,
+)
 from haven.model.state import HOST_UP as UP
-from haven.model.state import HostState, LocalState, Migration, Placement, VmState
 
 if TYPE_CHECKING:
     from haven.core.round import Round
@@ -140,7 +148,7 @@ class MigrationSteps:
         elif source and source.state is LocalState.MIGRATED:
             # The source handed over: the VM lives on the target now, whatever became of it.
             self.p = self.p.model_copy(update={"host": m.target, "generation": m.generation})
-            if target_state in UP and target and target.state in (LocalState.CRASHED, LocalState.FAILED):
+            if target_state in UP and target and target.state in BROKEN_LOCAL_STATES:
                 self.restart(f"crashed on {m.target} after live migration", m.target, False)
             elif target_state not in UP:
                 self.change(self.moved(VmState.MIGRATING.value, VmState.RECOVERING.value, from_host=m.target,
@@ -150,9 +158,9 @@ class MigrationSteps:
             return
         elif target_state not in UP:
             self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
-        elif target and target.state in (LocalState.CRASHED, LocalState.FAILED):
+        elif target and target.state in BROKEN_LOCAL_STATES:
             self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
-        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
+        elif source and source.state in BROKEN_LOCAL_STATES:
             self.restart(f"{source.state.value} on {m.source} during a live migration", m.source, True)
         elif source is None or source.state is LocalState.STOPPED:
             # Killed (a self-fence whose lease survived): nothing left to move. Back to the
@@ -170,7 +178,7 @@ class MigrationSteps:
             status = self.status(m.target, m.generation)
             if status and status.state is LocalState.RUNNING:
                 self.finish_migration(m)
-            elif status and status.state in (LocalState.FAILED, LocalState.CRASHED):
+            elif status and status.state in BROKEN_LOCAL_STATES:
                 self.restart(f"restore failed on {m.target}: {status.detail or status.state.value}",
                              m.target, False)
             return
@@ -192,7 +200,7 @@ class MigrationSteps:
                         host=target, generation=m.generation, migration=moved, restore_from=source.detail)
         elif source and source.state is LocalState.RUNNING and source.failed_migration == m.attempt:
             self.abort_migration(m, source.detail or "save failed")
-        elif source and source.state in (LocalState.CRASHED, LocalState.FAILED):
+        elif source and source.state in BROKEN_LOCAL_STATES:
             self.restart(f"crashed on {m.source} while saving", m.source, True)
         elif source is None or source.state is LocalState.STOPPED:
             self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
@@ -201,7 +209,7 @@ class MigrationSteps:
         if self.host_trouble():
             return
         source = self.status(m.source, self.p.generation)
-        if source is None or source.state in (LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED):
+        if source is None or source.state in ENDED_LOCAL_STATES:
             target = m.target if self.r.host_state(m.target) in UP else None
             target = target or self.select(exclude=(m.source,)).host or m.source
             self.start_on(target, "migrating", f"cold migration from {m.source}", kind=EventKind.MIGRATED,

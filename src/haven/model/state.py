@@ -67,6 +67,11 @@ class LocalState(StrEnum):
 # Local states of a VM whose process is gone (only its record is left).
 DEAD_LOCAL_STATES = frozenset({LocalState.STOPPED, LocalState.CRASHED, LocalState.FAILED, LocalState.SAVED})
 
+# Local states of a VM whose process died unasked (it crashed, or never came up).
+BROKEN_LOCAL_STATES = frozenset({LocalState.CRASHED, LocalState.FAILED})
+# ... or stopped: nothing of it runs and nothing was saved to move on with.
+ENDED_LOCAL_STATES = BROKEN_LOCAL_STATES | {LocalState.STOPPED}
+
 # Local states in which the guest's CPUs may execute (and so write to its disks).
 ACTIVE_LOCAL_STATES = frozenset({LocalState.STARTING, LocalState.RUNNING, LocalState.MIGRATING_OUT,
                                  LocalState.SAVING})

@@ -44,7 +44,7 @@ from haven.core.agent import (
 )
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
-from haven.model.state import DEAD_LOCAL_STATES, Placement, VmStatus
+from haven.model.state import BROKEN_LOCAL_STATES, DEAD_LOCAL_STATES, Placement, VmStatus
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, KeyKind
@@ -212,7 +212,7 @@ class AgentLoop:
         for name in sorted(set(local) | set(self.known)):
             old, new = self.known.get(name), local.get(name)
             if new and (old is None or (old.state, old.generation) != (new.state, new.generation)):
-                detail = new.detail if new.state.value in ("failed", "crashed") else ""  # why it died
+                detail = new.detail if new.state in BROKEN_LOCAL_STATES else ""  # why it died
                 self.event(EventKind.LOCAL_STATE, name, old=old.state.value if old else None, new=new.state.value,
                            generation=new.generation, detail=detail)
         self.known = dict(local)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from haven.model.spec import VmSpec
-from haven.model.state import ACTIVE_LOCAL_STATES, LocalState
+from haven.model.state import ACTIVE_LOCAL_STATES, DEAD_LOCAL_STATES, LocalState
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.sim.loop import EventLoop, HostClock
 
@@ -75,8 +75,7 @@ class FakeHypervisor:
         old = self.vms.get(spec.name)
         # a prepared target of this generation is replaced (QEMU: loads into the standby)
         prepared = old is not None and old.state is LocalState.INCOMING and old.generation == generation
-        if old and not prepared and old.state not in (LocalState.CRASHED, LocalState.FAILED, LocalState.STOPPED,
-                                                      LocalState.SAVED):
+        if old and not prepared and old.state not in DEAD_LOCAL_STATES:
             raise HypervisorError(f"{spec.name} is {old.state.value}")
         standby = prepared and old is not None and old.standby
         # A launch, or a load into the standby (which makes it run): the same rule for both.
