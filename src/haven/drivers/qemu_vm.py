@@ -154,13 +154,13 @@ class VmTable:
         with self.lock:
             if not self.is_current(vm, token):
                 return False
+            for key, value in fields.items():  # before the state: whoever sees the new state sees these
+                setattr(vm, key, value)
             changed = False
             if state is not None and state is not vm.state:
-                vm.state = state
                 vm.since = self.clock.now()
+                vm.state = state
                 changed = True
-            for key, value in fields.items():
-                setattr(vm, key, value)
             self.save(vm)
         if self.on_record is not None:
             self.on_record()

@@ -33,6 +33,7 @@ class VmWatcher:
         # Woken through a pipe when a record changes (a new QEMU to watch, a guest booting) or on
         # close; otherwise it sleeps until a QEMU exits (its pidfd turns readable).
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_lock = threading.Lock()  # a closed fd's number is reused: never write to it after close
         table.on_record = self.wake
         self._thread = threading.Thread(target=self._run, name=f"qemu-watch-{table.host_name}", daemon=True)
 
@@ -40,14 +41,22 @@ class VmWatcher:
         self._thread.start()
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
-            os.write(self._wake_w, b"w")
+        with self._wake_lock:
+            if self._wake_w < 0:  # closed: records may still change (the agent kills, forgets)
+                return
+            with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+                os.write(self._wake_w, b"w")
 
     def close(self) -> None:
         self._closed.set()
         self.wake()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
 
     def refresh(self, vm: VmRecord) -> None:
         """Notice a dead process or a booted guest."""
@@ -101,11 +110,12 @@ class VmWatcher:
                     with contextlib.suppress(OSError, AttributeError):
                         pidfds[key] = os.pidfd_open(key[0])
                 poller = select.poll()
-                for fd in (*pidfds.values(), self._wake_r):
+                wake_r = self._wake_r  # open until close() has joined this thread
+                for fd in (*pidfds.values(), wake_r):
                     poller.register(fd, select.POLLIN)
                 poller.poll(STARTING_POLL_MS if starting else IDLE_POLL_MS)
                 with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+                    os.read(wake_r, 4096)
         finally:
-            for fd in (*pidfds.values(), self._wake_r, self._wake_w):
+            for fd in pidfds.values():
                 os.close(fd)
