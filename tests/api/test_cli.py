@@ -107,6 +107,15 @@ def test_migrate_waits_and_reports_timing(live: str, manager: FakeManager) -> No
     data = json.loads(run(live, "vm", "migrate", "web", "--to", "h3", "-o", "json").output)
     assert data["result"] == "succeeded" and data["source"] == "h2" and data["target"] == "h3"
     assert data["seconds"] >= manager.step_s
+    assert data["vm"]["state"] == "running" and data["vm"]["host"] == "h3"  # the final state, not the request's
+
+
+def test_drain_json_shows_the_drained_host(live: str, manager: FakeManager) -> None:
+    result = run(live, "host", "drain", "h1", "-o", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["result"] == "succeeded"
+    assert data["host"]["vms"] == [] and data["host"]["state"] == "maintenance"
 
 
 def test_migrate_no_wait_only_writes_the_request(live: str, cluster: Cluster) -> None:
@@ -144,12 +153,30 @@ def test_create_from_a_yaml_file(live: str, cluster: Cluster, tmp_path: Path) ->
     (["status"], None, 4, "pass --token or set HAVEN_TOKEN"),
     (["status"], "wrong", 4, "error: invalid token"),
     (["vm", "migrate", "web", "--sideways"], ADMIN, 2, "No such option '--sideways'"),
+    (["vm", "migrate", "web", "--quick", "--live"], ADMIN, 2, "choose one migration kind, not --live and --quick"),
+    (["vm", "migrate", "web", "--cold", "--quick", "--no-wait"], ADMIN, 2, "choose one migration kind"),
+    (["host", "drain", "h1", "--no-wait", "--timeout", "5"], ADMIN, 2, "--timeout has no effect with --no-wait"),
 ])
 def test_errors_are_one_sentence_with_an_exit_code(live: str, args: list[str], token: str | None, code: int,
                                                    message: str) -> None:
     result = run(live, *args, token=token)
     assert result.exit_code == code, result.output
     assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("suffix", ["/", "/api/v1", "/api/v1/", "//"])
+def test_api_accepts_the_printed_url(live: str, suffix: str) -> None:
+    result = run(live + suffix, "vm", "list")
+    assert result.exit_code == 0, result.output
+    assert "cache" in result.output
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8470", "http://[::1"])
+def test_a_malformed_api_url_is_a_usage_error(url: str) -> None:
+    result = run(url, "vm", "list")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --api / HAVEN_API")
     assert "Traceback" not in result.output
 
 

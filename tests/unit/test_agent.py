@@ -77,3 +77,10 @@ def test_a_status_reports_the_local_vm():
     local = LocalVm("a", 1, LocalState.RUNNING, since=3.0, failed_migration="x")
     assert status_of("h1", local) == VmStatus(vm="a", host="h1", generation=1, state=LocalState.RUNNING,
                                               since=3.0, failed_migration="x")
+
+
+def test_the_paused_source_of_a_finished_live_migration_is_retired_not_killed_as_stale():
+    out = agent({"a": placed("a", "h3", 2)}, [LocalVm("a", 1, LocalState.MIGRATED)])
+    assert out.actions == [Kill("a", "retired the source copy after migration to h3", retired_to="h3")]
+    still_running = agent({"a": placed("a", "h3", 2)}, [LocalVm("a", 1, LocalState.RUNNING)])
+    assert still_running.actions == [Kill("a", "stale copy (placed on h3 generation 2)")]

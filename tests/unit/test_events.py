@@ -26,7 +26,12 @@ def test_the_sentence_is_rendered_from_the_fields() -> None:
     assert start.message == "recovering -> starting on h3 (generation 2, priority 3, host h2 fenced)"
     earlier = Event(9.0, "store", EventKind.LEASE_EXPIRED, subject_kind=SubjectKind.HOST, name="h1", lease=7,
                     reason="an earlier lease")
-    assert earlier.line() == "t=9.000 store    host h1 (an earlier lease): lease expired"
+    assert earlier.line() == "t=9.000 store    host h1: lease 7 expired (an earlier lease)"
+    current = Event(9.0, "store", EventKind.LEASE_EXPIRED, subject_kind=SubjectKind.HOST, name="h1", lease=8)
+    assert current.line() == "t=9.000 store    host h1: lease expired"
+    retired = Event(6.2, "agent h1", EventKind.RETIRED, subject_kind=SubjectKind.VM, name="web", host="h1",
+                    to_host="h3", generation=1)
+    assert retired.line() == "t=6.200 agent h1 vm web: retired the source copy after migration to h3"
 
 
 @pytest.mark.parametrize("kind", list(EventKind))

@@ -138,3 +138,45 @@ def test_balancing_leaves_a_vm_on_a_preferred_host_when_failback_would_bring_it_
         decision = decide(view(hosts, vms, placements, statuses=statuses, settings=settings), now=10.0)
         moved[failback] = {name for name, p in decision.placements.items() if p.state is VmState.MIGRATING}
     assert moved == {False: {"web"}, True: set()}
+
+
+def test_failed_starts_retry_in_place_then_only_on_hosts_not_tried_yet():
+    vms = [VmSpec(name="web", priority=2, restart=RestartPolicy(max_restarts=5, window_s=60))]
+    placement = Placement(vm="web", state=VmState.STARTING, host="h1", generation=1)
+    hosts_seen = []
+    for step in range(3):
+        failed = VmStatus(vm="web", host=placement.host, generation=placement.generation, state=LocalState.FAILED)
+        placement = decide(view(HOSTS, vms, {"web": placement}, statuses=[failed]), now=1.0 + step).placements["web"]
+        assert placement.state is VmState.STARTING
+        hosts_seen.append(placement.host)
+    # Old code excluded only the last failed host: h1, h2, then back to h1 while h3 was free.
+    assert hosts_seen == ["h1", "h2", "h3"]
+    assert placement.failed_on == ("h1", "h1", "h2")
+    up = VmStatus(vm="web", host="h3", generation=placement.generation, state=LocalState.RUNNING)
+    assert decide(view(HOSTS, vms, {"web": placement}, statuses=[up]), now=5.0).placements["web"].failed_on == ()
+    none = RestartPolicy(max_restarts=5, window_s=60, same_host_retries=0)
+    first = Placement(vm="web", state=VmState.STARTING, host="h1", generation=1)
+    failed = VmStatus(vm="web", host="h1", generation=1, state=LocalState.FAILED)
+    moved = decide(view(HOSTS, [vms[0].model_copy(update={"restart": none})], {"web": first}, statuses=[failed]),
+                   now=1.0).placements["web"]
+    assert moved.host == "h2"
+
+
+def test_a_stopped_vm_starts_on_the_host_it_last_ran_on():
+    vms = [VmSpec(name="web", preferred_hosts=("h1",))]
+    stopping = Placement(vm="web", state=VmState.STOPPING, host="h3", generation=1)
+    stopped = decide(view(HOSTS, vms, {"web": stopping}), now=1.0).placements["web"]
+    assert (stopped.state, stopped.host, stopped.last_host) == (VmState.STOPPED, None, "h3")
+    started = decide(view(HOSTS, vms, {"web": stopped}), now=2.0).placements["web"]
+    assert (started.state, started.host) == (VmState.STARTING, "h3")
+    # Records written before these fields existed still load.
+    old = Placement.model_validate({"vm": "web", "state": "stopped", "generation": 1})
+    assert old.failed_on == () and old.last_host is None
+
+
+def test_a_stop_while_waiting_for_room_gives_the_stop_as_the_reason():
+    vms = [VmSpec(name="web", priority=2, desired="stopped")]
+    waiting = Placement(vm="web", state=VmState.RECOVERING, host=None, generation=1, reason="waiting: no room")
+    decision = decide(view(HOSTS, vms, {"web": waiting}), now=5.0)
+    assert decision.placements["web"].state is VmState.STOPPED
+    assert [e.message for e in decision.events] == ["recovering -> stopped (stop requested)"]  # was "room available"

@@ -107,3 +107,20 @@ def test_zero_failures_to_tolerate_is_always_content_when_running() -> None:
 
 def test_host_without_lease_is_lost_even_if_record_says_online() -> None:
     assert host_state(host("h1", alive=False)) == HostState.LOST
+
+
+def test_never_content_when_every_host_is_in_maintenance() -> None:
+    # No HA VM sits on a usable host, yet every one of them is lost with its host.
+    hosts = [host("h1", maintenance=True), host("h2", state=HostState.MAINTENANCE)]
+    p = assess(view(hosts, [vm("web", "h1"), vm("db", "h2")]))
+    assert (p.level, p.mood) == ("degraded", "worried")
+    ok, why = can_survive(view(hosts, [vm("web", "h1")]), 1)
+    assert not ok and "only 0 usable host(s) (none)" in why
+    alone = can_survive(view([host("h1", maintenance=True)], [vm("web", "h1")]), 1)
+    assert alone == (False, "only 0 usable host(s) (none): cannot survive 1 host failure(s)")
+
+
+def test_ha_vms_on_a_host_in_maintenance_count_when_the_others_have_room() -> None:
+    hosts = [host("h1", maintenance=True), host("h2", memory=4096)]
+    assert assess(view(hosts, [vm("web", "h1", 1024)])).mood == "content"
+    assert assess(view(hosts, [vm("web", "h1", 1024), vm("big", "h2", 3500)])).mood == "worried"

@@ -104,3 +104,18 @@ def test_balancing_moves_load_from_the_hottest_host_and_stops_when_even():
     moves = plan_balance(current, {v.name: v for v in vms}, [v.name for v in vms], settings)
     assert [(m.source, m.target) for m in moves] == [("h1", "h2")]
     assert plan_balance(current, {v.name: v for v in vms}, [v.name for v in vms], settings) == []
+
+
+def test_equal_load_tie_goes_to_the_host_with_most_free_memory_not_by_name():
+    # Both empty (load 0.0): the bigger host keeps more headroom after taking the VM.
+    hosts = [host("h1", memory=4096), host("h2", memory=16384), host("h3", memory=8192)]
+    vm = VmSpec(name="web", memory_mib=1024)
+    assert select_host(vm, loads(hosts, [vm], []), SETTINGS).host == "h2"
+    pack = SETTINGS.model_copy(update={"placement_policy": PlacementPolicy.PACK})
+    assert select_host(vm, loads(hosts, [vm], []), pack).host == "h2"
+    # Same load fraction (a quarter), different sizes: still the most free MiB.
+    a, b = VmSpec(name="a", memory_mib=1024), VmSpec(name="b", memory_mib=2048)
+    half = [host("h1", memory=4096), host("h2", memory=8192)]
+    assert select_host(vm, loads(half, [a, b, vm], [running("a", "h1"), running("b", "h2")]), SETTINGS).host == "h2"
+    # Same size: name still breaks the tie.
+    assert select_host(vm, loads([host("h2"), host("h1")], [vm], []), SETTINGS).host == "h1"

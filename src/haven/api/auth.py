@@ -1,7 +1,8 @@
 """Bearer-token authentication: a read-only token and an admin token.
 
-Reads accept either token; writes need the admin token. No token -> 401, a wrong or insufficient
-token -> 403. The check runs before the request body is read, so a refused request changes nothing.
+Reads accept either token; writes need the admin token. No, a malformed or a wrong token -> 401 (who
+you are is unknown); the read-only token on a write -> 403 (known, but not allowed). The check runs
+before the request body is read, so a refused request changes nothing.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def require_read(request: Request, credentials: HTTPAuthorizationCredentials | N
         return "admin"
     if _matches(token, ctx.read_token):
         return "read"
-    raise ApiProblem(403, "invalid token")
+    # An unknown token does not identify anyone: 401, as RFC 6750 asks for invalid_token.
+    raise ApiProblem(401, "invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def require_admin(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),

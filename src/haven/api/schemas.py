@@ -129,7 +129,7 @@ class FaultIn(BaseModel):
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` (extra OpenAPI answers)
 
 ERRORS: Responses = {code: {"model": Problem, "description": text} for code, text in (
-    (401, "no token"), (403, "wrong or insufficient token"), (503, "the store is unreachable"))}
+    (401, "no, malformed or wrong token"), (403, "a read-only token for a change"), (503, "the store is unreachable"))}
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM or host"}}
 CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
 INVALID: Responses = {422: {"model": Problem, "description": "invalid request: one line per problem"}}

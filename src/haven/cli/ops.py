@@ -39,6 +39,13 @@ def common(fn: F) -> F:
     return fn
 
 
+def refuse_timeout_with_no_wait(no_wait: bool) -> None:
+    """--timeout only bounds the wait, so asking for both is a mistake worth telling."""
+    ctx = click.get_current_context()
+    if no_wait and ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--timeout has no effect with --no-wait: use one or the other")
+
+
 def client() -> ApiClient:
     meta = click.get_current_context().meta
     return ApiClient(meta["haven.api"], meta.get("haven.token"))
@@ -99,6 +106,7 @@ def host_show(name: str) -> None:
 def host_drain(name: str, no_wait: bool, timeout: float) -> None:
     """Put host NAME in maintenance: its VMs move to other hosts, it takes no new ones.
     Shows progress until the host is empty (unless --no-wait)."""
+    refuse_timeout_with_no_wait(no_wait)
     api = client()
     answer = api.post(f"/api/v1/hosts/{name}/drain")
     if no_wait:
@@ -107,7 +115,10 @@ def host_drain(name: str, no_wait: bool, timeout: float) -> None:
     total = len(answer["host"]["vms"])
     result = render.wait(f"draining {name}", total, timeout, api,
                          lambda: _drain_progress(api, name, total))
-    emit({**answer, **result}, lambda: click.echo(f"host {name} drained in {render.timing(result)}"))
+    # The accepted answer shows the host before the drain: JSON callers want the final state.
+    final = api.get(f"/api/v1/hosts/{name}")
+    emit({**answer, "host": final, **result},
+         lambda: click.echo(f"host {name} drained in {render.timing(result)}"))
 
 
 def _drain_progress(api: ApiClient, name: str, total: int) -> tuple[int, str, bool]:
@@ -201,16 +212,23 @@ _simple("acknowledge", "Clear the error state of VM NAME so the manager tries ag
 
 @vm.command("migrate", epilog=EXIT_CODES_HELP)
 @click.argument("name")
-@click.option("--live", "kind", flag_value="live", default=True, help="no visible outage (default)")
-@click.option("--quick", "kind", flag_value="quick", help="save, move, restore")
-@click.option("--cold", "kind", flag_value="cold", help="stop, then boot on the target")
+@click.option("--live", is_flag=True, help="no visible outage (default)")
+@click.option("--quick", is_flag=True, help="save, move, restore")
+@click.option("--cold", is_flag=True, help="stop, then boot on the target")
 @click.option("--to", "target", default=None, metavar="HOST", help="target host (default: the best host)")
 @click.option("--no-wait", is_flag=True, help="return once the request is accepted")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="seconds to wait for the migration to finish")
 @common
-def vm_migrate(name: str, kind: str, target: str | None, no_wait: bool, timeout: float) -> None:
+def vm_migrate(name: str, live: bool, quick: bool, cold: bool, target: str | None, no_wait: bool,
+               timeout: float) -> None:
     """Move running VM NAME to another host. Shows progress until it runs on the target."""
+    # Separate flags so that two kinds given at once are refused, not silently resolved by order.
+    chosen = [kind for kind, on in (("live", live), ("quick", quick), ("cold", cold)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one migration kind, not {' and '.join('--' + k for k in chosen)}")
+    kind = chosen[0] if chosen else "live"
+    refuse_timeout_with_no_wait(no_wait)
     api = client()
     before = api.get(f"/api/v1/vms/{name}")
     answer = api.post(f"/api/v1/vms/{name}/migrate", {"kind": kind, "target": target})
@@ -222,7 +240,8 @@ def vm_migrate(name: str, kind: str, target: str | None, no_wait: bool, timeout:
                          lambda: _migration_progress(api, name, source, request_id))
     after = api.get(f"/api/v1/vms/{name}")
     result = {**result, "source": source, "target": after["host"]}
-    emit({**answer, **result},
+    # `after` replaces the accepted answer's VM, which is still on the source (or migrating).
+    emit({**answer, "vm": after, **result},
          lambda: click.echo(f"VM {name} moved {source} -> {after['host']} ({kind}) in {render.timing(result)}"))
 
 

@@ -47,12 +47,29 @@ def _status_code_exit(status: int) -> int:
     return EXIT_FAILED
 
 
+API_PREFIX = "/api/v1"
+
+
+def normalize_api_url(url: str) -> str:
+    """The server root from what the user passed: `haven sim serve` prints `.../api/v1`, and
+    users paste it (or add a trailing slash); every request path already starts with /api/v1."""
+    base = url.strip().rstrip("/")
+    if base.endswith(API_PREFIX):
+        base = base[: -len(API_PREFIX)].rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CliError(f"--api / HAVEN_API must be an http:// or https:// URL, not {url!r}", EXIT_USAGE)
+    return base
+
+
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, timeout: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_api_url(base_url)
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        try:
+            self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as error:
+            raise CliError(f"--api / HAVEN_API is not a valid URL ({error})", EXIT_USAGE) from None
 
     def _unreachable(self, error: Exception) -> CliError:
         reason = type(error).__name__ if not str(error) else str(error)

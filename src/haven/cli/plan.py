@@ -8,11 +8,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from haven.cli.ops_client import EXIT_USAGE, CliError
 from haven.model.load import ConfigError, load_cluster_config, load_yaml_file, validate
 from haven.model.spec import ClusterConfig, VmSpec
 
-OUTPUT = click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-CONFIG = click.option("--config", "config_path", required=True, type=click.Path(exists=True, path_type=Path),
+OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      help="text tables, or JSON for scripts")
+CONFIG = click.option("--config", "config_path", required=True,
+                      type=click.Path(exists=True, dir_okay=False, path_type=Path),
                       help="A cluster declaration (YAML: settings, hosts, vms); VMs are placed as haven would.")
 
 
@@ -27,7 +30,7 @@ def _cluster(path: Path) -> ClusterConfig:
     try:
         return load_cluster_config(path)
     except ConfigError as error:
-        raise click.ClickException(error.explain()) from None
+        raise CliError(error.explain(), EXIT_USAGE) from None
 
 
 @plan.command("what-if")
@@ -42,8 +45,8 @@ def what_if_command(config_path: Path, fail: tuple[str, ...], output: str) -> No
     config = _cluster(config_path)
     try:
         report = what_if(config, from_config(config), list(fail))
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    except ValueError as error:  # e.g. an unknown host: the user's input, so a usage error
+        raise CliError(str(error), EXIT_USAGE) from None
     if output == "json":
         click.echo(json.dumps({"failed": report.failed, "worst_recovery_s": report.worst_recovery_s,
                                "lost": report.lost, "vms": [o.__dict__ for o in report.outcomes]}))
@@ -72,7 +75,7 @@ def capacity_command(config_path: Path, vm_size: str, output: str) -> None:
         vcpus, memory = (int(part) for part in vm_size.lower().split("x"))
         size = VmSpec(name="planned", vcpus=vcpus, memory_mib=memory)
     except ValueError:
-        raise click.ClickException("--vm-size takes VCPUSxMIB, e.g. 2x4096 (at least 72 MiB)") from None
+        raise CliError("--vm-size takes VCPUSxMIB, e.g. 2x4096 (at least 72 MiB)", EXIT_USAGE) from None
     config = _cluster(config_path)
     report = capacity(config, from_config(config), size)
     if output == "json":
@@ -86,7 +89,7 @@ def capacity_command(config_path: Path, vm_size: str, output: str) -> None:
 
 
 @plan.command("topology")
-@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("-f", "--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML: workloads {count, vcpus, memory_mib}, hosts [...], licensing {model, price}.")
 @OUTPUT
 def topology_command(path: Path, output: str) -> None:
@@ -96,7 +99,7 @@ def topology_command(path: Path, output: str) -> None:
     try:
         data = validate(TopologyInput, load_yaml_file(path), str(path))
     except ConfigError as error:
-        raise click.ClickException(error.explain()) from None
+        raise CliError(error.explain(), EXIT_USAGE) from None
     results = compare(data)
     if output == "json":
         click.echo(json.dumps([r.model_dump() for r in results]))

@@ -38,6 +38,9 @@ class Stop:
 class Kill:
     vm: str
     reason: str
+    # Set for the paused source of a finished live migration: routine clean-up, logged as such
+    # (not as a kill, which the timeline and the dashboard treat as a safety event).
+    retired_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,8 @@ def _reconcile_vm(inp: AgentInput, name: str, p: Placement | None, local: LocalV
             return
         if local.state in DEAD:
             acts.append(Forget(name))
+        elif p and p.host and local.state is LocalState.MIGRATED and local.generation < p.generation:
+            acts.append(Kill(name, f"retired the source copy after migration to {p.host}", retired_to=p.host))
         else:
             where = f"placed on {p.host} generation {p.generation}" if p and p.host else "not placed here"
             acts.append(Kill(name, f"stale copy ({where})"))

@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     LEASE_LOST = "lease_lost"  # the store said the lease is gone
     SELF_FENCE = "self_fence"  # the lease was not renewed in time: every local VM is killed
     KILLED = "killed"  # one VM killed (self-fence, stale copy, stale generation, ...)
+    RETIRED = "retired"  # the paused source copy of a finished live migration ended: routine
     START_HELD_BACK = "start_held_back"  # the start rule's guard refused a launch
     ACTION_FAILED = "action_failed"  # the hypervisor refused or failed an action
     SHUTTING_DOWN = "shutting_down"
@@ -93,8 +94,6 @@ class Event:
         if self.subject_kind is SubjectKind.CLUSTER:
             return self.name or "cluster"  # a named "cluster" subject is an old event's own text
         subject = f"{self.subject_kind.value} {self.name}"
-        if self.kind is EventKind.LEASE_EXPIRED and self.reason:
-            subject += f" ({self.reason})"  # "host h2 (an earlier lease)"
         return subject
 
     @property
@@ -172,11 +171,15 @@ def render(e: Event) -> str:
         case k.LEASE_LOST:
             return "lease lost"
         case k.LEASE_EXPIRED:
+            if e.reason and e.lease is not None:  # not the host's current lease: say which one
+                return f"lease {e.lease} expired ({e.reason})"  # "host h2: lease 7 expired (an earlier lease)"
             return "lease expired"
         case k.SELF_FENCE:
             return f"self-fence: lease not renewed in time; killing {e.count} VM(s), giving the lease up"
         case k.KILLED:
             return f"killed: {e.reason}"
+        case k.RETIRED:
+            return f"retired the source copy after migration to {e.to_host}"
         case k.START_HELD_BACK:
             return "start held back: its placement or this host's lease changed since they were read; reading again"
         case k.ACTION_FAILED:

@@ -143,6 +143,8 @@ class _VmStep(MigrationSteps):
         """Write a new placement; log `event` (a state change) if given."""
         old = self.p
         new = old.model_copy(update=fields)
+        if new.host is None and old.host is not None and "last_host" not in fields:
+            new = new.model_copy(update={"last_host": old.host})
         if new.state != old.state or new.host != old.host or new.generation != old.generation:
             new = new.model_copy(update={"since": self.r.now})
         self.p = new
@@ -186,7 +188,7 @@ class _VmStep(MigrationSteps):
             if self.p.state is VmState.ERROR:
                 self.change(self.moved(VmState.ERROR.value, VmState.STOPPED.value, reason="acknowledged"),
                             state=VmState.STOPPED, host=None,
-                            restarts=(), reason="")
+                            restarts=(), failed_on=(), last_host=None, reason="")
             return
         refusal = self.migration_refusal(request.kind, request.target)
         if refusal:
@@ -200,7 +202,7 @@ class _VmStep(MigrationSteps):
     def on_stopped(self) -> None:
         if self.spec.desired is not DesiredState.RUNNING:
             return
-        choice = self.select()
+        choice = self.select(prefer=self.p.last_host)
         if not choice:
             self.note(f"cannot start: {choice.reason}")
             return
@@ -276,17 +278,28 @@ class _VmStep(MigrationSteps):
             self.change(self.moved(before, VmState.STOPPED.value, reason=why), state=VmState.STOPPED, host=None,
                         migration=None, restore_from=None, restarts=recent)
             return
-        choice = self.select(prefer=failed_host) if prefer_same else self.select(exclude=(failed_host,))
-        if not choice and not prefer_same:
-            choice = self.select()
+        failed_on = (*self.p.failed_on, failed_host) if failed_host else self.p.failed_on
+        # Retries in place only on the first host it failed on: once moved, a host that failed it
+        # is not tried again while another is free.
+        in_place = set(failed_on) == {failed_host} and len(failed_on) <= self.spec.restart.same_host_retries
+        if prefer_same or in_place:
+            choice = self.select(prefer=failed_host)
+        else:
+            # Only hosts not tried yet: excluding just the last one can bounce the VM between two
+            # bad hosts while a third is free. When every host has failed it, start over.
+            choice = self.select(exclude=tuple(sorted(set(failed_on))))
+            if not choice:
+                failed_on = ()
+                choice = self.select()
         if not choice:
             self.change(self.moved(before, VmState.RECOVERING.value, reason=f"{why}; waiting: {choice.reason}"),
                         state=VmState.RECOVERING, host=None, migration=None, restore_from=None,
-                        restarts=recent, reason=choice.reason)
+                        restarts=recent, failed_on=failed_on, reason=choice.reason)
             return
         assert choice.host is not None
         self.start_on(choice.host, before, f"{why}, restart {len(recent)} of "
                       f"{self.spec.restart.max_restarts}", restarts=recent)
+        self.change(failed_on=failed_on)
 
     def on_starting(self) -> None:
         if self.host_trouble():
@@ -298,7 +311,8 @@ class _VmStep(MigrationSteps):
                         state=VmState.STOPPING)
         elif status and status.state is LocalState.RUNNING:
             self.change(self.moved(VmState.STARTING.value, VmState.RUNNING.value, host=host,
-                                   generation=self.p.generation), state=VmState.RUNNING, restore_from=None)
+                                   generation=self.p.generation), state=VmState.RUNNING, restore_from=None,
+                        failed_on=())
         elif status and status.state in ENDED_LOCAL_STATES:
             # STOPPED unasked: killed while booting (a watchdog or a self-fence); start it again
             self.restart(f"start failed on {host}: {status.detail or status.state.value}", host or "", False)
@@ -374,7 +388,11 @@ class _VmStep(MigrationSteps):
                 return
             self.recover(f"host {host} back before the fence", prefer=host)
             return
-        self.recover(f"host {host} {state.value}" if host and state else "room available")
+        if host and state:
+            why = f"host {host} {state.value}"
+        else:  # it was waiting with no host: a stop request, or room to start it, ends the wait
+            why = "stop requested" if self.spec.desired is not DesiredState.RUNNING else "room available"
+        self.recover(why)
 
     def on_error(self) -> None:
         pass

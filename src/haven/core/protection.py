@@ -81,9 +81,13 @@ def can_survive(view: ClusterView, failures: int) -> tuple[bool, str]:
     ha_on: dict[str, list[tuple[str, int]]] = {name: [] for name in hosts}
     for vm in _protected_vms(view):
         p = vm.placement
-        if p is not None and p.host in ha_on and p.state in HOLDING_STATES:
-            ha_on[p.host].append((vm.spec.name, vm.spec.memory_mib))
-    free = {name: view.hosts[name].spec.memory_mib - reserve - used[name] for name in hosts}
+        if p is not None and p.host in view.hosts and p.state in HOLDING_STATES:
+            ha_on.setdefault(p.host, []).append((vm.spec.name, vm.spec.memory_mib))
+    # A host that takes no VMs (in maintenance) can still fail and take its HA VMs with it: it is
+    # one of the hosts that may be lost, with no room to offer. Leaving it out would call a
+    # cluster whose hosts are all in maintenance protected.
+    free = {name: view.hosts[name].spec.memory_mib - reserve - used[name] if name in hosts else 0
+            for name in ha_on}
     short = failure_shortfall(free, ha_on, failures)
     if short is None:
         return True, ""

@@ -141,7 +141,8 @@ class Capacity:
     selecting a host costs a few checks, not one per host.
 
     Rank: the VM's preferred hosts in order first; then, by `placement_policy`, the least loaded
-    host (spread) or the most loaded (pack) by memory; then the host name.
+    host (spread) or the most loaded (pack) by memory; then the most free memory (on a tie between
+    hosts of different sizes the bigger one has more headroom left); then the host name.
     """
 
     def __init__(self, loads: Mapping[str, HostLoad], settings: Settings,
@@ -157,8 +158,8 @@ class Capacity:
         self._sign = 1 if settings.placement_policy is PlacementPolicy.SPREAD else -1
         self._order = sorted(self._key(load) for load in self.loads.values() if load.usable)
 
-    def _key(self, load: HostLoad) -> tuple[float, str]:
-        return (self._sign * round(load.memory_load(), 9), load.spec.name)
+    def _key(self, load: HostLoad) -> tuple[float, int, str]:
+        return (self._sign * round(load.memory_load(), 9), -load.memory_free(self.settings), load.spec.name)
 
     def _moving(self, host: str, change: Callable[[HostLoad], None]) -> None:
         load = self.loads.get(host)
@@ -190,7 +191,7 @@ class Capacity:
         for name in first:
             if name not in excluded and name in self.loads and self.why_not(vm, name) is None:
                 return Selection(name)
-        for _, name in self._order:
+        for *_, name in self._order:
             if name not in excluded and why_not(vm, self.loads[name], self.settings) is None:
                 return Selection(name)
         reasons: Counter[str] = Counter()

@@ -77,6 +77,10 @@ class Nic(Frozen):
 class RestartPolicy(Frozen):
     max_restarts: int = Field(default=3, ge=0, description="automatic restarts allowed within the window")
     window_s: float = Field(default=600.0, gt=0)
+    # Like Proxmox's max_restart and Pacemaker's migration-threshold: a failure is often local to
+    # the host (a busy disk, a leftover process), so try it there again before relocating.
+    same_host_retries: int = Field(default=1, ge=0, description="restarts on the host a start failed on "
+                                   "before moving to a host not tried yet")
 
 
 class VmSpec(Frozen):

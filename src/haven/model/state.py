@@ -103,6 +103,10 @@ class Placement(Record):
     migration: Migration | None = None
     restore_from: str | None = None  # quick migration: start from this saved state
     restarts: tuple[float, ...] = ()  # times of automatic restarts after crashes / failed starts
+    # Hosts the VM failed on since it last came up, in order, once per failure: the restart
+    # policy retries a host `same_host_retries` times, then moves on to the hosts not tried yet.
+    failed_on: tuple[str, ...] = ()
+    last_host: str | None = None  # where it was last placed: a stopped VM starts there again
     reason: str = ""
     request_id: str = ""  # the last operator request handled
 

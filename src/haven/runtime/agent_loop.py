@@ -253,9 +253,13 @@ class AgentLoop:
                     hv.start(self.specs[vm], generation, restore_from)
                 case Stop(vm):
                     hv.stop(vm)
-                case Kill(vm, reason):
+                case Kill(vm, reason, retired_to):
                     known = self.known.get(vm)
-                    self.event(EventKind.KILLED, vm, reason=reason, generation=known.generation if known else None)
+                    was = known.generation if known else None
+                    if retired_to:
+                        self.event(EventKind.RETIRED, vm, to_host=retired_to, generation=was)
+                    else:
+                        self.event(EventKind.KILLED, vm, reason=reason, generation=was)
                     hv.kill(vm)
                     hv.forget(vm)
                 case PrepareIncoming(vm, generation):
