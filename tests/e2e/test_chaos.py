@@ -12,14 +12,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from haven.lab.cluster import Lab
 from haven.lab.sampler import QemuSampler, qemu_table
-from haven.model.spec import Settings
 from haven.model.state import HostState, VmState
 
 MISSING = [b for b in ("qemu-system-x86_64", "etcd", "ip") if shutil.which(b) is None]
@@ -31,6 +30,9 @@ pytestmark = [
 ANSWER_BOUND_S = 90.0  # TCG guests cold-booting on two busy cores
 KILL_SLACK_S = 0.5  # the kill itself and the sampler's interval, on a loaded machine
 ARTIFACT = Path(__file__).resolve().parents[2] / "artifacts" / "chaos.json"
+FAULTS: dict[str, tuple[Callable[[Lab, str], None], Callable[[Lab, str], None]]] = {
+    "isolate": (Lab.isolate, Lab.heal), "crash": (Lab.crash, Lab.power_on),
+    "hang": (Lab.stop_agent, Lab.continue_agent)}  # a fault and what undoes it
 
 
 @pytest.fixture(scope="module")
@@ -60,30 +62,21 @@ def recovered_elsewhere(lab: Lab, host: str, vms: list[str]) -> None:
 
 
 def test_isolations_crashes_and_hung_agents_never_run_a_vm_twice(lab: Lab) -> None:
-    settings = Settings(host_settle_s=0.0)
+    settings = lab.snapshot().settings
     settle(lab)
     rounds: list[dict[str, object]] = []
     with QemuSampler(lab.root / "run") as sampler:
         for kind in ("isolate", "isolate", "crash", "hang", "isolate"):
             host = busiest_host(lab)
             vms = sorted(vm for vm, hosts in qemu_table(lab.root / "run").items() if host in hosts)
+            fault, undo = FAULTS[kind]
             fault_at = time.monotonic()
-            if kind == "isolate":
-                lab.isolate(host)
-            elif kind == "crash":
-                lab.crash(host)
-            else:
-                lab.stop_agent(host)
+            fault(lab, host)
             try:
                 recovered_elsewhere(lab, host, vms)
                 last_kill = sampler.last_seen.get(host, fault_at) - fault_at
             finally:
-                if kind == "isolate":
-                    lab.heal(host)
-                elif kind == "crash":
-                    lab.power_on(host)
-                else:
-                    lab.continue_agent(host)
+                undo(lab, host)
             settle(lab)
             rounds.append({"fault": kind, "host": host, "vms": vms, "fault_to_last_local_qemu_s": round(last_kill, 3)})
     overlaps = [{"vm": o.vm, "hosts": o.hosts, "samples": o.samples} for o in sampler.overlaps]

@@ -44,7 +44,7 @@ from haven.core.agent import (
 )
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
-from haven.model.state import BROKEN_LOCAL_STATES, DEAD_LOCAL_STATES, Placement, VmStatus
+from haven.model.state import BROKEN_LOCAL_STATES, Placement, VmStatus
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, KeyKind
@@ -175,8 +175,7 @@ class AgentLoop:
             self.changed, self.was_lease_ok = True, False
             local = self.hypervisor.list()
             self._note_local_changes(local)
-            if not any(vm.state not in DEAD_LOCAL_STATES for vm in local.values()):
-                self.keeper.give_up()
+            self.keeper.give_up()
             return
         lease = self.keeper.lease
         if lease is not self.lease_seen:  # a new lease (or one taken over): nothing cached counts

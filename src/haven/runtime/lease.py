@@ -83,15 +83,16 @@ class LeaseKeeper:
         """Host clock: when the self-fence must have killed every local VM."""
         return self.state.last_renewal_sent + self.settings.self_fence_after_s
 
-    def lease_ok(self) -> bool:
-        state = self.state
+    def _valid(self, state: LeaseState) -> bool:
         return state.lease is not None and lease_valid(self.clock.now(), state.last_renewal_sent, self.settings)
+
+    def lease_ok(self) -> bool:
+        return self._valid(self.state)
 
     def manager_lease(self) -> int:
         """The lease a manager may bind the leader key to: ours while it is valid, else none."""
-        state = self.state
-        valid = state.lease is not None and lease_valid(self.clock.now(), state.last_renewal_sent, self.settings)
-        return state.lease.id if valid and state.lease else 0
+        state = self.state  # one reading: the id and its validity belong together
+        return state.lease.id if state.lease and self._valid(state) else 0
 
     # --- changes ---
 
@@ -110,6 +111,13 @@ class LeaseKeeper:
     def _put_alive(self, lease: Lease, sent: float) -> int:
         return self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
 
+    def _hold(self, state: LeaseState, kind: EventKind) -> None:
+        """Hold `state`'s lease from now on (granted or resumed): no longer fenced."""
+        assert state.lease is not None
+        self.fenced = False
+        self._set(state)
+        self._event(kind, state.lease)
+
     def register(self) -> bool:
         """Publish the host and take a fresh lease. False if the store is out of reach."""
         sent = self.clock.now()
@@ -119,9 +127,7 @@ class LeaseKeeper:
             alive_rev = self._put_alive(lease, sent)
         except StoreError:
             return False
-        self.fenced = False
-        self._set(LeaseState(lease, sent, alive_rev))
-        self._event(EventKind.LEASE_GRANTED, lease)
+        self._hold(LeaseState(lease, sent, alive_rev), EventKind.LEASE_GRANTED)
         return True
 
     def resume(self, lease: Lease) -> bool:
@@ -133,9 +139,7 @@ class LeaseKeeper:
             alive_rev = self._put_alive(lease, sent)
         except StoreError:
             return False
-        self.fenced = False
-        self._set(LeaseState(lease, sent, alive_rev))
-        self._event(EventKind.LEASE_RESUMED, lease)
+        self._hold(LeaseState(lease, sent, alive_rev), EventKind.LEASE_RESUMED)
         return True
 
     def take_over(self, lease: Lease, last_renewal_sent: float) -> None:
@@ -181,7 +185,9 @@ class LeaseKeeper:
     def give_up(self) -> None:
         """After a self-fence, once every VM here is dead, hand the lease back: the cluster then
         knows this host ran nothing (its VMs recover at once instead of on expiry), and this host
-        rejoins with a fresh lease rather than flapping on a late one."""
+        rejoins with a fresh lease rather than flapping on a late one. Nothing while a VM lives."""
+        if self._active_vms():
+            return
         with self.lock:
             lease = self._state.lease
             if lease is None:
