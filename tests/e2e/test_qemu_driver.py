@@ -25,7 +25,9 @@ if shutil.which("qemu-system-x86_64") is None:
 if os.geteuid() != 0:
     pytest.skip("needs root (network namespaces, taps)", allow_module_level=True)
 
+from haven.drivers.guest_agent import GuestAgent  # noqa: E402
 from haven.drivers.qemu import QemuHostConfig, QemuHypervisor  # noqa: E402
+from haven.drivers.qemu_boot import create_disk  # noqa: E402
 from haven.lab.guest import GuestImage, build_guest  # noqa: E402
 from haven.lab.netns import HttpProbe, IcmpProbe, LabNetwork  # noqa: E402
 from haven.model.spec import Disk, Nic, VmSpec  # noqa: E402
@@ -306,6 +308,56 @@ def test_quick_migration_keeps_ram_state(hosts: Hosts, standby: bool) -> None:
     answer = http_get(h.lab, ip)
     assert answer["ram_counter"] > seen[-1] and answer["boot_count"] == 1, answer
     assert not Path(path).exists()  # the state file is removed once the VM runs again
+
+
+def wait_exec(agent: GuestAgent, script: str, timeout: float = 10.0) -> str:
+    """Run `script` in the guest until it succeeds; its output."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = agent.exec(["/bin/sh", "-c", script], timeout=5.0)
+        if result.ok:
+            return result.stdout
+        assert time.monotonic() < deadline, f"{script!r}: {result}"
+        time.sleep(0.05)
+
+
+def test_guest_agent_and_data_disk_hotplug(hosts: Hosts) -> None:
+    h, hv = hosts, hosts.hv1
+    spec = spec_for(h.lab)
+    boot(h, hv, spec)
+    agent = hv.guest_agent("web")
+    assert agent.ping(timeout=5.0)
+    result = agent.exec(["/bin/sh", "-c", "cat /run/name; echo oops >&2; exit 3"])
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "web\n", "oops\n")
+
+    # A data disk from the shared pool: plugged in, written by the guest, taken out with confirmation.
+    data = h.root / "shared" / "data.qcow2"
+    create_disk(data, 16, "qcow2", "ext4")
+    t0 = time.monotonic()
+    hv.attach_disk("web", "data0", str(data))
+    wait_exec(agent, "test -b /dev/vdb")
+    print(f"\n[figures] hot-plug: attach -> disk seen in the guest {time.monotonic() - t0:.2f} s")
+    assert hv.attached_disks("web") == {"data0"}
+    wait_exec(agent, "mkdir -p /mnt/data && mount /dev/vdb /mnt/data && echo 41 > /mnt/data/n && umount /mnt/data")
+    t0 = time.monotonic()
+    hv.detach_disk("web", "data0")
+    print(f"[figures] hot-unplug: confirmed in {time.monotonic() - t0:.2f} s")
+    assert hv.attached_disks("web") == set()
+    assert not agent.exec(["/bin/sh", "-c", "test -b /dev/vdb"]).ok
+    hv.detach_disk("web", "data0")  # idempotent: already out
+    hv.attach_disk("web", "data0", str(data))  # back in: the write is there
+    assert wait_exec(agent, "mount /dev/vdb /mnt/data && cat /mnt/data/n && umount /mnt/data") == "41\n"
+    hv.detach_disk("web", "data0")
+
+    # A hung guest OS (here: paused) accepts the connection but never answers.
+    monitor = hv.table.require("web").monitor
+    monitor.execute("stop")
+    t0 = time.monotonic()
+    assert not agent.ping(timeout=0.5)
+    assert time.monotonic() - t0 < 2.0
+    monitor.execute("cont")
+    assert agent.ping(timeout=5.0)  # the late answer to the missed ping is not taken for this one
+    hv.kill("web")
 
 
 def test_restarted_agent_reattaches_to_running_qemu(hosts: Hosts) -> None:

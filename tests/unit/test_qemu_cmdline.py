@@ -47,7 +47,10 @@ def test_full_command_line() -> None:
         "driver=qcow2,file=file0,node-name=disk0"]
     assert option(argv, "-netdev") == ["tap,id=net0,ifname=tap-web,script=no,downscript=no"]
     assert option(argv, "-device") == ["virtio-blk-pci,drive=disk0,id=vd0",
-                                       "virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01,id=nic0"]
+                                       "virtio-net-pci,netdev=net0,mac=52:54:00:aa:00:01,id=nic0",
+                                       "virtio-serial-pci,id=vserial0",
+                                       "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+    assert option(argv, "-chardev") == ["socket,path=/run/haven/web/qga.sock,server=on,wait=off,id=qga0"]
     assert "-nodefaults" in argv and option(argv, "-display") == ["none"]
     assert argv[-1] == "-daemonize" and "-incoming" not in argv
 

@@ -29,8 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from haven.drivers.qemu_cmdline import VmPaths
+from haven.drivers.guest_agent import GuestAgent
+from haven.drivers.qemu_cmdline import VmPaths, disk_format
 from haven.drivers.qemu_config import QemuHostConfig
+from haven.drivers.qemu_hotplug import HotplugError, attach_disk, attached_disks, detach_disk
 from haven.drivers.qemu_incoming import IncomingMigration
 from haven.drivers.qemu_launch import LaunchError, QemuLauncher
 from haven.drivers.qemu_monitor import MONITOR_ERRORS
@@ -90,6 +92,30 @@ class QemuHypervisor:
     def pid(self, name: str) -> int | None:
         vm = self.table.get(name)
         return vm.pid if vm and vm.alive() else None
+
+    # --- inside the guest: the guest agent and hot-plugged data disks (guest-cluster services) ---
+
+    def guest_agent(self, name: str) -> GuestAgent:
+        return GuestAgent(self.table.require(name).paths.guest_agent)
+
+    def attach_disk(self, name: str, device_id: str, path: str) -> None:
+        try:
+            attach_disk(self.table.require(name).monitor, device_id, path, disk_format(path))
+        except MONITOR_ERRORS as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: cannot attach {path}: {exc}") from exc
+
+    def detach_disk(self, name: str, device_id: str, timeout: float = 5.0) -> None:
+        """Returns once the guest released the disk and QEMU closed its image; raises otherwise."""
+        try:
+            detach_disk(self.table.require(name).monitor, device_id, timeout)
+        except (*MONITOR_ERRORS, HotplugError) as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: cannot detach {device_id}: {exc}") from exc
+
+    def attached_disks(self, name: str) -> set[str]:
+        try:
+            return attached_disks(self.table.require(name).monitor)
+        except MONITOR_ERRORS as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: {exc}") from exc
 
     # --- the port ---
 

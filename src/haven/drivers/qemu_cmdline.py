@@ -78,6 +78,10 @@ class VmPaths:
         return self.dir / "qmp.sock"
 
     @property
+    def guest_agent(self) -> Path:
+        return self.dir / "qga.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
@@ -88,6 +92,9 @@ class VmPaths:
     @property
     def stderr(self) -> Path:
         return self.dir / "qemu.stderr"
+
+
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"  # the name qemu-ga looks for
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,8 @@ def kernel_append(spec: VmSpec, base: str) -> str:
 def build_cmdline(spec: VmSpec, config: CmdlineConfig, paths: VmPaths, disks: list[DiskArg],
                   taps: list[str], incoming: str | None = None, daemonize: bool = True) -> list[str]:
     """argv for `spec`: one virtio-blk per disk, one virtio-net per NIC (fixed MAC, on its tap),
-    serial to a file, one QMP socket, optional `-incoming` (tcp:ADDR:PORT, or defer: a standby for a restore)."""
+    serial to a file, one QMP socket, the guest agent's channel, optional `-incoming` (tcp:ADDR:PORT,
+    or defer: a standby for a restore)."""
     if len(disks) != len(spec.disks):
         raise ValueError(f"{spec.name}: {len(spec.disks)} disks in the spec, {len(disks)} paths given")
     if len(taps) != len(spec.nics):
@@ -164,6 +172,11 @@ def build_cmdline(spec: VmSpec, config: CmdlineConfig, paths: VmPaths, disks: li
     for i, (nic, tap) in enumerate(zip(spec.nics, taps, strict=True)):
         argv += ["-netdev", f"tap,id=net{i},ifname={tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net{i},mac={nic.mac},id=nic{i}"]
+    # Every VM gets the guest agent's channel: a guest running `qemu-ga` can then be pinged and
+    # run commands (guest-cluster services); one without it costs an idle virtio-serial device.
+    argv += ["-device", "virtio-serial-pci,id=vserial0",
+             "-chardev", f"socket,path={_escape(str(paths.guest_agent))},server=on,wait=off,id=qga0",
+             "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}"]
     if incoming:
         argv += ["-incoming", incoming]
     if daemonize:

@@ -24,6 +24,9 @@ What the guest does (all of it in `/init`, PID 1):
 - answers ICMP echo (the guest kernel does, no user space involved) — the non-retrying blackout
   probe. Debian's busybox `nc` has no UDP mode and busybox offers no other UDP server, so there is
   no UDP echo; ICMP echo every 10 ms measures the same blackout (see `haven.lab.netns.IcmpProbe`);
+- runs the QEMU guest agent (`qemu-ga` from Debian's `qemu-guest-agent`, with the libraries it
+  links, copied as `ldd` resolves them) on the `org.qemu.guest_agent.0` port QEMU gives every VM:
+  haven pings it to tell a hung guest OS and runs commands through it (guest-cluster services);
 - prints `HAVEN-GUEST-READY name=NAME boot=B` on the serial console once HTTP is up, and
   `HAVEN-GUEST-POWEROFF` before an ACPI shutdown.
 """
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haven.drivers.qemu_boot import DirectBoot, create_disk
+from haven.drivers.qemu_cmdline import GUEST_AGENT_PORT
 
 DEFAULT_CACHE_DIR = Path("/var/cache/haven/guest")
 META_PACKAGE = "linux-image-cloud-amd64"
@@ -54,8 +58,13 @@ HTTP_PORT = 80
 
 # Load order from LAB-NOTES; button + evdev make the ACPI power button reach acpid.
 MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-           "failover", "net_failover", "virtio_net", "virtio_blk", "button", "evdev")
-REQUIRED_MODULES = frozenset({"virtio_ring", "virtio", "virtio_pci", "virtio_net", "virtio_blk"})
+           "failover", "net_failover", "virtio_net", "virtio_blk", "virtio_console", "button", "evdev")
+REQUIRED_MODULES = frozenset({"virtio_ring", "virtio", "virtio_pci", "virtio_net", "virtio_blk",
+                              "virtio_console"})
+# The QEMU guest agent and the one library it links that a host with QEMU installed lacks; the
+# others (glib, libudev, libnuma, pcre2, libc) are copied from the host, as `ldd` resolves them.
+AGENT_PACKAGES = ("qemu-guest-agent", "liburing2")
+AGENT_BINARY = "usr/sbin/qemu-ga"
 
 INIT = r"""#!/bin/busybox sh
 export PATH=/bin
@@ -127,6 +136,13 @@ echo ${H:-0} > /run/heartbeat
   done
 ) &
 acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid 2>/dev/null
+# The guest agent, when QEMU gives the VM its channel (no udev here: find the port by its name).
+for port in /sys/class/virtio-ports/*; do
+  if [ "$(cat $port/name 2>/dev/null)" = "@AGENT_PORT@" ]; then
+    mkdir -p /run/qga
+    qemu-ga -m virtio-serial -p /dev/${port##*/} -t /run/qga -f /run/qga.pid >/run/qga.log 2>&1 &
+  fi
+done
 httpd -p @HTTP_PORT@ -h /www
 echo "@READY@ name=$NAME boot=$B"
 while :; do wait; sleep 5; done
@@ -179,12 +195,12 @@ def _run(argv: list[str], cwd: str | Path | None = None) -> str:
 
 def _init_script() -> str:
     return (INIT.replace("@MODULES@", " ".join(MODULES)).replace("@HTTP_PORT@", str(HTTP_PORT))
-            .replace("@READY@", READY_MARKER))
+            .replace("@READY@", READY_MARKER).replace("@AGENT_PORT@", GUEST_AGENT_PORT))
 
 
 def _content_hash() -> str:
     h = hashlib.sha256()
-    for part in (_init_script(), CGI, POWEROFF, " ".join(MODULES)):
+    for part in (_init_script(), CGI, POWEROFF, " ".join(MODULES), " ".join(AGENT_PACKAGES)):
         h.update(part.encode())
     h.update(str(BUSYBOX.stat().st_size if BUSYBOX.exists() else 0).encode())
     return h.hexdigest()[:12]
@@ -312,10 +328,46 @@ def _find_modules(root: Path) -> dict[str, Path]:
     return found
 
 
-def _pack_initrd(modules: dict[str, Path]) -> bytes:
+def _download(package: str, debs: Path) -> Path:
+    """The newest cached .deb of `package` in `debs`, else the candidate fetched with apt-get."""
+    cached = sorted(debs.glob(f"{package}_*.deb"))
+    if cached:
+        return cached[-1]
+    with tempfile.TemporaryDirectory(dir=debs) as dl:
+        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=dl)
+        got = list(Path(dl).glob("*.deb"))
+        if len(got) != 1:
+            raise GuestBuildError(f"apt-get download {package} gave {got}")
+        return Path(shutil.move(str(got[0]), debs / got[0].name))
+
+
+def _agent_files(debs: Path, work: Path) -> dict[str, bytes]:
+    """qemu-ga and every shared object it loads, keyed by their path inside the initramfs."""
+    root = work / "agent"
+    for package in AGENT_PACKAGES:
+        _run(["dpkg-deb", "-x", str(_download(package, debs)), str(root)])
+    binary = root / AGENT_BINARY
+    libdir = root / "usr" / "lib" / "x86_64-linux-gnu"
+    ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
+                         env={**os.environ, "LD_LIBRARY_PATH": str(libdir)})
+    files = {"bin/qemu-ga": binary.read_bytes()}
+    for line in ldd.stdout.splitlines():
+        words = line.split()
+        if "not found" in line:
+            raise GuestBuildError(f"qemu-ga needs {words[0]}, found neither on this host nor in {AGENT_PACKAGES}")
+        path = next((w for w in words if w.startswith("/")), None)
+        if path is None:
+            continue  # linux-vdso: the kernel provides it
+        # The loader keeps its absolute path (the ELF names it); libraries go where it searches.
+        inside = path.lstrip("/") if "ld-linux" in path else f"lib/x86_64-linux-gnu/{Path(path).name}"
+        files[inside] = Path(path).read_bytes()
+    return files
+
+
+def _pack_initrd(modules: dict[str, Path], extra: dict[str, bytes]) -> bytes:
     cpio = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "run", "tmp", "mnt", "mnt/disk", "etc", "etc/acpi",
-              "etc/acpi/PWRF", "lib", "lib/modules", "www", "www/cgi-bin"):
+              "etc/acpi/PWRF", "lib", "lib/modules", "lib/x86_64-linux-gnu", "lib64", "www", "www/cgi-bin"):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
@@ -331,6 +383,8 @@ def _pack_initrd(modules: dict[str, Path]) -> bytes:
     for name in MODULES:
         if name in modules:
             cpio.file(f"lib/modules/{name}.ko", _module_bytes(modules[name]))
+    for name, data in sorted(extra.items()):
+        cpio.file(name, data, 0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -379,7 +433,7 @@ def build_guest(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> GuestI
         stage.chmod(0o755)
         try:
             shutil.copyfile(vmlinuz[0], stage / "vmlinuz")
-            (stage / "initrd.img").write_bytes(_pack_initrd(modules))
+            (stage / "initrd.img").write_bytes(_pack_initrd(modules, _agent_files(debs, Path(work))))
             try:
                 os.rename(stage, out)
             except OSError:
