@@ -27,8 +27,9 @@ if os.geteuid() != 0:
 
 from haven.drivers.guest_agent import GuestAgent  # noqa: E402
 from haven.drivers.qemu import QemuHostConfig, QemuHypervisor  # noqa: E402
+from haven.drivers import guest_steps as steps  # noqa: E402
 from haven.drivers.qemu_boot import create_disk  # noqa: E402
-from haven.lab.guest import GuestImage, build_guest  # noqa: E402
+from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest  # noqa: E402
 from haven.lab.netns import HttpProbe, IcmpProbe, LabNetwork  # noqa: E402
 from haven.model.spec import Disk, Nic, VmSpec  # noqa: E402
 from haven.model.state import LocalState as S  # noqa: E402
@@ -330,23 +331,41 @@ def test_guest_agent_and_data_disk_hotplug(hosts: Hosts) -> None:
     result = agent.exec(["/bin/sh", "-c", "cat /run/name; echo oops >&2; exit 3"])
     assert (result.exit_code, result.stdout, result.stderr) == (3, "web\n", "oops\n")
 
-    # A data disk from the shared pool: plugged in, written by the guest, taken out with confirmation.
+    # A data disk from the shared pool: plugged in, mounted, used by the demo service on a floating
+    # address, then stopped, unmounted and taken out with confirmation; plugged in again, it kept the data.
     data = h.root / "shared" / "data.qcow2"
     create_disk(data, 16, "qcow2", "ext4")
+    floating = h.lab.vm_cidr(9)
     t0 = time.monotonic()
     hv.attach_disk("web", "data0", str(data))
     wait_exec(agent, "test -b /dev/vdb")
     print(f"\n[figures] hot-plug: attach -> disk seen in the guest {time.monotonic() - t0:.2f} s")
     assert hv.attached_disks("web") == {"data0"}
-    wait_exec(agent, "mkdir -p /mnt/data && mount /dev/vdb /mnt/data && echo 41 > /mnt/data/n && umount /mnt/data")
+    for step in (steps.mount_data("data0", "/srv/data"), steps.mount_data("data0", "/srv/data"),  # idempotent
+                 steps.raise_ip(floating, "eth0"), steps.raise_ip(floating, "eth0"),
+                 ["haven-demo-service", "start", "/srv/data"]):
+        assert agent.exec(step).ok, (step, agent.exec(step))
+    service = f"{floating.split('/')[0]}:{SERVICE_PORT}"
+    first = wait_http(h.lab, service, 10)
+    second = http_get(h.lab, service)
+    assert (first["vm"], first["disk_counter"], second["disk_counter"]) == ("web", 1, 2), (first, second)
+    for step in (["haven-demo-service", "stop"], steps.drop_ip(floating, "eth0"), steps.drop_ip(floating, "eth0"),
+                 steps.unmount_data("/srv/data"), steps.unmount_data("/srv/data")):
+        assert agent.exec(step).ok, (step, agent.exec(step))
+    assert "error" in http_get(h.lab, service, 1.0)  # the address left with the service
     t0 = time.monotonic()
     hv.detach_disk("web", "data0")
     print(f"[figures] hot-unplug: confirmed in {time.monotonic() - t0:.2f} s")
     assert hv.attached_disks("web") == set()
     assert not agent.exec(["/bin/sh", "-c", "test -b /dev/vdb"]).ok
     hv.detach_disk("web", "data0")  # idempotent: already out
-    hv.attach_disk("web", "data0", str(data))  # back in: the write is there
-    assert wait_exec(agent, "mount /dev/vdb /mnt/data && cat /mnt/data/n && umount /mnt/data") == "41\n"
+    missing = agent.exec(steps.mount_data("data0", "/srv/data"))
+    assert missing.exit_code == 3 and "no disk with serial data0" in missing.stderr
+    hv.attach_disk("web", "data0", str(data))
+    wait_exec(agent, "test -b /dev/vdb")
+    assert agent.exec(steps.mount_data("data0", "/srv/data")).ok
+    assert agent.exec(["cat", "/srv/data/counter"]).stdout == "2\n"  # every answered write is on the disk
+    assert agent.exec(steps.unmount_data("/srv/data")).ok
     hv.detach_disk("web", "data0")
 
     # A hung guest OS (here: paused) accepts the connection but never answers.

@@ -20,6 +20,7 @@ from haven.drivers.qmp import QmpClient, QmpError
 
 PERIPHERALS = "/machine/peripheral"  # where QEMU lists devices added with an id
 POLL_S = 0.02
+VIRTIO_SERIAL_MAX = 20  # bytes the virtio-blk serial field holds
 
 
 class HotplugError(Exception):
@@ -31,13 +32,17 @@ def node_name(device_id: str) -> str:
 
 
 def attach_disk(monitor: Monitor, device_id: str, path: str, fmt: str = "qcow2", direct: bool = True) -> None:
-    """Open the image and plug it into the guest as a virtio disk named `device_id`."""
+    """Open the image and plug it into the guest as a virtio disk named `device_id`, which is also
+    its serial number inside the guest (`/sys/block/vdX/serial`: how the guest finds it)."""
+    if len(device_id) > VIRTIO_SERIAL_MAX:
+        raise ValueError(f"disk id {device_id!r} is longer than a virtio serial ({VIRTIO_SERIAL_MAX})")
     node = node_name(device_id)
     with monitor.session() as client:
         client.execute("blockdev-add", {"driver": fmt, "node-name": node,
                                         "file": {"driver": "file", "filename": path, "cache": {"direct": direct}}})
         try:
-            client.execute("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id})
+            client.execute("device_add", {"driver": "virtio-blk-pci", "drive": node, "id": device_id,
+                                           "serial": device_id})
         except QmpError:
             client.execute("blockdev-del", {"node-name": node})  # leave the image closed, as found
             raise

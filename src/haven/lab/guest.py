@@ -165,6 +165,55 @@ printf 'Content-Type: application/json\r\nCache-Control: no-store\r\n\r\n'
 printf '{"vm": "%s", "ram_counter": %d, "boot_count": %d, "heartbeat": %d}\n' "$name" "$n" "${b:-0}" "${h:-0}"
 """
 
+# The guest-cluster demo service: HTTP on SERVICE_PORT answering a counter kept on the service's
+# data disk (synced before the answer: it continues across failovers) and one kept in RAM (resets:
+# another member answers). haven mounts the data disk and raises the floating IP itself; this only
+# starts, stops and checks the application. Started by `qemu-ga` (`guest-exec`), so its daemon
+# must leave stdout and stderr: the agent reports an exit only when the output pipes close.
+SERVICE_PORT = 8080
+SERVICE = r"""#!/bin/busybox sh
+# haven-demo-service start DATA_DIR | stop | check
+case "$1" in
+  start)
+    [ -d "$2" ] || { echo "no data directory $2" >&2; exit 1; }
+    mkdir -p /run/svc
+    echo "$2" > /run/svc/dir
+    echo 0 > /run/svc/ram
+    [ -f "$2/counter" ] || { echo 0 > "$2/counter"; sync; }
+    httpd -f -p @SERVICE_PORT@ -h /www-svc </dev/null >/dev/null 2>&1 &
+    echo $! > /run/svc/pid
+    ;;
+  stop)
+    [ -f /run/svc/pid ] && kill "$(cat /run/svc/pid)" 2>/dev/null
+    rm -f /run/svc/pid
+    sync
+    ;;
+  check)
+    wget -q -T 2 -O /dev/null "http://127.0.0.1:@SERVICE_PORT@/cgi-bin/state"
+    ;;
+  *) echo "usage: $0 start DATA_DIR | stop | check" >&2; exit 2 ;;
+esac
+"""
+
+SERVICE_CGI = r"""#!/bin/busybox sh
+i=0
+while ! mkdir /run/svc/lock 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 500 ] && break
+  usleep 2000
+done
+read dir < /run/svc/dir
+read d < "$dir/counter"
+d=$((${d:-0}+1))
+echo $d > "$dir/counter.new" && mv "$dir/counter.new" "$dir/counter" && sync
+read r < /run/svc/ram
+r=$((${r:-0}+1))
+echo $r > /run/svc/ram
+rmdir /run/svc/lock 2>/dev/null
+read name < /run/name
+printf 'Content-Type: application/json\r\nCache-Control: no-store\r\n\r\n'
+printf '{"vm": "%s", "disk_counter": %d, "ram_counter": %d}\n' "$name" "$d" "$r"
+"""
+
 POWEROFF = r"""#!/bin/busybox sh
 echo HAVEN-GUEST-POWEROFF > /dev/console
 sync
@@ -198,9 +247,14 @@ def _init_script() -> str:
             .replace("@READY@", READY_MARKER).replace("@AGENT_PORT@", GUEST_AGENT_PORT))
 
 
+def _service_script() -> str:
+    return SERVICE.replace("@SERVICE_PORT@", str(SERVICE_PORT))
+
+
 def _content_hash() -> str:
     h = hashlib.sha256()
-    for part in (_init_script(), CGI, POWEROFF, " ".join(MODULES), " ".join(AGENT_PACKAGES)):
+    for part in (_init_script(), CGI, _service_script(), SERVICE_CGI, POWEROFF, " ".join(MODULES),
+                 " ".join(AGENT_PACKAGES)):
         h.update(part.encode())
     h.update(str(BUSYBOX.stat().st_size if BUSYBOX.exists() else 0).encode())
     return h.hexdigest()[:12]
@@ -367,7 +421,8 @@ def _agent_files(debs: Path, work: Path) -> dict[str, bytes]:
 def _pack_initrd(modules: dict[str, Path], extra: dict[str, bytes]) -> bytes:
     cpio = _Cpio()
     for d in ("bin", "dev", "proc", "sys", "run", "tmp", "mnt", "mnt/disk", "etc", "etc/acpi",
-              "etc/acpi/PWRF", "lib", "lib/modules", "lib/x86_64-linux-gnu", "lib64", "www", "www/cgi-bin"):
+              "etc/acpi/PWRF", "lib", "lib/modules", "lib/x86_64-linux-gnu", "lib64", "www", "www/cgi-bin",
+              "www-svc", "www-svc/cgi-bin"):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
@@ -378,6 +433,9 @@ def _pack_initrd(modules: dict[str, Path], extra: dict[str, bytes]) -> bytes:
     cpio.file("init", _init_script().encode(), 0o755)
     cpio.file("www/cgi-bin/index.cgi", CGI.encode(), 0o755)
     cpio.file("www/cgi-bin/state", CGI.encode(), 0o755)
+    cpio.file("bin/haven-demo-service", _service_script().encode(), 0o755)
+    cpio.file("www-svc/cgi-bin/index.cgi", SERVICE_CGI.encode(), 0o755)
+    cpio.file("www-svc/cgi-bin/state", SERVICE_CGI.encode(), 0o755)
     cpio.file("etc/acpi/PWRF/00000080", POWEROFF.encode(), 0o755)
     cpio.file("etc/acpid.conf", b"PWRF PWRF/00000080\n")
     for name in MODULES:
