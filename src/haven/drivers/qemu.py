@@ -41,6 +41,7 @@ from haven.drivers.qemu_process import MonotonicClock, is_qemu_for, proc_stat, r
 from haven.drivers.qemu_reattach import Reattacher
 from haven.drivers.qemu_vm import DEAD_STATES, TERMINAL_STATES, S, VmRecord, VmTable
 from haven.drivers.qemu_watch import VmWatcher
+from haven.drivers.replication import MirrorState, ReplicationError, mirror_state, release_mirror, start_mirror
 from haven.model.spec import VmSpec
 from haven.model.state import LocalState
 from haven.ports.clock import Clock
@@ -116,6 +117,27 @@ class QemuHypervisor:
             return attached_disks(self.table.require(name).monitor)
         except MONITOR_ERRORS as exc:
             raise HypervisorError(f"{self.config.host_name}: {name}: {exc}") from exc
+
+    # --- replicated disks (a two-host pair): see `replication` ---
+
+    def start_replication(self, name: str, disk: int, address: str, port: int, export: str) -> None:
+        try:
+            start_mirror(self.table.require(name).monitor, disk, address, port, export)
+        except MONITOR_ERRORS as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: cannot replicate disk {disk}: {exc}") from exc
+
+    def replication(self, name: str, disk: int) -> MirrorState:
+        try:
+            return mirror_state(self.table.require(name).monitor, disk)
+        except MONITOR_ERRORS as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: {exc}") from exc
+
+    def release_replication(self, name: str, disk: int) -> None:
+        """Only after the replica is marked stale in the store: see `replication`."""
+        try:
+            release_mirror(self.table.require(name).monitor, disk)
+        except (*MONITOR_ERRORS, ReplicationError) as exc:
+            raise HypervisorError(f"{self.config.host_name}: {name}: cannot release disk {disk}: {exc}") from exc
 
     # --- the port ---
 
