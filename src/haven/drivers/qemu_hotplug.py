@@ -58,8 +58,15 @@ def detach_disk(monitor: Monitor, device_id: str, timeout: float = 5.0) -> None:
                 if time.monotonic() > deadline:
                     raise HotplugError(f"the guest did not release disk {device_id} within {timeout:g} s")
                 time.sleep(POLL_S)
-        if node_name(device_id) in _nodes(client):
-            client.execute("blockdev-del", {"node-name": node_name(device_id)})
+        # The device leaves the tree before QEMU lets go of its image (the rest of its teardown
+        # is deferred): until then the node is "in use", and closing it is tried again.
+        while node_name(device_id) in _nodes(client):
+            try:
+                client.execute("blockdev-del", {"node-name": node_name(device_id)})
+            except QmpError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL_S)
 
 
 def attached_disks(monitor: Monitor) -> set[str]:
