@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs
-              iproute2 iputils-arping iputils-ping chromium)
+              iproute2 iputils-arping iputils-ping chromium openipmi ipmitool fence-agents)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,4 +22,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -E "^WARNING: (Running pip as|Location)" || true
-python3 -c "import haven" # fail loudly if the install did not work
+# Fail loudly if the install did not work (the API's imports include its packaged Swagger UI).
+python3 -c "import haven.api, swagger_ui_bundle"

@@ -85,7 +85,7 @@ def manager(cluster: Cluster, live: str) -> Iterator[FakeManager]:
 
 def test_status_text_and_json(live: str) -> None:
     result = run(live, "status")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 5, result.output  # down (test_cli_status.py has every level)
     assert "(x_x) ill (down): HA VM broken (error) is not running" in result.output
     assert "h1" in result.output and "manager" in result.output
     data = json.loads(run(live, "status", "--output", "json").output)
@@ -201,3 +201,18 @@ def test_events_and_follow(live: str, cluster: Cluster) -> None:
 def test_help_documents_exit_codes() -> None:
     result = CliRunner().invoke(cli, ["vm", "migrate", "--help"])
     assert "3  cannot reach the API" in result.output and "--to HOST" in result.output
+
+
+def test_a_drain_that_cannot_finish_is_refused_unless_forced(live: str, cluster: Cluster) -> None:
+    cluster.put_host("h2", memory=1536)  # 768 MiB free: db (1024 MiB) cannot follow
+    cluster.put_host("h3", alive=False, state=HostState.OFFLINE)
+    refused = run(live, "host", "drain", "h1")
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith("error: the drain of h1 cannot finish: VM db has nowhere to go")
+    assert ("  - VM db (1024 MiB, priority 3) cannot move: h2, the only other online host, has 768 MiB free "
+            "(256 MiB missing)") in refused.output
+    assert cluster.layout.host_admin("h1") not in cluster.dump()
+    forced = run(live, "host", "drain", "h1", "--force", "--no-wait")
+    assert forced.exit_code == 0, forced.output
+    assert "host h1: drain requested (2 VM(s) to move)" in forced.output
+    assert '"maintenance":true' in cluster.dump()[cluster.layout.host_admin("h1")]

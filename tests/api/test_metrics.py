@@ -14,7 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from haven.api import create_app
 from haven.api.event_stats import COUNTED_KINDS
+from haven.api.metrics import version
 from haven.core.events import EventKind
+from haven.model.state import VmState
 from haven.sim.cluster import SimCluster
 from haven.sim.scenario import load_scenario, run_scenario
 
@@ -58,6 +60,58 @@ def test_gauges(client: TestClient, cluster: Cluster) -> None:
     assert m[("haven_manager_active", ())] == 1 and m[("haven_store_up", ())] == 1
 
 
+MIB = 1024 * 1024
+
+
+def test_build_info_names_the_installed_version(client: TestClient) -> None:
+    m = samples(client)
+    assert version() not in ("", "unknown")  # the test runs against an installed haven
+    assert m[("haven_build_info", (("version", version()),))] == 1
+    assert [key for key in m if key[0] == "haven_build_info"] == [("haven_build_info", (("version", version()),))]
+
+
+def test_capacity_and_use_per_host(client: TestClient, cluster: Cluster) -> None:
+    # h1 runs web (512 MiB) and db (1024 MiB); h2 runs cache (512 MiB); h3 is empty; 1 vCPU each.
+    cluster.put_vm("big", "h3", VmState.MIGRATING, memory=2048, vcpus=2)
+    m = samples(client)
+    used = {host: m[("haven_host_memory_used_bytes", (("host", host),))] / MIB for host in ("h1", "h2", "h3")}
+    assert used == {"h1": 1536, "h2": 512, "h3": 2048}
+    assert m[("haven_host_memory_capacity_bytes", (("host", "h2"),))] == 4096 * MIB
+    assert m[("haven_host_memory_reserve_bytes", (("host", "h2"),))] == 256 * MIB
+    assert [m[("haven_host_vcpus_used", (("host", h),))] for h in ("h1", "h2", "h3")] == [2, 1, 2]
+    assert m[("haven_host_vcpus", (("host", "h1"),))] == 4
+    # The numbers are the ones the dashboard shows for each host.
+    for host in client.get("/api/v1/hosts", headers=AUTH_READ).json():
+        labels = (("host", host["name"]),)
+        assert m[("haven_host_memory_used_bytes", labels)] == host["memory_mib"]["used"] * MIB
+        assert m[("haven_host_vcpus_used", labels)] == host["vcpus"]["used"]
+
+
+def _state(m: Samples) -> dict[str, float]:
+    return {dict(labels)["level"]: value for (name, labels), value in m.items() if name == "haven_protection_state"}
+
+
+def test_protection_level_as_a_labelled_state(client: TestClient, cluster: Cluster) -> None:
+    assert _state(samples(client)) == {"protected": 0, "degraded": 0, "down": 1}  # broken is in error
+    cluster.put_vm("broken", "h3")
+    assert _state(samples(client)) == {"protected": 1, "degraded": 0, "down": 0}
+    # Two 2,048 MiB VMs on one host: losing it leaves more HA memory than the others have free.
+    cluster.put_vm("big1", "h3", memory=2048)
+    cluster.put_vm("big2", "h3", memory=1536)
+    cluster.put_vm("big3", "h2", memory=3072)
+    m = samples(client)
+    assert _state(m) == {"protected": 0, "degraded": 1, "down": 0}
+    assert m[("haven_protection_level", ())] == 1
+
+
+def test_metrics_need_a_token(client: TestClient) -> None:
+    # As the README says: scrape with the read-only token; /healthz needs none.
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+
+
 def test_failovers_and_recovery_after_a_power_cut() -> None:
     # h1 loses power: web and db each go running -> recovering -> starting on h2 -> running,
     # 3.3 s each (lease expiry, fence grace, boot), and h2 takes the manager over.
@@ -71,14 +125,14 @@ def test_failovers_and_recovery_after_a_power_cut() -> None:
 
 
 def test_migrations_by_kind_and_result() -> None:
-    m = scraped("drain-live-and-quick")
-    assert m[("haven_migrations_total", (("kind", "live"), ("result", "succeeded")))] == 2
-    assert m[("haven_migrations_total", (("kind", "quick"), ("result", "succeeded")))] == 1
-    assert round(m[("haven_migration_duration_seconds_sum", (("kind", "live"),))], 3) == 2.448
+    m = scraped("drain-live-and-quick")  # each VM moves twice: away on the drain, back on resume
+    assert m[("haven_migrations_total", (("kind", "live"), ("result", "succeeded")))] == 4
+    assert m[("haven_migrations_total", (("kind", "quick"), ("result", "succeeded")))] == 2
+    assert round(m[("haven_migration_duration_seconds_sum", (("kind", "live"),))], 3) == 4.896
     # A quick migration pauses the guest from save to restore: its whole duration is downtime.
-    assert round(m[("haven_migration_downtime_seconds_sum", (("kind", "quick"),))], 3) == 0.812
+    assert round(m[("haven_migration_downtime_seconds_sum", (("kind", "quick"),))], 3) == 1.624
     # The simulated hypervisor hands a live migration over at once and reports a zero pause.
-    assert m[("haven_migration_downtime_seconds_count", (("kind", "live"),))] == 2
+    assert m[("haven_migration_downtime_seconds_count", (("kind", "live"),))] == 4
     assert m[("haven_migration_downtime_seconds_sum", (("kind", "live"),))] == 0.0
     aborted = scraped("migration-target-dies-live")
     assert aborted[("haven_migrations_total", (("kind", "live"), ("result", "failed")))] == 1
@@ -103,7 +157,7 @@ def test_every_derived_metric_moves_in_the_golden_scenarios() -> None:
             family = name.removesuffix("_total").removesuffix("_count")
             if family in DERIVED:
                 exposed.add(family)
-                if value > 0 and (name.endswith("_total") or name.endswith("_count")):
+                if value > 0 and name.endswith(("_total", "_count")):
                     moved.add(family)
             if name == "haven_migrations_total" and value > 0:
                 migrations.add((dict(labels)["kind"], dict(labels)["result"]))

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from haven.api import create_app
 from haven.model.spec import VmSpec
-from haven.model.state import HostAdmin, RequestAction, VmRequest
+from haven.model.state import HostAdmin, HostState, RequestAction, VmRequest
 from haven.ports.store import Put
 
 from .conftest import ADMIN, AUTH_ADMIN, READ, Cluster
@@ -197,6 +197,85 @@ def test_drain_and_resume(client: TestClient, cluster: Cluster) -> None:
     assert post(client, "/api/v1/hosts/h9/drain").status_code == 404
 
 
+def test_a_drain_that_cannot_finish_is_refused_with_the_reason(client: TestClient, cluster: Cluster) -> None:
+    cluster.put_host("h2", memory=1536)  # 1536 - 256 reserve - 512 (cache) = 768 MiB free
+    cluster.put_host("h3", alive=False, state=HostState.OFFLINE)
+    before = cluster.dump()
+    response = post(client, "/api/v1/hosts/h1/drain")
+    assert response.status_code == 409, response.text
+    assert response.json() == {
+        "detail": "the drain of h1 cannot finish: VM db has nowhere to go; make room on another host, "
+                  "or force the drain to leave them running there",
+        "problems": [("VM db (1024 MiB, priority 3) cannot move: h2, the only other online host, has 768 MiB "
+                      "free (256 MiB missing)")]}
+    assert cluster.dump() == before  # nothing written
+    forced = post(client, "/api/v1/hosts/h1/drain", {"force": True})
+    assert forced.status_code == 202, forced.text
+    assert HostAdmin.model_validate_json(cluster.dump()[cluster.layout.host_admin("h1")]).maintenance
+
+
+def test_a_drain_is_checked_in_priority_order(client: TestClient, cluster: Cluster) -> None:
+    """db (priority 3) takes h2's last room first, as the manager would, so web (priority 2) and
+    alpha (priority 1) are left behind, not db (by name, alpha would have gone first)."""
+    cluster.put_host("h2", memory=1792)  # 1024 MiB free
+    cluster.put_host("h3", alive=False, state=HostState.LOST)
+    cluster.put_vm("alpha", "h1", priority=1)
+    response = post(client, "/api/v1/hosts/h1/drain")
+    assert response.status_code == 409
+    assert response.json()["detail"].startswith("the drain of h1 cannot finish: 2 VMs (web, alpha) have nowhere")
+    assert response.json()["problems"] == [
+        "VM web (512 MiB, priority 2) cannot move: h2, the only other online host, has 0 MiB free (512 MiB missing)",
+        ("VM alpha (512 MiB, priority 1) cannot move: h2, the only other online host, has 0 MiB free "
+         "(512 MiB missing)")]
+
+
+def test_a_priority_0_vm_without_room_does_not_block_a_drain(client: TestClient, cluster: Cluster) -> None:
+    """The manager stops it (the drain finishes), so it is no reason to refuse; it is listed when an
+    HA VM blocks the drain anyway."""
+    cluster.put_host("h2", alive=False, state=HostState.FENCED)
+    cluster.put_host("h3", memory=1024)  # 768 MiB free
+    cluster.put_vm("web", "h1", memory=1024, priority=0)
+    cluster.put_vm("db", "h1", memory=512, priority=0)
+    assert post(client, "/api/v1/hosts/h1/drain").status_code == 202
+    post(client, "/api/v1/hosts/h1/resume")
+    cluster.put_vm("db", "h1", memory=1024, priority=3)
+    cluster.put_host("h2")  # two candidates now: each one's reason
+    cluster.put_vm("hog", "h2", memory=3584)
+    response = post(client, "/api/v1/hosts/h1/drain")
+    assert response.status_code == 409
+    assert response.json()["problems"] == [
+        ("VM db (1024 MiB, priority 3) cannot move: h2 has 0 MiB free (1024 MiB missing); "
+         "h3 has 768 MiB free (256 MiB missing)"),
+        ("VM web (1024 MiB, priority 0) would be stopped (priority 0): h2 has 0 MiB free (1024 MiB missing); "
+         "h3 has 768 MiB free (256 MiB missing)")]
+
+
+def test_a_drain_with_no_other_host_online_says_so(client: TestClient, cluster: Cluster) -> None:
+    cluster.put_host("h2", alive=False, state=HostState.OFFLINE)
+    cluster.put_host("h3", state=HostState.MAINTENANCE)
+    response = post(client, "/api/v1/hosts/h1/drain")
+    assert response.status_code == 409
+    assert response.json()["problems"][0] == ("VM db (1024 MiB, priority 3) cannot move: no other host is online "
+                                              "(h2 is offline, h3 is in maintenance)")
+
+
+def test_a_drain_of_a_down_host_is_refused_unless_forced(client: TestClient, cluster: Cluster) -> None:
+    cluster.put_host("h3", alive=False, state=HostState.OFFLINE)
+    response = post(client, "/api/v1/hosts/h3/drain", {"force": False})
+    assert response.status_code == 409
+    assert response.json()["detail"].startswith("host h3 is offline: it runs no VM to drain")
+    assert cluster.layout.host_admin("h3") not in cluster.dump()
+    assert post(client, "/api/v1/hosts/h3/drain", {"force": True}).status_code == 202
+
+
+@pytest.mark.parametrize("body,problem", [
+    ({"force": "maybe"}, "force: "), ({"forse": True}, "forse: "), ([True], "(body): expected an object")])
+def test_a_drain_body_is_validated(client: TestClient, body: Any, problem: str) -> None:
+    response = post(client, "/api/v1/hosts/h1/drain", body)
+    assert response.status_code == 422
+    assert response.json()["problems"][0].startswith(problem), response.json()
+
+
 # -- atomicity -------------------------------------------------------------------------------
 
 class RacingStore:
@@ -263,3 +342,21 @@ def test_txn_is_the_only_write_path(cluster: Cluster) -> None:
         post(client, "/api/v1/vms", {"name": "fresh"})
         post(client, "/api/v1/vms/web/migrate", {"target": "h3"})
     assert [[type(op) for op in batch] for batch in ops] == [[Put], [Put]]
+
+
+def test_placement_policies_are_checked_against_the_cluster(client: TestClient, cluster: Cluster) -> None:
+    cluster.put_vm("cache", "h1", affinity_group="shop", anti_affinity_group="apart")
+    response = post(client, "/api/v1/vms", {
+        "name": "app", "preferred_hosts": [["h1", "h9"], "h2"], "affinity_group": "shop",
+        "anti_affinity_group": "apart"})
+    assert response.status_code == 422
+    problems = response.json()["problems"]
+    assert problems[0].startswith("preferred_hosts[0]: host 'h9' does not exist")
+    assert problems[1] == ("affinity_group: vm cache: keep-together group 'shop' also holds vm app of its "
+                           "anti-affinity group 'apart': they can never share a host")
+    twice = post(client, "/api/v1/vms", {"name": "app", "preferred_hosts": ["h1", ["h2", "h1"]]})
+    assert twice.status_code == 422 and twice.json()["problems"] == ["preferred_hosts: host 'h1' is named twice"]
+    created = post(client, "/api/v1/vms", {"name": "app", "preferred_hosts": [["h1", "h2"]], "restricted": True,
+                                           "failback": True, "affinity_group": "shop"})
+    assert created.status_code == 201, created.json()
+    assert spec_in(cluster, "app").preference_levels == (("h1", "h2"),)

@@ -180,3 +180,162 @@ def test_a_stop_while_waiting_for_room_gives_the_stop_as_the_reason():
     decision = decide(view(HOSTS, vms, {"web": waiting}), now=5.0)
     assert decision.placements["web"].state is VmState.STOPPED
     assert [e.message for e in decision.events] == ["recovering -> stopped (stop requested)"]  # was "room available"
+
+
+# --- placement policies (issue 9) ---
+
+def _ran(placements):
+    return [VmStatus(vm=v, host=p.host, generation=p.generation, state=LocalState.RUNNING)
+            for v, p in placements.items()]
+
+
+def test_a_restricted_vm_waits_for_its_own_hosts_rather_than_start_elsewhere():
+    vm = VmSpec(name="db", priority=3, preferred_hosts=("h1", "h2"), restricted=True)
+    records = {"h1": HostState.FENCED, "h2": HostState.OFFLINE, "h3": HostState.ONLINE}
+    decision = decide(view(HOSTS, [vm], {"db": running("db", "h1")}, alive={"h3"}, records=records), now=5.0)
+    waiting = decision.placements["db"]
+    assert (waiting.state, waiting.host) == (VmState.RECOVERING, None)
+    assert waiting.reason == ("waiting: allowed only on h1, h2: h1 not accepting VMs (down, draining or settling); "
+                              "h2 not accepting VMs (down, draining or settling)")
+    free = vm.model_copy(update={"restricted": False})
+    moved = decide(view(HOSTS, [free], {"db": running("db", "h1")}, alive={"h3"}, records=records), now=5.0)
+    assert (moved.placements["db"].state, moved.placements["db"].host) == (VmState.STARTING, "h3")
+
+
+def test_a_vms_own_failback_overrides_the_cluster_setting():
+    placements = {"web": running("web", "h2")}
+    for cluster, own, expected in ((False, True, VmState.MIGRATING), (True, False, None),
+                                   (True, None, VmState.MIGRATING), (False, None, None)):
+        vm = VmSpec(name="web", preferred_hosts=("h1",), failback=own)
+        decision = decide(view(HOSTS, [vm], placements, statuses=_ran(placements),
+                               settings=Settings(failback=cluster)), now=5.0)
+        moved = decision.placements.get("web")
+        assert (moved.state if moved else None) is expected, (cluster, own)
+        if moved:
+            assert moved.migration.target == "h1"
+
+
+GROUP = [VmSpec(name="app", memory_mib=1024, priority=3, affinity_group="app"),
+         VmSpec(name="cache", memory_mib=1024, priority=1, affinity_group="app")]
+
+
+def test_keep_together_vms_start_on_one_host_where_they_all_fit_before_anything_else_takes_it():
+    hosts = [host("h1", memory=2048), host("h2", memory=2048), host("h3")]
+    other = VmSpec(name="other", memory_mib=2048, priority=2)
+    decision = decide(view(hosts, [*GROUP, other], settings=Settings(host_failures_to_tolerate=0)), now=1.0)
+    placed = {name: (p.state, p.host) for name, p in decision.placements.items()}
+    # Neither h1 nor h2 holds both; by priority alone `other` would take h3's room before cache.
+    assert placed["app"] == placed["cache"] == (VmState.STARTING, "h3")
+    assert placed["other"] == (VmState.STOPPED, None)
+
+
+def test_a_keep_together_group_that_fits_nowhere_stays_down_rather_than_split():
+    group = [spec.model_copy(update={"memory_mib": 2048}) for spec in GROUP]
+    decision = decide(view(HOSTS, group, settings=Settings(host_failures_to_tolerate=0)), now=1.0)
+    assert {p.state for p in decision.placements.values()} == {VmState.STOPPED}
+    assert decision.placements["app"].reason == ("cannot start: no host can take it "
+                                                 "(3 host(s): together with cache: needs 2048 MiB)")
+    assert "together with app" in decision.placements["cache"].reason
+
+
+def test_keep_together_vms_recover_onto_one_host():
+    filler = VmSpec(name="filler", memory_mib=3000, priority=0)
+    placements = {"app": running("app", "h1"), "cache": running("cache", "h1"), "filler": running("filler", "h2")}
+    records = {"h1": HostState.FENCED, "h2": HostState.ONLINE, "h3": HostState.ONLINE}
+    decision = decide(view(HOSTS, [*GROUP, filler], placements, alive={"h2", "h3"}, records=records), now=5.0)
+    app, cache = decision.placements["app"], decision.placements["cache"]
+    assert app.state is cache.state is VmState.STARTING and app.host == cache.host == "h3"
+
+
+def _migrate(cluster, vm, kind, target=None):
+    from haven.model.state import RequestAction, VmRequest
+    cluster.vms[vm] = replace(cluster.vms[vm], request=VmRequest(id="r1", action=RequestAction.MIGRATE,
+                                                                 kind=kind, target=target))
+    return cluster
+
+
+def test_an_operator_migration_of_one_member_moves_its_group_or_is_refused():
+    placements = {"app": running("app", "h1"), "cache": running("cache", "h1")}
+    cluster = _migrate(view(HOSTS, GROUP, placements, statuses=_ran(placements)), "cache", MigrationKind.LIVE, "h2")
+    moved = decide(cluster, now=1.0).placements
+    assert {name: (p.state, p.migration.target) for name, p in moved.items()} == {
+        "app": (VmState.MIGRATING, "h2"), "cache": (VmState.MIGRATING, "h2")}
+    pinned = [GROUP[0], GROUP[1].model_copy(update={"migratable": False})]
+    cluster = _migrate(view(HOSTS, pinned, placements, statuses=_ran(placements)), "app", MigrationKind.LIVE)
+    refused = decide(cluster, now=1.0)
+    assert [p.state for p in refused.placements.values()] == [VmState.RUNNING]  # app: request handled, not moved
+    assert [e.message for e in refused.events] == [
+        "live migration refused: keep-together group app moves as one and cache is not live-migratable (use quick)"]
+
+
+def test_drain_moves_a_group_to_one_host_and_remembers_where_from():
+    placements = {"app": running("app", "h1"), "cache": running("cache", "h1")}
+    decision = decide(view(HOSTS, GROUP, placements, statuses=_ran(placements), maintenance={"h1"}), now=1.0)
+    app, cache = decision.placements["app"], decision.placements["cache"]
+    assert app.state is cache.state is VmState.MIGRATING
+    assert app.migration.target == cache.migration.target != "h1"
+    assert app.drained_from == cache.drained_from == "h1"
+
+
+def test_vms_a_drain_moved_return_when_their_host_is_resumed():
+    placements = {name: running(name, "h2").model_copy(update={"drained_from": "h1"}) for name in ("app", "cache")}
+    statuses = _ran(placements)
+    back = decide(view(HOSTS, GROUP, placements, statuses=statuses), now=1.0)
+    assert [(p.state, p.migration.target, p.migration.reason, p.drained_from) for p in back.placements.values()] \
+        == [(VmState.MIGRATING, "h1", "back to h1 after maintenance", None)] * 2
+    # Still in maintenance: nothing yet. The setting off: they stay and forget it.
+    still = decide(view(HOSTS, GROUP, placements, statuses=statuses, maintenance={"h1"},
+                        records={"h1": HostState.MAINTENANCE, "h2": HostState.ONLINE, "h3": HostState.ONLINE}),
+                   now=1.0)
+    assert not still.placements
+    off = decide(view(HOSTS, GROUP, placements, statuses=statuses,
+                      settings=Settings(return_after_maintenance=False)), now=1.0)
+    assert [(p.state, p.drained_from) for p in off.placements.values()] == [(VmState.RUNNING, None)] * 2
+    # No room left on it: the VM stays, says why, and forgets it.
+    filler = VmSpec(name="filler", memory_mib=3500, priority=0)
+    crowded = {**placements, "filler": running("filler", "h1")}
+    full = decide(view(HOSTS, [*GROUP, filler], crowded, statuses=_ran(crowded)), now=1.0)
+    assert full.placements["app"].state is VmState.RUNNING and full.placements["app"].drained_from is None
+    assert full.events[0].message == ("running: stays on h2: h1 cannot take it back after maintenance "
+                                      "(needs 1024 MiB, 340 MiB free)")
+    # A host back from a restart settles first: the VMs wait for it and remember.
+    from haven.model.state import HostRecord
+    settling = view(HOSTS, GROUP, placements, statuses=statuses)
+    settling.hosts["h1"] = replace(settling.hosts["h1"], record=HostRecord(host="h1", state=HostState.ONLINE,
+                                                                           since=0.5, reason="rejoined"))
+    assert not decide(settling, now=1.0).placements
+    # Records written before the field existed still load.
+    assert Placement.model_validate({"vm": "web", "state": "running", "host": "h1"}).drained_from is None
+
+
+def test_a_group_found_apart_comes_back_together_on_its_leaders_host():
+    # cache ran on h2 before its spec joined app's group (or its part of a group move failed).
+    placements = {"app": running("app", "h1"), "cache": running("cache", "h2")}
+    decision = decide(view(HOSTS, GROUP, placements, statuses=_ran(placements)), now=1.0)
+    assert set(decision.placements) == {"cache"}
+    moving = decision.placements["cache"]
+    assert (moving.state, moving.migration.target, moving.migration.reason) == (
+        VmState.MIGRATING, "h1", "rejoin group app on h1")
+    crowded = [*GROUP, VmSpec(name="filler", memory_mib=2000, priority=0)]
+    full = {**placements, "filler": running("filler", "h1")}
+    waiting = decide(view(HOSTS, crowded, full, statuses=_ran(full)), now=1.0).placements["cache"]
+    assert (waiting.state, waiting.reason) == (VmState.RUNNING,
+                                               "apart from group app, which runs on h1: needs 1024 MiB, 816 MiB free")
+
+
+def test_a_member_without_room_beside_its_group_moves_the_group_live_where_all_fit():
+    filler = VmSpec(name="filler", memory_mib=2000, priority=0)
+    placements = {"app": running("app", "h1"), "filler": running("filler", "h1"),
+                  "cache": Placement(vm="cache", state=VmState.STOPPED, generation=1)}
+    decision = decide(view(HOSTS, [*GROUP, filler], placements, statuses=_ran({"app": placements["app"]}),
+                           settings=Settings(host_failures_to_tolerate=0)), now=1.0)
+    app, cache = decision.placements["app"], decision.placements["cache"]
+    assert (app.state, app.migration.kind, app.migration.reason) == (
+        VmState.MIGRATING, MigrationKind.LIVE, "group app makes room for cache")
+    assert (cache.state, cache.host) == (VmState.STARTING, app.migration.target)
+    # A group member that is not live-migratable is not interrupted: cache waits.
+    pinned = [GROUP[0].model_copy(update={"migratable": False}), GROUP[1], filler]
+    held = decide(view(HOSTS, pinned, placements, statuses=_ran({"app": placements["app"]}),
+                       settings=Settings(host_failures_to_tolerate=0)), now=1.0)
+    assert set(held.placements) == {"cache"} and held.placements["cache"].state is VmState.STOPPED
+    assert held.placements["cache"].reason.startswith("cannot start: kept with group app on h1")

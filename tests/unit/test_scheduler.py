@@ -119,3 +119,87 @@ def test_equal_load_tie_goes_to_the_host_with_most_free_memory_not_by_name():
     assert select_host(vm, loads(half, [a, b, vm], [running("a", "h1"), running("b", "h2")]), SETTINGS).host == "h2"
     # Same size: name still breaks the tie.
     assert select_host(vm, loads([host("h2"), host("h1")], [vm], []), SETTINGS).host == "h1"
+
+
+# --- placement policies (issue 9) ---
+
+def test_a_restricted_vm_stays_down_with_each_allowed_hosts_reason():
+    hosts = [host("h1"), host("h2", memory=1024), host("h3")]
+    vm = VmSpec(name="db", memory_mib=1024, preferred_hosts=("h1", "h2"), restricted=True)
+    current = loads(hosts, [vm], [], usable=["h2", "h3"])
+    choice = select_host(vm, current, SETTINGS.model_copy(update={"memory_reserve_mib": 512}))
+    assert choice.host is None  # h3 has room but is not allowed
+    assert choice.reason == ("allowed only on h1, h2: h1 not accepting VMs (down, draining or settling); "
+                             "h2 needs 1024 MiB, 512 MiB free")
+    free = vm.model_copy(update={"restricted": False})
+    assert select_host(free, current, SETTINGS.model_copy(update={"memory_reserve_mib": 512})).host == "h3"
+    # An operator's target outside the allowed hosts is refused with the same words.
+    assert Capacity(current, SETTINGS).why_not(vm, "h3") == "allowed only on h1, h2"
+    assert Capacity(current, SETTINGS).select(vm, prefer="h3").host == "h2"  # a last host outside is not used
+
+
+def test_hosts_of_one_preference_level_are_ranked_the_usual_way():
+    hosts = [host("h1"), host("h2"), host("h3"), host("h4")]
+    filler = VmSpec(name="filler", memory_mib=2048)
+    vm = VmSpec.model_validate({"name": "web", "memory_mib": 1024, "preferred_hosts": [["h1", "h2"], "h3"]})
+    assert vm.preference_levels == (("h1", "h2"), ("h3",))
+    current = loads(hosts, [filler, vm], [running("filler", "h1")])
+    assert select_host(vm, current, SETTINGS).host == "h2"  # the less loaded of the first level
+    pack = SETTINGS.model_copy(update={"placement_policy": PlacementPolicy.PACK})
+    assert select_host(vm, current, pack).host == "h1"
+    only_h3 = loads(hosts, [filler, vm], [running("filler", "h1")], usable=["h3", "h4"])
+    assert select_host(vm, only_h3, SETTINGS).host == "h3"  # the next level before the rest
+    # A flat list keeps meaning "in this order", even when the first is the more loaded.
+    flat = VmSpec(name="web", memory_mib=1024, preferred_hosts=("h1", "h2"))
+    assert select_host(flat, current, SETTINGS).host == "h1"
+    assert flat.preference_rank("h2") == 1 and flat.preference_rank("h4") == 2
+
+
+def test_preference_levels_are_validated_with_clear_errors():
+    import pytest
+    from pydantic import ValidationError
+
+    from haven.model.spec import ClusterConfig
+    for bad, words in (({"preferred_hosts": ["h1", ["h2", "h1"]]}, "preferred_hosts\n.*host 'h1' is named twice"),
+                       ({"preferred_hosts": [[]]}, "preferred_hosts\n.*item 0 is an empty list"),
+                       ({"restricted": True}, "restricted needs preferred_hosts"),
+                       ({"affinity_group": "app", "anti_affinity_group": "app"}, "kept with and apart")):
+        with pytest.raises(ValidationError, match=words):
+            VmSpec.model_validate({"name": "web", **bad})
+    with pytest.raises(ValidationError, match="preferred host 'h9' is not a declared host"):
+        ClusterConfig(hosts=(host("h1"),), vms=(VmSpec.model_validate(
+            {"name": "web", "preferred_hosts": [["h1", "h9"]]}),))
+
+
+def test_keep_together_groups_that_can_never_be_placed_are_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    from haven.model.spec import ClusterConfig
+    hosts = (host("h1"), host("h2"))
+    apart = (VmSpec(name="a", affinity_group="app", anti_affinity_group="x"),
+             VmSpec(name="b", affinity_group="app", anti_affinity_group="x"))
+    with pytest.raises(ValidationError, match="vm b: keep-together group 'app' also holds vm a of its "
+                                              "anti-affinity group 'x'"):
+        ClusterConfig(hosts=hosts, vms=apart)
+    split = (VmSpec(name="a", affinity_group="app", preferred_hosts=("h1",), restricted=True),
+             VmSpec(name="b", affinity_group="app", preferred_hosts=("h2",), restricted=True))
+    with pytest.raises(ValidationError, match="vms a, b are restricted to hosts they do not share"):
+        ClusterConfig(hosts=hosts, vms=split)
+    ClusterConfig(hosts=hosts, vms=(split[0], split[1].model_copy(update={"preferred_hosts": ("h2", "h1")})))
+    cramped = tuple(VmSpec(name=name, anti_affinity_group="x", preferred_hosts=("h1",), restricted=True)
+                    for name in ("a", "b"))
+    with pytest.raises(ValidationError, match=r"anti-affinity group 'x': vms a, b are restricted to 1 host\(s\)"):
+        ClusterConfig(hosts=hosts, vms=cramped)
+
+
+def test_a_vm_with_mates_goes_only_where_they_all_fit():
+    hosts = [host("h1", memory=4096), host("h2", memory=2048)]
+    filler = VmSpec(name="filler", memory_mib=1024)
+    app, cache = VmSpec(name="app", memory_mib=1024), VmSpec(name="cache", memory_mib=1536)
+    capacity = Capacity(loads(hosts, [filler, app, cache], [running("filler", "h1")]), SETTINGS)
+    assert capacity.select(app).host == "h2"  # spread: alone it goes to the empty host
+    assert capacity.select(app, mates=[cache]).host == "h1"
+    assert capacity.why_not(app, "h2", [cache]) == "together with cache: needs 1536 MiB, 1024 MiB free"
+    big = VmSpec(name="big", memory_mib=3072)
+    assert "together with big" in capacity.select(app, mates=[big]).reason

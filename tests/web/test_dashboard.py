@@ -1,11 +1,14 @@
 """The dashboard in headless Chromium against `haven sim serve` (a simulated cluster).
 
 The page loads and shows hosts and VMs; a drain clicked in the page moves the VMs in the page;
-powering a host off through the simulation changes the pet's mood. Screenshots go to
-artifacts/ (and to docs/dashboard.png with HAVEN_DOCS_SCREENSHOT=1).
+powering a host off through the simulation changes the pet's mood. A phone-sized page does not
+scroll sideways; a read-only session shows no write buttons; memory reads as in the CLI; a drain
+the API refuses shows why and can be forced; an ill pet says why its VM is stuck. Screenshots go
+to artifacts/ (and to docs/dashboard.png with HAVEN_DOCS_SCREENSHOT=1).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,10 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+
+from haven.cli.ops_render import mib
 
 pytestmark = pytest.mark.browser
 
@@ -24,16 +30,17 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwrig
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).with_name("dashboard-scenario.yaml")
+STUCK = Path(__file__).with_name("stuck-scenario.yaml")  # a drain that cannot finish, a VM that cannot run
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]
 ADMIN, READ = "browser-admin-token", "browser-read-token"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+@contextmanager
+def serving(scenario: Path) -> Iterator[str]:
     """`haven sim serve` on a free loopback port; yields its base URL."""
-    command = [sys.executable, "-c", "from haven.cli.main import main; main()", "sim", "serve", str(SCENARIO),
+    command = [sys.executable, "-c", "from haven.cli.main import main; main()", "sim", "serve", str(scenario),
                "--port", "0", "--speed", "4", "--admin-token", ADMIN, "--read-token", READ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -63,6 +70,18 @@ def server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serving(SCENARIO) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def stuck_server() -> Iterator[str]:
+    with serving(STUCK) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +151,16 @@ def test_dashboard(server: str, browser: object) -> None:
     expect(page.locator('[data-host="h2"]')).to_have_attribute("data-state", "online", timeout=10_000)
     expect(page.locator("#pet")).to_have_attribute("data-mood", "content", timeout=20_000)
 
-    # Migrate web live to h2 from the VM table, with the target picked in the dialog.
+    # Migrate web (on h3) live to h1 from the VM table, with the target picked in the dialog. h1
+    # has room for it whether or not the VMs the drain moved have gone back to h2 yet.
     source = page.locator('#vms tr[data-vm="web"] td').nth(2).inner_text()
     page.locator('#vms tr[data-vm="web"] button[data-action="migrate"]').click()
     expect(page.locator("#confirm-title")).to_have_text("Migrate web")
-    page.locator("#migrate-target").select_option("h2")
+    page.locator("#migrate-target").select_option("h1")
     page.locator("#confirm-ok").click()
     expect(page.locator(".toast.ok .detail", has_text="web:")).to_contain_text(
-        f"web: {source} → h2 in", timeout=20_000)
-    assert "web" in chips(page, "h2")
+        f"web: {source} → h1 in", timeout=20_000)
+    assert "web" in chips(page, "h1")
 
     victim = "h1" if chips(page, "h1") else "h3"
     api(server, "POST", "/api/v1/sim/fault", json={"line": f"power off {victim}"})
@@ -191,4 +211,136 @@ def test_page_asks_for_a_token_and_rejects_a_wrong_one(server: str, browser: obj
     expect(page.locator("#token-input")).to_have_value(READ)
     page.locator("#token-ok").click()
     expect(page.locator('[data-host="h1"]')).to_be_visible()
+    page.close()
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def assert_reachable(locator: object) -> None:
+    """Once scrolled to, the element lies within the phone's width and nothing covers it."""
+    locator.evaluate("el => el.scrollIntoView({block: 'center', inline: 'nearest'})")  # type: ignore[attr-defined]
+    box = locator.bounding_box()  # type: ignore[attr-defined]
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    on_top = locator.evaluate("""el => {
+        const r = el.getBoundingClientRect();
+        const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+        return el === top || el.contains(top);
+    }""")  # type: ignore[attr-defined]
+    assert on_top, "the element is covered by another one"
+
+
+def test_phone_layout_does_not_scroll_sideways(server: str, browser: object) -> None:
+    page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    expect = playwright_api.expect
+    page.goto(f"{server}/?token={ADMIN}")
+    migrate = page.locator('#vms button[data-action="migrate"]').first
+    expect(migrate).to_be_visible(timeout=20_000)
+    expect(page.locator("#events li").first).to_be_visible(timeout=10_000)
+    expect(page.locator('[data-host] button[data-action]').first).to_be_visible()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen"
+    for control in (page.locator("#signout"), migrate, page.locator('#vms button[data-action="stop"]').last,
+                    page.locator("#events li").first, page.locator('[data-host] button[data-action]').last):
+        assert_reachable(control)
+    page.evaluate("scrollTo(0, 0)")  # the sticky top bar at the top of the full-page picture
+    screenshot(page, "dashboard-phone.png")
+    # The dialogs fit too.
+    migrate.click()
+    expect(page.locator("#confirm")).to_be_visible()
+    assert_reachable(page.locator("#confirm-ok"))
+    page.locator("#confirm-cancel").click()
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert errors == [], f"JavaScript errors in the page: {errors}"
+    page.close()
+
+
+def test_read_only_session_shows_no_write_buttons(server: str, browser: object) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    expect = playwright_api.expect
+    page.goto(f"{server}/?token={READ}")
+    # Rows and cards are drawn once the token's role is known: no button is drawn for this token.
+    expect(page.locator('#vms tr[data-vm="web"]')).to_be_visible()
+    expect(page.locator('[data-host="h1"]')).to_be_visible()
+    expect(page.locator("#role")).to_have_text("read-only")
+    expect(page.locator("#role")).to_be_visible()
+    expect(page.locator("button[data-action]")).to_have_count(0)
+    # Signed in again with the admin token, the same page offers the actions.
+    page.locator("#signout").click()
+    page.locator("#token-input").fill(ADMIN)
+    page.locator("#token-ok").click()
+    expect(page.locator('#vms button[data-action="stop"]').first).to_be_visible()
+    expect(page.locator('[data-host] button[data-action]').first).to_be_visible()
+    expect(page.locator("#role")).to_be_hidden()
+    page.close()
+
+
+def test_memory_is_written_as_the_cli_writes_it(server: str, browser: object) -> None:
+    page = browser.new_page()  # type: ignore[attr-defined]
+    expect = playwright_api.expect
+    page.goto(f"{server}/?token={READ}")
+    # Every size up to 64 GiB in steps that hit the ties (1,280 MiB is 1.25 GiB) and whole GiB.
+    values = [*range(2048), *range(2048, 65536 + 1, 64), 1048576]
+    shown = page.evaluate("async (values) => { const { fmtMiB } = await import('/static/format.js'); "
+                          "return values.map(fmtMiB); }", values)
+    differ = [(v, got, mib(v)) for v, got in zip(values, shown, strict=True) if got != mib(v)]
+    assert not differ, f"(MiB, dashboard, CLI): {differ[:5]}"
+    # ... and the page writes sizes with it.
+    expect(page.locator('#vms tr[data-vm="db"] td[data-label="memory"]')).to_have_text(mib(1536))
+    expect(page.locator('[data-host="h1"] .bar-row .value').first).to_contain_text(f" / {mib(4096)}")
+    page.close()
+
+
+def test_a_refused_drain_shows_why_and_can_be_forced(stuck_server: str, browser: object) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    bodies: list[object] = []
+    page.on("request", lambda request: bodies.append(json.loads(request.post_data or "null"))
+            if request.url.endswith("/hosts/h1/drain") else None)
+    expect = playwright_api.expect
+    page.goto(f"{stuck_server}/?token={ADMIN}")
+
+    # The ill pet says why huge is stuck: its host restriction and the memory it lacks.
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "ill", timeout=15_000)
+    reason = page.locator("#pet-reason")
+    expect(reason).to_contain_text("HA VM huge")
+    expect(reason).to_contain_text("restricted to h1, h3")
+    expect(reason).to_contain_text("needs 2560 MiB, the most free is 1792 MiB on h1 (768 MiB short)")
+    expect(page.locator('[data-host="h1"] .vm-chip[data-vm="db"]')).to_have_attribute("data-state", "running",
+                                                                                    timeout=15_000)
+
+    # The API's refusal (asked here without the page: a refused drain changes nothing).
+    refusal = httpx.post(f"{stuck_server}/api/v1/hosts/h1/drain", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert refusal.status_code == 409 and refusal.json()["problems"], refusal.text
+
+    def ask_to_drain() -> None:
+        page.locator('[data-host="h1"] button[data-action="drain"]').click()
+        expect(page.locator("#confirm-title")).to_have_text("Drain h1")
+        page.locator("#confirm-ok").click()
+        expect(page.locator("#confirm-title")).to_have_text("h1 cannot be drained cleanly")
+        expect(page.locator("#confirm-text")).to_have_text(refusal.json()["detail"])
+        expect(page.locator("#drain-problems li")).to_have_text(refusal.json()["problems"])
+        expect(page.locator("#confirm-ok")).to_have_text("Drain anyway")
+
+    # Cancelled: nothing is requested, the host stays online.
+    ask_to_drain()
+    page.locator("#confirm-cancel").click()
+    expect(page.locator(".toast.cancelled .detail")).to_have_text("h1 was not drained")
+    assert api(stuck_server, "GET", "/api/v1/hosts/h1").json()["maintenance_requested"] is False
+    assert bodies == [None]
+
+    # Drained anyway: the page posts again with force, and h1 goes into maintenance with db on it.
+    ask_to_drain()
+    screenshot(page, "dashboard-drain-refused.png")
+    page.locator("#confirm-ok").click()
+    expect(page.locator('[data-host="h1"]')).to_have_attribute("data-state", "maintenance", timeout=10_000)
+    assert bodies == [None, None, {"force": True}]
+    # The pet now names the host in maintenance among the reasons huge cannot run.
+    expect(reason).to_contain_text("the most free is 1792 MiB on h3 (768 MiB short); h1 in maintenance",
+                                   timeout=10_000)
+    assert errors == [], f"JavaScript errors in the page: {errors}"
     page.close()

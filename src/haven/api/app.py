@@ -1,6 +1,8 @@
 """The API application: routes, error answers, the dashboard's static files."""
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haven.api import health, metrics, routes_plan, routes_read, routes_sim, routes_stream, routes_write
+from haven.api import health, metrics, routes_plan, routes_read, routes_session, routes_sim, routes_stream, routes_write
 from haven.api.context import ApiContext, ApiProblem, SimControl, first_line
-from haven.api.schemas import FaultIn, MigrateIn
+from haven.api.docs import install_docs
+from haven.api.schemas import SPEC_UPDATE, DrainIn, FaultIn, MigrateIn, Problem, TopologyIn
 from haven.model.spec import VmSpec
 from haven.ports.store import Store, StoreError
 from haven.runtime.layout import Layout
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
-BODY_MODELS = (VmSpec, MigrateIn, FaultIn)  # bodies read by api.bodies, documented by hand
+BODY_MODELS = (VmSpec, MigrateIn, FaultIn, DrainIn, TopologyIn)  # bodies read by api.bodies, documented by hand
 
 
 def _problem(status: int, detail: str, problems: list[str] | None = None,
@@ -36,6 +39,20 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(request)"
 
 
+def _allowed_methods(app: FastAPI, request: Request, exc: StarletteHTTPException) -> list[str]:
+    """Every method served at this path. Starlette's 405 names only the methods of the first route
+    matching the path, and a path such as /api/v1/vms is served by two routers: add the methods the
+    OpenAPI document lists for every path template the request's path fits."""
+    methods = {m.strip().upper() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in template.split("/"))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return sorted(methods)
+
+
 def _install_error_handlers(app: FastAPI, ctx: ApiContext) -> None:
     @app.exception_handler(ApiProblem)
     async def api_problem(request: Request, exc: ApiProblem) -> JSONResponse:
@@ -43,6 +60,10 @@ def _install_error_handlers(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            allowed = _allowed_methods(app, request, exc)
+            return _problem(405, f"{request.method} is not allowed here: use {', '.join(allowed)}",
+                            headers={"Allow": ", ".join(allowed)})
         return _problem(exc.status_code, str(exc.detail), None, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -58,6 +79,40 @@ def _install_error_handlers(app: FastAPI, ctx: ApiContext) -> None:
                              "retry when it is reachable again")
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _declare_problems(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own validation error for 422; haven answers every error, 422 included,
+    with a `Problem` (see `_install_error_handlers`), so say that instead."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            answer = operation.get("responses", {}).get("422")
+            if answer is not None:
+                answer["content"] = {"application/json": {"schema": PROBLEM_REF}}
+                if answer.get("description") == "Validation Error":
+                    answer["description"] = "invalid request: one line per problem"
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+
+
+def _spec_update(spec: dict[str, Any]) -> dict[str, Any]:
+    """VmSpec as PUT /vms/{name} reads it: `name` is read-only (the URL names the VM; a `name`
+    sent back unchanged is accepted, any other is refused), so a schema-valid body never carries
+    a name that differs from the URL's."""
+    update = copy.deepcopy(spec)
+    update["title"] = SPEC_UPDATE
+    update["properties"]["name"] = {**update["properties"]["name"], "readOnly": True,
+                                    "description": "taken from the URL"}
+    update["required"] = [field for field in update.get("required", []) if field != "name"]
+    if not update["required"]:
+        del update["required"]
+    return update
+
+
 def _install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -69,6 +124,8 @@ def _install_openapi(app: FastAPI) -> None:
             for name, definition in extra.get("$defs", {}).items():
                 components.setdefault(name, definition)
             schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            components[SPEC_UPDATE] = _spec_update(components["VmSpec"])
+            _declare_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
@@ -86,17 +143,20 @@ def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: st
         raise ValueError("admin_token must not be empty")
     ctx = ApiContext(store=store, layout=layout, clock=clock, admin_token=admin_token,
                      read_token=read_token, on_write=on_write, sim_control=sim_control)
-    app = FastAPI(title="haven", version="1", description="High-availability cluster manager for "
-                  "KVM/QEMU VMs. Reads need a bearer token (read-only or admin); writes need the "
-                  "admin token. Writes record intent; the cluster's manager acts on it.")
+    app = FastAPI(title="haven", version="1", docs_url=None, redoc_url=None,  # served by api.docs
+                  description="High-availability cluster manager for KVM/QEMU VMs. Reads need a bearer "
+                  "token (read-only or admin); writes need the admin token. Writes record intent; the "
+                  "cluster's manager acts on it.")
     app.state.haven = ctx
     app.state.registry = metrics.make_registry(ctx)
     _install_error_handlers(app, ctx)
     for module in (health, routes_read, routes_stream, routes_write, routes_plan, metrics):
         app.include_router(module.router)
+    app.include_router(routes_session.router)
     if sim_control is not None:
         app.include_router(routes_sim.router)
     _install_openapi(app)
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from haven.api.context import invalid
-from haven.model.load import ConfigError, parse_yaml, validate
+from haven.model.load import ConfigError, describe_validation_error, parse_yaml
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,16 +46,30 @@ async def _decode(request: Request, what: str, optional: bool) -> Any:
                       [f"(body): line {error.lineno}, column {error.colno}: {error.msg}"]) from None
 
 
+def _whole_numbers(data: Any) -> Any:
+    """2.0 as 2: JSON Schema counts a number without a fraction as an integer; strict pydantic
+    would not (a float field takes the int all the same)."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, dict):
+        return {key: _whole_numbers(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_whole_numbers(value) for value in data]
+    return data
+
+
 def parse(model: type[M], data: Any, what: str) -> M:
+    """Validate `data` as `model` with JSON's types taken strictly, as the OpenAPI document states
+    them: `false` is no integer and `"512"` no number (a YAML body is read as the JSON it maps to)."""
     if not isinstance(data, dict):
         raise invalid(f"the {what} must be an object (a mapping of field names to values)",
                       [f"(body): expected an object, got {type(data).__name__}"])
     try:
-        return validate(model, data, what)
-    except ConfigError as error:
-        n = len(error.problems)
-        raise invalid(f"the {what} is not valid ({n} problem{'s' if n != 1 else ''})",
-                      error.problems) from None
+        return model.model_validate_json(json.dumps(_whole_numbers(data), default=str), strict=True)
+    except ValidationError as error:
+        problems = describe_validation_error(error)
+        n = len(problems)
+        raise invalid(f"the {what} is not valid ({n} problem{'s' if n != 1 else ''})", problems) from None
 
 
 def raw_mapping(what: str, optional: bool = False) -> Callable[[Request], Awaitable[Any]]:
@@ -72,9 +86,11 @@ def model_body(model: type[M], what: str, optional: bool = False) -> Callable[[R
     return dependency
 
 
-def documented(model: type[BaseModel], yaml: bool = False, required: bool = True) -> dict[str, Any]:
-    """`openapi_extra` describing a body read by the dependencies above."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+def documented(model: type[BaseModel], yaml: bool = False, required: bool = True,
+               component: str | None = None) -> dict[str, Any]:
+    """`openapi_extra` describing a body read by the dependencies above (as the schema component
+    `component` when the app documents a variant of `model` under another name)."""
+    schema = {"$ref": f"#/components/schemas/{component or model.__name__}"}
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if yaml:
         content["application/yaml"] = {"schema": schema}

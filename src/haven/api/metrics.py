@@ -4,11 +4,16 @@ Gauges come from the snapshot; counters and histograms the runtime does not expo
 from the event log's fields (`api.event_stats` says how). `haven_store_errors_total{source="api"}`
 counts the store failures this API process met (no event reports the cluster's own, so there is
 no `source="cluster"` series: it could never move).
+
+Per-host capacity and use are the numbers the dashboard and `haven host list` show (a migrating VM
+counts on its source and its target). The protection level is exposed twice: as a number to alert
+on (`haven_protection_level`) and as one series per level, 1 on the current one, to graph by name.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from importlib import metadata
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -30,6 +35,15 @@ from haven.runtime.layout import Snapshot
 router = APIRouter(dependencies=[Depends(require_read)], responses=ERRORS)
 
 LEVELS = {"protected": 0, "degraded": 1, "down": 2}
+MIB = 1024 * 1024
+
+
+def version() -> str:
+    """The installed haven's version ("unknown" when run from a source tree never installed)."""
+    try:
+        return metadata.version("haven")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _histogram(name: str, doc: str, labels: list[str],
@@ -57,8 +71,13 @@ class HavenCollector(Collector):
             snap = None
         up.add_metric([], 1 if snap is not None else 0)
         yield up
+        build = GaugeMetricFamily("haven_build_info", "the haven version serving this API (always 1)",
+                                  labels=["version"])
+        build.add_metric([version()], 1)
+        yield build
         if snap is not None:
             yield from self._gauges(snap)
+            yield from self._hosts(snap)
         yield from self._derived()
 
     def _gauges(self, snap: Snapshot) -> Iterator[Metric]:
@@ -78,9 +97,37 @@ class HavenCollector(Collector):
                                   "0 protected (content), 1 degraded (worried), 2 down (ill)")
         level.add_metric([], LEVELS[protection.level])
         yield level
+        by_level = GaugeMetricFamily("haven_protection_state", "1 for the current protection level, 0 "
+                                     "for the others", labels=["level"])
+        for name in LEVELS:
+            by_level.add_metric([name], 1 if name == protection.level else 0)
+        yield by_level
         manager = GaugeMetricFamily("haven_manager_active", "1 if a manager holds the leader key")
         manager.add_metric([], 1 if snap.manager else 0)
         yield manager
+
+    def _hosts(self, snap: Snapshot) -> Iterator[Metric]:
+        view = snap.view()
+        families = {
+            "memory_capacity": GaugeMetricFamily("haven_host_memory_capacity_bytes", "memory of the host "
+                                                 "(its reserve included)", labels=["host"]),
+            "memory_used": GaugeMetricFamily("haven_host_memory_used_bytes", "memory held by the VMs "
+                                             "placed on the host", labels=["host"]),
+            "memory_reserve": GaugeMetricFamily("haven_host_memory_reserve_bytes", "memory kept free "
+                                                "on the host for itself (settings.memory_reserve_mib)",
+                                                labels=["host"]),
+            "vcpus_capacity": GaugeMetricFamily("haven_host_vcpus", "vCPUs of the host", labels=["host"]),
+            "vcpus_used": GaugeMetricFamily("haven_host_vcpus_used", "vCPUs of the VMs placed on the host",
+                                            labels=["host"]),
+        }
+        for name in sorted(snap.hosts):
+            host = views.host_out(snap, view, name)
+            families["memory_capacity"].add_metric([name], host.memory_mib.total * MIB)
+            families["memory_used"].add_metric([name], host.memory_mib.used * MIB)
+            families["memory_reserve"].add_metric([name], host.memory_reserve_mib * MIB)
+            families["vcpus_capacity"].add_metric([name], host.vcpus.total)
+            families["vcpus_used"].add_metric([name], host.vcpus.used)
+        yield from families.values()
 
     def _derived(self) -> Iterator[Metric]:
         s = self.stats

@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Depends, Query
+from pydantic import StringConstraints
 
 from haven.api.auth import require_read
+from haven.api.bodies import documented, model_body
 from haven.api.context import ApiContext, context, invalid
-from haven.api.schemas import ERRORS
-from haven.model.spec import VmSpec
+from haven.api.schemas import INVALID, READ_ERRORS, TopologyIn
+from haven.model.spec import NAME_PATTERN, VmSpec
 from haven.model.state import HostState
 from haven.plan.capacity import capacity
 from haven.plan.present import from_snapshot
-from haven.plan.topology import Topology, TopologyInput, compare
+from haven.plan.topology import Topology, compare
 from haven.plan.whatif import what_if
 
-router = APIRouter(prefix="/api/v1/plan", dependencies=[Depends(require_read)], responses=ERRORS, tags=["plan"])
+router = APIRouter(prefix="/api/v1/plan", dependencies=[Depends(require_read)], responses=READ_ERRORS, tags=["plan"])
 
 
 @router.get("/what-if")
-def plan_what_if(fail: list[str] = Query(..., min_length=1, max_length=16, description="hosts that die"),
+def plan_what_if(fail: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] = Query(
+                     ..., min_length=1, max_length=16, description="hosts that die (names of this cluster's hosts)"),
                  ctx: ApiContext = Depends(context)) -> dict[str, Any]:
     """Replays the cluster as it is now in the simulator with these hosts lost: what restarts
     where, what cannot (and why), and when."""
@@ -43,7 +46,8 @@ def plan_capacity(vcpus: int = Query(1, ge=1, le=512), memory_mib: int = Query(.
     return asdict(capacity(config, running, VmSpec(name="planned", vcpus=vcpus, memory_mib=memory_mib), usable))
 
 
-@router.post("/topology", response_model=list[Topology])
-def plan_topology(data: TopologyInput = Body(...)) -> list[Topology]:
+@router.post("/topology", response_model=list[Topology], responses=INVALID,
+             openapi_extra=documented(TopologyIn))
+def plan_topology(data: TopologyIn = Depends(model_body(TopologyIn, "topology request"))) -> list[Topology]:
     """Host cluster (Diagram A) against guest clusters (Diagram B) for these workloads and hosts."""
     return compare(data)

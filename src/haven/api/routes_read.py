@@ -6,10 +6,10 @@ from fastapi import APIRouter, Depends, Query
 from haven.api import views
 from haven.api.auth import require_read
 from haven.api.context import ApiContext, context, not_found
-from haven.api.schemas import ERRORS, NOT_FOUND, EventPage, HostOut, SummaryOut, VmOut
+from haven.api.schemas import NOT_FOUND, READ_ERRORS, EventPage, HostOut, SummaryOut, VmOut
 from haven.core.events import SubjectKind
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], responses=ERRORS)
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], responses=READ_ERRORS)
 
 MAX_PAGE = 1000
 

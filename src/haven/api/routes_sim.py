@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from haven.api.auth import require_admin, require_read
 from haven.api.bodies import documented, model_body
 from haven.api.context import ApiContext, ApiProblem, context, first_line, invalid
-from haven.api.schemas import ERRORS, INVALID, Accepted, FaultIn
+from haven.api.schemas import ERRORS, INVALID, READ_ERRORS, Accepted, FaultIn
 
-router = APIRouter(prefix="/api/v1/sim", responses=ERRORS, tags=["simulation"])
+router = APIRouter(prefix="/api/v1/sim", tags=["simulation"])
 
 
 def _sim(ctx: ApiContext) -> Any:
@@ -19,13 +19,13 @@ def _sim(ctx: ApiContext) -> Any:
     return ctx.sim_control
 
 
-@router.get("", dependencies=[Depends(require_read)])
+@router.get("", dependencies=[Depends(require_read)], responses=READ_ERRORS)
 def sim_info(ctx: ApiContext = Depends(context)) -> dict[str, Any]:
     """Virtual time, speed and scenario of the simulation."""
     return _sim(ctx).info()
 
 
-@router.post("/fault", status_code=202, response_model=Accepted, responses=INVALID,
+@router.post("/fault", status_code=202, response_model=Accepted, responses={**ERRORS, **INVALID},
              dependencies=[Depends(require_admin)], openapi_extra=documented(FaultIn))
 def sim_fault(ctx: ApiContext = Depends(context),
               body: FaultIn = Depends(model_body(FaultIn, "fault"))) -> Accepted:

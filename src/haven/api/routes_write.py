@@ -18,8 +18,19 @@ from haven.api import views
 from haven.api.auth import require_admin
 from haven.api.bodies import documented, model_body, parse, raw_mapping
 from haven.api.context import ApiContext, ApiProblem, conflict, context, invalid, not_found
-from haven.api.schemas import CONFLICT, ERRORS, INVALID, NOT_FOUND, Accepted, MigrateIn
+from haven.api.schemas import (
+    CONFLICT,
+    DRAIN_REFUSED,
+    ERRORS,
+    INVALID,
+    NOT_FOUND,
+    SPEC_UPDATE,
+    Accepted,
+    DrainIn,
+    MigrateIn,
+)
 from haven.api.spec_checks import cluster_problems
+from haven.core.drain import drain_refusal
 from haven.core.migration import Obstacle, migration_precondition
 from haven.core.protection import host_state
 from haven.model.spec import DesiredState, VmSpec
@@ -91,10 +102,11 @@ def create_vm(ctx: ApiContext = Depends(context), data: Any = Depends(raw_mappin
 
 
 @router.put("/vms/{name}", response_model=Accepted, responses={**NOT_FOUND, **CONFLICT}, tags=["write"],
-            openapi_extra=documented(VmSpec, yaml=True))
+            openapi_extra=documented(VmSpec, yaml=True, component=SPEC_UPDATE))
 def update_vm(name: str, ctx: ApiContext = Depends(context),
               data: Any = Depends(raw_mapping("VM spec"))) -> Accepted:
-    """Replace an existing VM's spec (its `name` may be left out)."""
+    """Replace an existing VM's spec. Its `name` comes from the URL: leave it out, or send the
+    URL's (a spec read back from GET is accepted as it is)."""
     snap = ctx.snapshot()
     _require_vm(snap, name)
     spec = _vm_spec(ctx, snap, data, name)
@@ -201,7 +213,14 @@ def acknowledge_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     return _accepted_vm(ctx, name, f"error of VM {name} acknowledged", request.id)
 
 
-def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool) -> Accepted:
+def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool, force: bool = False) -> Accepted:
+    if maintenance and not force:
+        snap = ctx.snapshot()
+        if name not in snap.hosts:
+            raise not_found("host", name)
+        refusal = drain_refusal(snap.view(), name)
+        if refusal is not None:
+            raise ApiProblem(409, refusal.detail, refusal.problems)
     admin = _intent(ctx, lambda: intents.set_maintenance(ctx.store, ctx.layout, name, maintenance))
     snap = ctx.snapshot()
     host = views.host_out(snap, snap.view(), name)
@@ -210,11 +229,16 @@ def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool) -> Accepted:
     return Accepted(message=message, request_id=admin.request_id, host=host)
 
 
-@router.post("/hosts/{name}/drain", status_code=202, response_model=Accepted, responses=NOT_FOUND,
-             tags=["write"])
-def drain_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
-    """Put a host in maintenance: the manager migrates its VMs away and places none there."""
-    return _set_maintenance(ctx, name, True)
+@router.post("/hosts/{name}/drain", status_code=202, response_model=Accepted,
+             responses={**NOT_FOUND, **DRAIN_REFUSED}, tags=["write"],
+             openapi_extra=documented(DrainIn, required=False))
+def drain_host(name: str, ctx: ApiContext = Depends(context),
+               body: DrainIn = Depends(model_body(DrainIn, "drain request", optional=True))) -> Accepted:
+    """Put a host in maintenance: the manager migrates its VMs away and places none there.
+
+    Refused (409, one problem line per VM that cannot move) when an HA VM would find no other host,
+    or when the host is down; `{"force": true}` drains anyway."""
+    return _set_maintenance(ctx, name, True, body.force)
 
 
 @router.post("/hosts/{name}/resume", status_code=202, response_model=Accepted, responses=NOT_FOUND,

@@ -6,8 +6,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from haven.core.events import EventKind, SubjectKind
-from haven.model.spec import HostSpec, MigrationKind, VmSpec
+from haven.model.spec import NAME_PATTERN, HostSpec, MigrationKind, VmSpec
 from haven.model.state import Placement, VmRequest, VmStatus
+from haven.plan.topology import Licensing, TopologyInput, Workloads
 
 
 class Problem(BaseModel):
@@ -108,7 +109,30 @@ class MigrateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: MigrationKind = MigrationKind.LIVE
-    target: str | None = Field(default=None, description="host name; null lets the scheduler choose")
+    target: str | None = Field(default=None, pattern=NAME_PATTERN,
+                               description="a host of this cluster; null lets the scheduler choose")
+
+
+class DrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(default=False, description="drain even if some VM cannot move (it then stays "
+                        "where it is) or the host is down (it stays in maintenance when it returns)")
+
+
+class WorkloadsIn(Workloads):
+    count: int = Field(gt=0, le=100_000)
+
+
+class LicensingIn(Licensing):
+    price: float = Field(default=1000.0, ge=0, le=1e9, description="per instance, or per host edition")
+
+
+class TopologyIn(TopologyInput):
+    """The planner's input with bounds, so a licence cost stays a finite number."""
+
+    workloads: WorkloadsIn
+    licensing: LicensingIn = LicensingIn()
 
 
 class Accepted(BaseModel):
@@ -126,10 +150,15 @@ class FaultIn(BaseModel):
     line: str = Field(min_length=1, max_length=200, examples=["power off h1"])
 
 
+SPEC_UPDATE = "VmSpecUpdate"  # VmSpec as PUT reads it: the name is the URL's (made by api.app)
+
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` (extra OpenAPI answers)
 
 ERRORS: Responses = {code: {"model": Problem, "description": text} for code, text in (
     (401, "no, malformed or wrong token"), (403, "a read-only token for a change"), (503, "the store is unreachable"))}
+READ_ERRORS: Responses = {code: answer for code, answer in ERRORS.items() if code != 403}  # any token may read
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM or host"}}
 CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
+DRAIN_REFUSED: Responses = {409: {"model": Problem, "description": "the drain cannot finish (one problem line per "
+                                   "VM that cannot move) or the host is down; send force to drain anyway"}}
 INVALID: Responses = {422: {"model": Problem, "description": "invalid request: one line per problem"}}

@@ -4,17 +4,25 @@ Each problem is one 'field: problem' line, as `model.load` writes them.
 """
 from __future__ import annotations
 
-from haven.model.spec import VmSpec
+from haven.model.spec import VmSpec, affinity_problems
 from haven.runtime.layout import Snapshot
 
 
 def cluster_problems(snap: Snapshot, spec: VmSpec) -> list[str]:
     problems: list[str] = []
     hosts = snap.hosts
-    for i, pref in enumerate(spec.preferred_hosts):
-        if pref not in hosts:
-            problems.append(f"preferred_hosts[{i}]: host {pref!r} does not exist "
-                            f"(hosts: {', '.join(sorted(hosts)) or 'none'})")
+    for i, level in enumerate(spec.preference_levels):
+        for pref in level:
+            if pref not in hosts:
+                problems.append(f"preferred_hosts[{i}]: host {pref!r} does not exist "
+                                f"(hosts: {', '.join(sorted(hosts)) or 'none'})")
+    # Groups that could never be placed with this spec in them.
+    if spec.affinity_group or (spec.anti_affinity_group and spec.restricted):
+        group = [other for name, other in snap.specs.items() if name != spec.name
+                 and ((spec.affinity_group and other.affinity_group == spec.affinity_group)
+                      or (spec.anti_affinity_group and other.anti_affinity_group == spec.anti_affinity_group))]
+        field = "affinity_group" if spec.affinity_group else "anti_affinity_group"
+        problems += [f"{field}: {problem}" for problem in affinity_problems([*group, spec])]
     if hosts:
         pools = {pool for h in hosts.values() for pool in h.pools}
         for i, disk in enumerate(spec.disks):

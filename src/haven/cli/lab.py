@@ -6,6 +6,7 @@ it died. `demo` runs the whole story in-process and prints measured times.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from haven.cli.output import OUTPUT
 
 UP_TIMEOUT_S = 600.0
 
@@ -63,8 +66,12 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--hosts", type=click.IntRange(2, 8), default=3, show_default=True, help="number of hosts")
 @click.option("--vms", type=click.IntRange(0, 20), default=3, show_default=True, help="number of HA VMs (128 MiB)")
-def up(hosts: int, vms: int) -> None:
-    """Bring the lab up and leave it running (a detached supervisor keeps it)."""
+@OUTPUT
+def up(hosts: int, vms: int, output: str) -> None:
+    """Bring the lab up and leave it running (a detached supervisor keeps it).
+
+    JSON: {state_file, hosts: {name: {address, namespace}}, vms: {name: {address, mac}}, api: {url,
+    host, admin_token, read_token}, client_namespace}; progress goes to stderr."""
     from haven.lab.supervisor import ROOT, STATE_FILE, cleanup, read_state, supervisor_alive
 
     _need_root()
@@ -81,7 +88,8 @@ def up(hosts: int, vms: int) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "haven.cli.main", "lab", "supervise", "--hosts", str(hosts),
                                  "--vms", str(vms)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd="/")
-    click.echo(f"bringing up {hosts} hosts and {vms} VMs (supervisor pid {proc.pid}, log {log_path}) ...")
+    click.echo(f"bringing up {hosts} hosts and {vms} VMs (supervisor pid {proc.pid}, log {log_path}) ...",
+               err=output == "json")
     try:
         while True:
             time.sleep(0.3)
@@ -102,8 +110,19 @@ def up(hosts: int, vms: int) -> None:
         _down()
         raise SystemExit(130) from None
     assert state is not None
-    click.echo(f"lab up in {time.monotonic() - started:.0f} s (state {STATE_FILE})")
-    _summary(state)
+    click.echo(f"lab up in {time.monotonic() - started:.0f} s (state {STATE_FILE})", err=output == "json")
+    if output == "json":
+        click.echo(json.dumps(_up_data(state, STATE_FILE), indent=2))
+    else:
+        _summary(state)
+
+
+def _up_data(state: dict[str, Any], state_file: Path) -> dict[str, Any]:
+    return {"state_file": str(state_file),
+            "hosts": {name: {"address": h["address"], "namespace": h["namespace"]}
+                      for name, h in state["hosts"].items()},
+            "vms": {name: {"address": vm["address"], "mac": vm["mac"]} for name, vm in state["vms"].items()},
+            "api": state["api"], "client_namespace": state["client_namespace"]}
 
 
 def _summary(state: dict[str, Any]) -> None:
@@ -156,8 +175,12 @@ def _down() -> None:
 
 
 @lab.command("status")
-def status() -> None:
-    """Hosts and VMs of the running lab, from the store."""
+@OUTPUT
+def status(output: str) -> None:
+    """Hosts and VMs of the running lab, from the store.
+
+    JSON: {status, slot, up_s, manager, api, hosts: [{name, address, state, lease, daemon, isolated,
+    vms, manager}], vms: [{name, state, host, generation, address, qemu_on, reason}]}."""
     _need_root()
     from haven.lab.supervisor import read_state, supervisor_alive
 
@@ -167,16 +190,21 @@ def status() -> None:
     if not supervisor_alive(state):
         raise LabCliError("the lab's supervisor is gone (clean up with `haven lab down`)")
     if state.get("status") != "up":
-        click.echo(f"lab {state.get('status')} (supervisor pid {state['supervisor_pid']}, log {state['log']})")
+        if output == "json":
+            click.echo(json.dumps({"status": state.get("status"), "supervisor_pid": state["supervisor_pid"],
+                                   "log": state["log"]}, indent=2))
+        else:
+            click.echo(f"lab {state.get('status')} (supervisor pid {state['supervisor_pid']}, log {state['log']})")
         return
-    _print_status(state)
+    data = _status_data(state)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        _print_status(data)
 
 
-def _print_status(state: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from haven.cli.ops_render import styled
+def _status_data(state: dict[str, Any]) -> dict[str, Any]:
+    from haven.core.protection import host_state
     from haven.drivers.etcd_store import EtcdStore
     from haven.lab.supervisor import pid_state
     from haven.ports.store import StoreError
@@ -189,32 +217,56 @@ def _print_status(state: dict[str, Any]) -> None:
         raise LabCliError(f"cannot read the lab's store: {exc}") from None
     finally:
         store.close()
+    view = snap.view()
+    hosts = []
+    for name, host in state["hosts"].items():
+        # host_state: the words `haven host list` and the events use (a drain is `maintenance`).
+        hosts.append({"name": name, "address": host["address"],
+                      "state": host_state(view.hosts[name]).value if name in view.hosts else None,
+                      "lease": name in snap.alive, "daemon": pid_state(host.get("daemon_pid")),
+                      "isolated": bool(host.get("isolated")),
+                      "vms": sorted(vm for vm, p in snap.placements.items() if p.host == name),
+                      "manager": snap.manager == name})
+    vms = []
+    for name in sorted(snap.specs):
+        p = snap.placements.get(name)
+        vms.append({"name": name, "state": p.state.value if p else None, "host": p.host if p else None,
+                    "generation": p.generation if p else None,
+                    "address": state["vms"].get(name, {}).get("address"),
+                    "qemu_on": [h for h, host in state["hosts"].items()
+                                if _qemu_running(Path(host["run_dir"]), name)],
+                    "reason": (p.reason if p else "") or ""})
+    return {"status": "up", "slot": state["slot"], "up_s": round(time.time() - state["started"], 1),
+            "manager": snap.manager, "api": state["api"]["url"], "hosts": hosts, "vms": vms}
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from haven.cli.ops_render import styled
+
     out = Console(highlight=False, soft_wrap=True)
-    up_for = time.time() - state["started"]
-    out.print(f"[bold]lab[/] slot {state['slot']}, up {up_for / 60:.0f} min, manager: {snap.manager or '[red]none[/]'}"
-              f", API {state['api']['url']}")
+    out.print(f"[bold]lab[/] slot {data['slot']}, up {data['up_s'] / 60:.0f} min, "
+              f"manager: {data['manager'] or '[red]none[/]'}, API {data['api']}")
     hosts = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("HOST", "ADDRESS", "STATE", "LEASE", "DAEMON", "NETWORK", "VMS", ""):
         hosts.add_column(column)
-    for name, host in state["hosts"].items():
-        record = snap.records.get(name)
-        daemon = pid_state(host.get("daemon_pid"))
-        vms = sorted(vm for vm, p in snap.placements.items() if p.host == name)
-        hosts.add_row(name, host["address"], styled(record.state.value) if record else "-",
-                      "[green]held[/]" if name in snap.alive else "[red]none[/]",
-                      {"running": "[green]running[/]", "stopped": "[yellow]SIGSTOPped[/]"}.get(daemon, "[red]down[/]"),
-                      "[red]isolated[/]" if host.get("isolated") else "ok", ", ".join(vms) or "-",
-                      "manager" if snap.manager == name else "")
+    for host in data["hosts"]:
+        hosts.add_row(host["name"], host["address"], styled(host["state"]) if host["state"] else "-",
+                      "[green]held[/]" if host["lease"] else "[red]none[/]",
+                      {"running": "[green]running[/]", "stopped": "[yellow]SIGSTOPped[/]"}.get(host["daemon"],
+                                                                                            "[red]down[/]"),
+                      "[red]isolated[/]" if host["isolated"] else "ok", ", ".join(host["vms"]) or "-",
+                      "manager" if host["manager"] else "")
     out.print(hosts)
     vms_table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("VM", "STATE", "HOST", "GEN", "ADDRESS", "QEMU ON", "REASON"):
         vms_table.add_column(column)
-    for name in sorted(snap.specs):
-        p = snap.placements.get(name)
-        qemu_on = [h for h, host in state["hosts"].items() if _qemu_running(Path(host["run_dir"]), name)]
-        vms_table.add_row(name, styled(p.state.value) if p else "-", (p.host or "-") if p else "-",
-                          str(p.generation) if p else "-", state["vms"].get(name, {}).get("address", "-"),
-                          ", ".join(qemu_on) or "-", (p.reason if p else "") or "")
+    for vm in data["vms"]:
+        vms_table.add_row(vm["name"], styled(vm["state"]) if vm["state"] else "-", vm["host"] or "-",
+                          str(vm["generation"]) if vm["generation"] is not None else "-", vm["address"] or "-",
+                          ", ".join(vm["qemu_on"]) or "-", vm["reason"])
     out.print(vms_table)
 
 

@@ -14,6 +14,9 @@ def cli() -> None:
     Try it without root: `haven sim run tests/scenarios/host-power-off` prints a simulated
     host failure and the recovery; `haven sim serve ...` runs a simulated cluster with the API
     and dashboard.
+
+    Shell completion (commands, VM and host names): eval "$(_HAVEN_COMPLETE=bash_source haven)"
+    in ~/.bashrc; zsh_source for zsh, fish_source for fish (see the README).
     """
 
 

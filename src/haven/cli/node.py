@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from haven.cli.ops_client import EXIT_USAGE, CliError
 from haven.model.load import ConfigError
 
 
@@ -24,7 +25,7 @@ def run(config_path: Path) -> None:
     try:
         config = load_node_config(config_path)
     except ConfigError as error:
-        raise click.ClickException(error.explain()) from None
+        raise CliError(error.explain(), EXIT_USAGE) from None  # bad input: exit 2, as everywhere
     raise SystemExit(run_node(config))
 
 

@@ -1,12 +1,13 @@
 """CLI commands over the API: status, host ..., vm ..., events.
 
-Every command takes `--api URL` (env HAVEN_API), `--token` (env HAVEN_TOKEN) and `--output json`.
+Every command takes `--api URL` (env HAVEN_API), `--token` (env HAVEN_TOKEN) and `-o/--output
+text|json`; NAME arguments complete from the API in the shell (cli/complete.py).
 Tables go to stdout; progress displays go to stderr so `--output json` stays machine-readable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,10 +15,21 @@ from typing import Any, TypeVar
 import click
 
 from haven.cli import ops_render as render
-from haven.cli.ops_client import DEFAULT_API, EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, ApiClient, CliError
+from haven.cli.complete import host_names, vm_names
+from haven.cli.follow import follow as follow_events
+from haven.cli.ops_client import (
+    DEFAULT_API,
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    STATUS_EXIT,
+    STATUS_EXIT_CODES_HELP,
+    ApiClient,
+    CliError,
+)
+from haven.cli.output import OUTPUT_CHOICES
 
 F = TypeVar("F", bound=Callable[..., Any])
-POLL_S = 0.5
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -29,7 +41,7 @@ def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
 
 def common(fn: F) -> F:
     """--api, --token and --output on a command (kept in ctx.meta)."""
-    fn = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
+    fn = click.option("--output", "-o", type=click.Choice(OUTPUT_CHOICES), default="text",
                       show_default=True, expose_value=False, callback=_store("output"),
                       help="text tables, or JSON for scripts")(fn)
     fn = click.option("--token", envvar="HAVEN_TOKEN", default=None, expose_value=False,
@@ -37,6 +49,11 @@ def common(fn: F) -> F:
     fn = click.option("--api", envvar="HAVEN_API", default=DEFAULT_API, show_default=True,
                       expose_value=False, callback=_store("api"), help="API URL [env HAVEN_API]")(fn)
     return fn
+
+
+# NAME arguments complete from the API when shell completion is on (README: "Shell completion").
+VM_NAME = click.argument("name", shell_complete=vm_names)
+HOST_NAME = click.argument("name", shell_complete=host_names)
 
 
 def refuse_timeout_with_no_wait(no_wait: bool) -> None:
@@ -64,13 +81,16 @@ def emit(data: Any, text: Callable[[], None]) -> None:
 
 # -- status ------------------------------------------------------------------------------------
 
-@click.command("status", epilog=EXIT_CODES_HELP)
+@click.command("status", epilog=STATUS_EXIT_CODES_HELP)
 @common
 def status() -> None:
-    """The cluster at a glance: protection level, hosts, VMs by state."""
+    """The cluster at a glance: protection level, hosts, VMs by state. The exit code is the
+    protection level, so scripts and monitoring can use it without parsing."""
     api = client()
     summary, hosts = api.get("/api/v1/summary"), api.get("/api/v1/hosts")
     emit({"summary": summary, "hosts": hosts}, lambda: render.status(summary, hosts))
+    # An unknown level (a newer server) is not "protected": say so rather than exit 0.
+    click.get_current_context().exit(STATUS_EXIT.get(summary["protection"]["level"], EXIT_FAILED))
 
 
 # -- hosts --------------------------------------------------------------------------------------
@@ -89,7 +109,7 @@ def host_list() -> None:
 
 
 @host.command("show", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@HOST_NAME
 @common
 def host_show(name: str) -> None:
     """One host in detail."""
@@ -98,17 +118,19 @@ def host_show(name: str) -> None:
 
 
 @host.command("drain", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@HOST_NAME
 @click.option("--no-wait", is_flag=True, help="return once the request is accepted")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="seconds to wait for the drain to finish")
+@click.option("--force", is_flag=True, help="drain even if a VM cannot move (it stays) or the host is down")
 @common
-def host_drain(name: str, no_wait: bool, timeout: float) -> None:
+def host_drain(name: str, no_wait: bool, timeout: float, force: bool) -> None:
     """Put host NAME in maintenance: its VMs move to other hosts, it takes no new ones.
-    Shows progress until the host is empty (unless --no-wait)."""
+    Shows progress until the host is empty (unless --no-wait). A drain that cannot finish is
+    refused with the VMs that cannot move, unless --force."""
     refuse_timeout_with_no_wait(no_wait)
     api = client()
-    answer = api.post(f"/api/v1/hosts/{name}/drain")
+    answer = api.post(f"/api/v1/hosts/{name}/drain", {"force": True} if force else None)
     if no_wait:
         emit(answer, lambda: click.echo(answer["message"]))
         return
@@ -131,7 +153,7 @@ def _drain_progress(api: ApiClient, name: str, total: int) -> tuple[int, str, bo
 
 
 @host.command("resume", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@HOST_NAME
 @common
 def host_resume(name: str) -> None:
     """End maintenance on host NAME: it takes VMs again."""
@@ -155,7 +177,7 @@ def vm_list() -> None:
 
 
 @vm.command("show", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@VM_NAME
 @common
 def vm_show(name: str) -> None:
     """One VM: spec, placement, agents' reports and recent history."""
@@ -188,7 +210,7 @@ def vm_create(path: Path) -> None:
 
 
 @vm.command("delete", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@VM_NAME
 @common
 def vm_delete(name: str) -> None:
     """Forget a stopped VM (stop it first)."""
@@ -198,7 +220,7 @@ def vm_delete(name: str) -> None:
 
 def _simple(action: str, doc: str) -> None:
     @vm.command(action, help=doc, epilog=EXIT_CODES_HELP)
-    @click.argument("name")
+    @VM_NAME
     @common
     def command(name: str) -> None:
         answer = client().post(f"/api/v1/vms/{name}/{action}")
@@ -206,16 +228,49 @@ def _simple(action: str, doc: str) -> None:
 
 
 _simple("start", "Start VM NAME (sets desired: running).")
-_simple("stop", "Stop VM NAME (sets desired: stopped; it is no longer restarted).")
 _simple("acknowledge", "Clear the error state of VM NAME so the manager tries again.")
 
 
+@vm.command("stop", epilog=EXIT_CODES_HELP)
+@VM_NAME
+@click.option("--wait", is_flag=True, help="show progress until the VM is stopped")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="seconds to wait with --wait")
+@common
+def vm_stop(name: str, wait: bool, timeout: float) -> None:
+    """Stop VM NAME (sets desired: stopped; it is no longer restarted)."""
+    ctx = click.get_current_context()
+    if not wait and ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--timeout only bounds --wait: add --wait or drop --timeout")
+    api = client()
+    answer = api.post(f"/api/v1/vms/{name}/stop")
+    if not wait:
+        emit(answer, lambda: click.echo(answer["message"]))
+        return
+    result = render.wait(f"stop of VM {name}", None, timeout, api, lambda: _stop_progress(api, name))
+    # Like migrate and drain: JSON callers get the VM as it is now, not as it was when accepted.
+    final = api.get(f"/api/v1/vms/{name}")
+    emit({**answer, "vm": final, **result},
+         lambda: click.echo(f"VM {name} stopped in {render.timing(result)}"))
+
+
+def _stop_progress(api: ApiClient, name: str) -> tuple[int, str, bool]:
+    data = api.get(f"/api/v1/vms/{name}")
+    if data["desired"] != "stopped":
+        raise CliError(f"VM {name} was started again while stopping it", EXIT_FAILED)
+    if data["state"] == "error":
+        raise CliError(f"VM {name} is in error: {data['reason'] or 'the stop failed'}", EXIT_FAILED)
+    where = f" on {data['host']}" if data["host"] else ""
+    return 0, f"{data['state']}{where}", data["state"] == "stopped"
+
+
 @vm.command("migrate", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@VM_NAME
 @click.option("--live", is_flag=True, help="no visible outage (default)")
 @click.option("--quick", is_flag=True, help="save, move, restore")
 @click.option("--cold", is_flag=True, help="stop, then boot on the target")
-@click.option("--to", "target", default=None, metavar="HOST", help="target host (default: the best host)")
+@click.option("--to", "target", default=None, metavar="HOST", shell_complete=host_names,
+              help="target host (default: the best host)")
 @click.option("--no-wait", is_flag=True, help="return once the request is accepted")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="seconds to wait for the migration to finish")
@@ -273,22 +328,18 @@ def _migration_progress(api: ApiClient, name: str, source: str, request_id: str)
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C to stop)")
 @common
 def events(limit: int, follow: bool) -> None:
-    """Recent cluster events; with --follow, new ones as they happen."""
+    """Recent cluster events, oldest first; with --follow, new ones as they happen (also through
+    a pipe). If the connection drops, --follow says so on stderr, reconnects and resumes after the
+    last event shown. JSON: one event object per line."""
     api = client()
     page = api.get("/api/v1/events", limit=limit)
     for event in page["events"]:
         render.event_line(event, as_json())
     if not follow:
         return
-    cursor = page["next"]
-    try:
-        while True:
-            for event in api.stream_events(cursor):
-                cursor = event["id"]
-                render.event_line(event, as_json())
-            time.sleep(POLL_S)  # the server ended the stream: reconnect after the last event
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a follow ends
+        # An empty log has no last id: "" follows it from its start, so no event is missed.
+        follow_events(api, page["next"] or "", lambda event: render.event_line(event, as_json()))
 
 
 def register(cli: click.Group) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -24,6 +24,21 @@ Exit codes:
   3  cannot reach the API (check --api / HAVEN_API)
   4  authentication: missing, wrong or read-only token (--token / HAVEN_TOKEN)"""
 
+# `haven status` answers a question a monitoring script asks, so its exit code carries the answer.
+# 2, 3 and 4 mean what they mean for every command; the protection level gets 0, 1 and 5 (not 3:
+# "the VMs are down" and "I could not look" call for different actions).
+STATUS_EXIT = {"protected": EXIT_OK, "degraded": EXIT_FAILED, "down": 5}
+EXIT_DOWN = STATUS_EXIT["down"]
+
+STATUS_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  protected: every HA VM runs and the cluster survives its planned host failures
+  1  degraded: every HA VM runs, but a host failure now would leave some down
+  2  usage error: bad arguments
+  3  cannot reach the API (check --api / HAVEN_API)
+  4  authentication: missing or wrong token (--token / HAVEN_TOKEN)
+  5  down: an HA VM is not running"""
+
 
 class CliError(click.ClickException):
     """An error shown as one sentence (plus one line per problem), exiting with `code`."""
@@ -37,6 +52,14 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
         for problem in self.problems:
             click.echo(f"  - {problem}", err=True)
+
+
+class Unreachable(CliError):
+    """The API did not answer; `reason` is the transport's own words (for a short retry note)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, EXIT_UNREACHABLE)
+        self.reason = reason
 
 
 def _status_code_exit(status: int) -> int:
@@ -71,10 +94,10 @@ class ApiClient:
         except httpx.InvalidURL as error:
             raise CliError(f"--api / HAVEN_API is not a valid URL ({error})", EXIT_USAGE) from None
 
-    def _unreachable(self, error: Exception) -> CliError:
+    def _unreachable(self, error: Exception) -> Unreachable:
         reason = type(error).__name__ if not str(error) else str(error)
-        return CliError(f"cannot reach the haven API at {self.base_url} ({reason}); is it running? "
-                        "Point --api or HAVEN_API at it", EXIT_UNREACHABLE)
+        return Unreachable(f"cannot reach the haven API at {self.base_url} ({reason}); is it running? "
+                           "Point --api or HAVEN_API at it", reason)
 
     def _check(self, response: httpx.Response) -> Any:
         if response.is_success:
@@ -105,15 +128,20 @@ class ApiClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body) if body is not None else self.request("POST", path)
 
-    def stream_events(self, after: str | None = None) -> Iterator[dict[str, Any]]:
-        """Follow /api/v1/events/stream, yielding event objects until the server ends it."""
-        params = {"after": after} if after else {}
+    def stream_events(self, after: str | None = None,
+                      on_connect: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+        """Follow /api/v1/events/stream, yielding event objects until the server ends it.
+        Without `after` the stream starts at the log's current end; `on_connect` is called once
+        the server has accepted the stream."""
+        params = {"after": after} if after is not None else {}
         try:
             with self._http.stream("GET", "/api/v1/events/stream", params=params,
                                    timeout=httpx.Timeout(10.0, read=60.0)) as response:
                 if not response.is_success:
                     response.read()
                     self._check(response)
+                if on_connect is not None:
+                    on_connect()
                 kind = ""
                 for line in response.iter_lines():
                     if line.startswith("event: "):

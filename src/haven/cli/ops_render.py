@@ -56,10 +56,18 @@ def hosts_table(hosts: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for h in hosts:
         mem, cpu = h["memory_mib"], h["vcpus"]
-        table.add_row(h["name"], styled("draining" if h["draining"] else h["state"]),
-                      f"{mib(mem['used'])} / {mib(mem['total'])}", f"{cpu['used']} / {cpu['total']}",
-                      ", ".join(h["vms"]) or "-", "manager" if h["manager"] else "")
+        table.add_row(h["name"], styled(h["state"]), f"{mib(mem['used'])} / {mib(mem['total'])}",
+                      f"{cpu['used']} / {cpu['total']}", ", ".join(h["vms"]) or "-", host_notes(h))
     console().print(table)
+
+
+def host_notes(h: dict[str, Any]) -> str:
+    """What the state alone does not say. The STATE column keeps the words of
+    `model.state.HostState` (the ones events use): a drain is `maintenance` with VMs still to move."""
+    notes = ["manager"] if h["manager"] else []
+    if h["draining"]:
+        notes.append("VMs moving out")
+    return ", ".join(notes)
 
 
 def host_detail(h: dict[str, Any]) -> None:
@@ -74,7 +82,10 @@ def host_detail(h: dict[str, Any]) -> None:
     out.print(f"  vCPUs:       {h['vcpus']['used']} used of {h['vcpus']['total']}")
     out.print(f"  CPU:         {spec['cpu_vendor']}, models {', '.join(spec['cpu_models'])}")
     out.print(f"  pools:       {', '.join(spec['pools'])}")
-    out.print(f"  maintenance: {'requested' if h['maintenance_requested'] else 'no'}")
+    maintenance = "no"
+    if h["maintenance_requested"]:
+        maintenance = f"requested, moving {len(h['vms'])} VM(s) away" if h["draining"] else "requested"
+    out.print(f"  maintenance: {maintenance}")
     out.print(f"  VMs:         {', '.join(h['vms']) or '-'}")
 
 
@@ -114,6 +125,7 @@ def vm_detail(v: dict[str, Any], history: list[dict[str, Any]]) -> None:
 
 
 def event_line(event: dict[str, Any], as_json: bool) -> None:
+    # click.echo flushes each line, so `haven events -f | grep ...` sees it at once.
     click.echo(json.dumps(event) if as_json else event["line"])
 
 

@@ -9,11 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from haven.cli.ops_client import EXIT_USAGE, CliError
+from haven.cli.output import OUTPUT
 from haven.model.load import ConfigError, load_cluster_config, load_yaml_file, validate
 from haven.model.spec import ClusterConfig, VmSpec
 
-OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                      help="text tables, or JSON for scripts")
 CONFIG = click.option("--config", "config_path", required=True,
                       type=click.Path(exists=True, dir_okay=False, path_type=Path),
                       help="A cluster declaration (YAML: settings, hosts, vms); VMs are placed as haven would.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from haven.cli.ops_client import EXIT_USAGE, CliError
+from haven.cli.output import OUTPUT
 from haven.cli.sim_serve import register_serve
 from haven.model.load import ConfigError
 from haven.sim.scenario import EXPECTED_FILE, load_scenario, run_scenario
@@ -21,35 +23,52 @@ def sim() -> None:
     """Run haven's real decision core on a simulated cluster in virtual time."""
 
 
+def timeline_json(lines: list[str], violations: list[str], matches_expected: bool | None) -> None:
+    """The JSON of `sim run` and `sim demo`: {"lines", "violations", "matches_expected"}; the
+    last is null unless --check compared the timeline with the scenario's expected log."""
+    click.echo(json.dumps({"lines": lines, "violations": violations, "matches_expected": matches_expected},
+                          indent=2))
+
+
 @sim.command("run")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--check", is_flag=True, help=f"Compare with the scenario's {EXPECTED_FILE}; exit 1 on a difference.")
-def run(path: Path, check: bool) -> None:
+@OUTPUT
+def run(path: Path, check: bool, output: str) -> None:
     """Run the scenario at PATH (a folder with scenario.yaml, or a YAML file) and print its timeline."""
     try:
         result = run_scenario(load_scenario(path))
     except ConfigError as error:
-        raise click.ClickException(error.explain()) from None
-    click.echo("\n".join(result.lines))
+        raise CliError(error.explain(), EXIT_USAGE) from None  # bad input: exit 2, as everywhere
+    matches: bool | None = None
+    if check:
+        expected = (path / EXPECTED_FILE) if path.is_dir() else path.with_name(EXPECTED_FILE)
+        matches = expected.exists() and expected.read_text().splitlines() == result.lines
+    if output == "json":
+        timeline_json(result.lines, result.violations, matches)
+    else:
+        click.echo("\n".join(result.lines))
     if result.violations:
         click.secho(f"{len(result.violations)} safety violation(s)", fg="red", err=True)
         sys.exit(1)
-    if check:
-        expected = (path / EXPECTED_FILE) if path.is_dir() else path.with_name(EXPECTED_FILE)
-        if not expected.exists() or expected.read_text().splitlines() != result.lines:
-            click.secho(f"timeline differs from {expected}", fg="red", err=True)
-            sys.exit(1)
+    if matches is False:
+        click.secho(f"timeline differs from {expected}", fg="red", err=True)
+        sys.exit(1)
 
 
 @sim.command("demo")
-def demo() -> None:
+@OUTPUT
+def demo(output: str) -> None:
     """A simulated cluster: a host loses power, its VMs come back; then a live migration and a drain."""
     scenario = load_scenario(Path(__file__).parent.parent / "sim" / "demo.yaml")
     result = run_scenario(scenario)
-    for line in result.lines:
-        style = {"fault": "red", "operator": "cyan"}.get(line.split()[1])
-        click.secho(line, fg=style, bold=style is not None)
-    click.echo(f"\nsafety violations: {len(result.violations)}")
+    if output == "json":
+        timeline_json(result.lines, result.violations, None)
+    else:
+        for line in result.lines:
+            style = {"fault": "red", "operator": "cyan"}.get(line.split()[1])
+            click.secho(line, fg=style, bold=style is not None)
+        click.echo(f"\nsafety violations: {len(result.violations)}")
     if result.violations:
         sys.exit(1)
 
@@ -67,9 +86,16 @@ def _runs(seeds: range, jobs: int) -> list[SwarmRun]:
 @click.option("--seed", type=int, default=None, help="Replay one seed.")
 @click.option("--verbose", is_flag=True, help="With --seed: print the whole timeline.")
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, help="Worker processes.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, as_json: bool) -> None:
-    """Run random fault schedules; report safety and liveness violations and the worst recovery."""
+@click.option("--json", "json_flag", is_flag=True, hidden=True, help="The same as -o json (kept for scripts).")
+@OUTPUT
+def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, json_flag: bool, output: str) -> None:
+    """Run random fault schedules; report safety and liveness violations and the worst recovery.
+
+    JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, failing_seeds, replay,
+    seconds}."""
+    as_json = json_flag or output == "json"
+    if as_json and verbose:
+        raise click.UsageError("--verbose prints a timeline: it does not mix with -o json")
     started = time.perf_counter()
     if seed is not None:
         runs = [run_seed(seed, keep_log=verbose)]

@@ -22,10 +22,11 @@ def needs_turn(vm: VmView, failback: bool) -> bool:
         return True
     if p.state is VmState.RUNNING:
         status = vm.statuses.get(p.host) if p.host else None
-        preferred = vm.spec.preferred_hosts
         return (vm.spec.desired is not DesiredState.RUNNING
                 or (status is not None and status.generation == p.generation and status.state in ENDED_LOCAL_STATES)
-                or (failback and bool(preferred) and preferred[0] != p.host))
+                or (vm.spec.fails_back(failback) and bool(vm.spec.preferred_hosts)
+                    and vm.spec.preference_rank(p.host) > 0)
+                or p.drained_from is not None)  # it may go back to a resumed host
     if p.state is VmState.STOPPED:
         return vm.spec.desired is DesiredState.RUNNING
     return p.state is not VmState.ERROR
@@ -38,6 +39,8 @@ class ClusterIndex:
     by_host: dict[str, set[str]] = field(default_factory=dict)
     unsettled: set[str] = field(default_factory=set)
     counted: dict[str, tuple[VmSpec, tuple[str, ...]]] = field(default_factory=dict)
+    groups: dict[str, set[str]] = field(default_factory=dict)  # keep-together group -> its VMs
+    group_of: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, view: ClusterView) -> ClusterIndex:
@@ -59,6 +62,11 @@ class ClusterIndex:
 
     def _forget(self, name: str) -> None:
         self.unsettled.discard(name)
+        group = self.group_of.pop(name, None)
+        if group is not None:
+            self.groups[group].discard(name)
+            if not self.groups[group]:
+                del self.groups[group]
         spec, hosts = self.counted.pop(name, (None, ()))
         for host in hosts:
             self.by_host.get(host, set()).discard(name)
@@ -69,6 +77,9 @@ class ClusterIndex:
         name = vm.spec.name
         if needs_turn(vm, self.failback):
             self.unsettled.add(name)
+        if vm.spec.affinity_group:
+            self.group_of[name] = vm.spec.affinity_group
+            self.groups.setdefault(vm.spec.affinity_group, set()).add(name)
         p = vm.placement
         if p is None:
             return

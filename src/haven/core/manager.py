@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from haven.core import affinity, departure
 from haven.core.decision import Decision, Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex
 from haven.core.migration import MigrationSteps
+from haven.core.moves import PlannedMoves
 from haven.core.round import Round, settle_s
 from haven.core.scheduler import Selection, admission_problem, plan_balance
-from haven.model.spec import DesiredState, MigrationKind
+from haven.model.spec import DesiredState, MigrationKind, VmSpec
 from haven.model.state import (
     ENDED_LOCAL_STATES,
     ClusterView,
@@ -43,9 +45,12 @@ def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> 
         index = ClusterIndex.build(view)
     round_ = Round(view, now, view.settings, records, decision, index)
     orphans = [name for name, hosts in index.by_host.items() if name not in records and hosts]
+    restarted = [name for name, host in view.hosts.items() if departure.restarted(host)]
     turns = index.turns([name for name, record in records.items() if record.state is not HostState.ONLINE]
-                        + orphans)
-    for name in sorted(turns, key=lambda n: (-view.vms[n].spec.priority, n)):
+                        + orphans + restarted)
+    if index.groups:
+        turns |= affinity.split_groups(view, index)
+    for name in sorted(turns, key=lambda n: affinity.turn_key(view, index, n)):
         _VmStep(round_, view.vms[name]).run()
     if view.settings.balance:
         _balance(round_)
@@ -57,7 +62,7 @@ def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> 
 
 def _next_host_record(host: HostView, view: ClusterView, now: float, decision: Decision) -> HostRecord:
     name, record = host.spec.name, host.record
-    want_maintenance = host.admin.maintenance
+    want_maintenance = host.admin.maintenance or host.leaving is not None
     new: tuple[HostState, str] | None = None
     grace: float | None = None  # set when the grace ran out: a fact of the event
     if record is None:
@@ -68,7 +73,9 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
         else:
             new = (HostState.OFFLINE, "not running")
     elif record.state in UP:
-        if not host.alive:
+        if change := departure.host_change(host, record, view):
+            new = change
+        elif not host.alive:
             new = (HostState.LOST, "lease gone")  # expired, or given up by a self-fenced host
             decision.fence_hosts.append(name)
         elif want_maintenance and record.state is HostState.ONLINE:
@@ -86,12 +93,14 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
             grace = view.settings.fence_grace_s
             new = (HostState.FENCED, f"grace {grace:g} s")
     elif host.alive:  # fenced or offline, now back
-        new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "rejoined")
+        new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, departure.returned_reason(record))
     if new is None:
         assert record is not None
         return record
     state, reason = new
-    updated = HostRecord(host=name, state=state, since=now, reason=reason)
+    # The lease it is up under, and the departure it announced (kept once gone: see core.departure).
+    leaving = (host.leaving.policy if host.leaving else None) if host.alive else record.leaving if record else None
+    updated = HostRecord(host=name, state=state, since=now, reason=reason, lease=host.lease, leaving=leaving)
     decision.host_records[name] = updated
     before = record.state.value if record else "unknown"
     decision.events.append(Event(now, "manager", EventKind.STATE_CHANGE, subject_kind=SubjectKind.HOST, name=name,
@@ -121,7 +130,7 @@ def _retire_fenced_hosts(r: Round) -> None:
 
 # --- VMs ---
 
-class _VmStep(MigrationSteps):
+class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
     """One VM's turn in one iteration."""
 
     def __init__(self, r: Round, vm: VmView) -> None:
@@ -170,11 +179,19 @@ class _VmStep(MigrationSteps):
             self.change(self.said(EventKind.WAITING, new=self.p.state.value, reason=reason), reason=reason)
 
     def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection:
+        if self.spec.affinity_group:
+            return affinity.select(self.r, self.spec, exclude, prefer)
         return self.r.capacity.select(self.spec, exclude, prefer)
+
+    def step_for(self, name: str) -> _VmStep:
+        """The step of `name` in this round: this one, or a group-mate's."""
+        return self if name == self.spec.name else _VmStep(self.r, self.r.view.vms[name])
 
     # -- the state machine --
 
     def run(self) -> None:
+        if self.departure_turn():
+            return
         if self.vm.request and self.vm.request.id != self.p.request_id:
             self.handle_request()
         getattr(self, f"on_{self.p.state.value}")()
@@ -190,19 +207,24 @@ class _VmStep(MigrationSteps):
                             state=VmState.STOPPED, host=None,
                             restarts=(), failed_on=(), last_host=None, reason="")
             return
-        refusal = self.migration_refusal(request.kind, request.target)
+        refusal = (affinity.move_refusal(self.r, self.spec, self.p, request.kind, request.target)
+                   if self.spec.affinity_group else self.migration_refusal(request.kind, request.target))
         if refusal:
             self.event(self.said(EventKind.MIGRATION_REFUSED, migration=request.kind, reason=refusal,
                                  from_host=self.p.host, to_host=request.target))
             return
-        target = request.target or self.select(exclude=(self.p.host or "",)).host
+        assert self.p.host is not None
+        moving = affinity.movers(self.r, self.spec, self.p.host)
+        target = request.target or affinity.move_target(self.r, moving, self.p.host).host
         assert target is not None
-        self.begin_migration(request.kind, target, "operator request")
+        self.move_together(moving, target, "operator request", request.kind)
 
     def on_stopped(self) -> None:
         if self.spec.desired is not DesiredState.RUNNING:
             return
         choice = self.select(prefer=self.p.last_host)
+        if not choice and self.relocate_group():
+            choice = self.select()
         if not choice:
             self.note(f"cannot start: {choice.reason}")
             return
@@ -250,6 +272,8 @@ class _VmStep(MigrationSteps):
         # No exclusion: the old host is lost, fenced or gone, so never a candidate (or, settled
         # again, the preferred one), and the reason stays the same from one iteration to the next.
         choice = self.select(prefer=prefer)
+        if not choice and self.relocate_group():
+            choice = self.select()
         if not choice:
             waiting = f"waiting: {choice.reason}"
             if before != VmState.RECOVERING.value:
@@ -332,35 +356,11 @@ class _VmStep(MigrationSteps):
             self.restart(f"{status.state.value} on {host}", host, True)
         elif self.r.host_state(host) is HostState.MAINTENANCE:
             self.leave_draining_host(host)
-        elif self.r.settings.failback:
+        elif ((self.spec.affinity_group and self.rejoin_group(host))
+              or (self.p.drained_from and self.return_after_maintenance(host, self.p.drained_from))):
+            return  # rejoining its group, or going back to the host a drain moved it from
+        elif self.spec.fails_back(self.r.settings.failback):
             self.fail_back(host)
-
-    def leave_draining_host(self, host: str) -> None:
-        if self.r.migrations_from(host) >= self.r.settings.max_parallel_migrations:
-            return
-        choice = self.select(exclude=(host,))
-        if not choice:
-            if self.spec.ha:
-                self.note(f"cannot leave {host}: {choice.reason}")
-            else:
-                self.change(self.moved(VmState.RUNNING.value, VmState.STOPPING.value,
-                                       reason=f"drain of {host}: {choice.reason}; priority 0"),
-                            state=VmState.STOPPING)
-            return
-        assert choice.host is not None
-        kind = MigrationKind.LIVE if self.spec.migratable else MigrationKind.QUICK
-        self.begin_migration(kind, choice.host, f"drain {host}")
-
-    def fail_back(self, host: str) -> None:
-        preferred = self.spec.preferred_hosts
-        rank = preferred.index(host) if host in preferred else len(preferred)
-        if rank == 0 or self.r.migrations_from(host) >= self.r.settings.max_parallel_migrations:
-            return
-        for better in preferred[:rank]:
-            if self.r.capacity.why_not(self.spec, better) is None:
-                kind = MigrationKind.LIVE if self.spec.migratable else MigrationKind.QUICK
-                self.begin_migration(kind, better, f"failback to preferred host {better}")
-                return
 
     def on_stopping(self) -> None:
         state = self.r.host_state(self.p.host)
@@ -397,6 +397,12 @@ class _VmStep(MigrationSteps):
     def on_error(self) -> None:
         pass
 
+
+def _may_balance(spec: VmSpec, host: str | None, cluster_failback: bool) -> bool:
+    rank, levels = spec.preference_rank(host), len(spec.preference_levels)
+    return rank == levels if spec.fails_back(cluster_failback) else (rank > 0 or levels == 0)
+
+
 def _runs_on(vm: VmView, p: Placement) -> bool:
     status = vm.statuses.get(p.host) if p.host else None
     return status is not None and status.generation == p.generation and status.state is LocalState.RUNNING
@@ -410,12 +416,11 @@ def _balance(r: Round) -> None:
     # Only VMs that run for sure and were left alone this round. A VM on its first preferred host
     # stays; with failback on, so does a VM on any of its preferred hosts: failback would bring it
     # back to the room it left (ping-pong).
-    failback = r.settings.failback
+    # Grouped VMs only move as a group, which balancing does not plan.
     movable = [p.vm for p in placements
                if p.state is VmState.RUNNING and p.vm not in r.current and _runs_on(r.view.vms[p.vm], p)
-               and specs[p.vm].migratable and specs[p.vm].ha
-               and (p.host not in specs[p.vm].preferred_hosts if failback
-                    else specs[p.vm].preferred_hosts[:1] != (p.host,))]
+               and specs[p.vm].migratable and specs[p.vm].ha and not specs[p.vm].affinity_group
+               and _may_balance(specs[p.vm], p.host, r.settings.failback)]
     loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
     for move in plan_balance(loads, specs, movable, r.settings):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

@@ -163,9 +163,13 @@ class MigrationSteps:
         elif source and source.state in BROKEN_LOCAL_STATES:
             self.restart(f"{source.state.value} on {m.source} during a live migration", m.source, True)
         elif source is None or source.state is LocalState.STOPPED:
-            # Killed (a self-fence whose lease survived): nothing left to move. Back to the
-            # source, whose agent boots it again.
-            self.abort_migration(m, f"the VM is {source.state.value if source else 'gone'} on {m.source}")
+            # Killed (a self-fence, with or without a new lease since): nothing left to move. The
+            # move may have finished just before, unreported (the store was out of reach): the target
+            # may run it now. The target is the one place a copy can be, so the VM goes on there
+            # (its agent keeps a guest that resumed, or boots it afresh); back on the source it
+            # could run twice.
+            gone = f"the VM is {source.state.value if source else 'gone'} on {m.source}"
+            self.start_on(m.target, VmState.MIGRATING.value, f"{gone}; the target takes it")
         elif source and source.failed_migration == m.attempt:
             self.abort_migration(m, source.detail or "failed on the source")
         elif self.r.now - m.started > self.r.settings.migration_timeout_s:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from haven.core.scheduler import failure_shortfall
+from haven.core.stuck import explain
 from haven.model.spec import DesiredState
 from haven.model.state import GUEST_UP_STATES, HOLDING_STATES, ClusterView, HostState, HostView, VmView
 
@@ -110,8 +111,10 @@ def assess(view: ClusterView) -> Protection:
             details.append(f"{name} ({state})")
         more = f" and {len(down) - 3} more" if len(down) > 3 else ""
         verb = "is" if len(down) == 1 else "are"
+        # Say why (no room, a host in maintenance, a restriction...): the operator's next step.
+        why = explain(view, list(down.values())[:3], {name: host_state(h) for name, h in view.hosts.items()})
         return Protection("down", "ill", f"HA VM{'s' if len(down) > 1 else ''} "
-                          f"{', '.join(details)}{more} {verb} not running")
+                          f"{', '.join(details)}{more} {verb} not running{why}")
     failures = view.settings.host_failures_to_tolerate
     ok, why = can_survive(view, failures)
     if not ok:

@@ -6,6 +6,7 @@ places VMs, so one iteration never double-books a host.
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from itertools import combinations
 
 from haven.model.spec import HostSpec, PlacementPolicy, Settings, VmSpec
 from haven.model.state import HOLDING_STATES, Placement
+
+FREE_MIB = re.compile(r", -?\d+ MiB free$")
 
 # Beyond this many combinations of failed hosts, check only the hosts carrying the most HA memory.
 MAX_COMBINATIONS = 500
@@ -81,6 +84,10 @@ def build_loads(hosts: Mapping[str, HostSpec], usable: Iterable[str], specs: Map
 Filter = Callable[[VmSpec, HostLoad, Settings], str | None]
 
 
+def filter_allowed(vm: VmSpec, load: HostLoad, settings: Settings) -> str | None:
+    return None if vm.allows(load.spec.name) else f"allowed only on {', '.join(sorted(vm.preferred_set))}"
+
+
 def filter_usable(vm: VmSpec, load: HostLoad, settings: Settings) -> str | None:
     return None if load.usable else "not accepting VMs (down, draining or settling)"
 
@@ -115,7 +122,7 @@ def filter_anti_affinity(vm: VmSpec, load: HostLoad, settings: Settings) -> str 
     return None
 
 
-FILTERS: tuple[Filter, ...] = (filter_usable, filter_cpu_model, filter_pools, filter_memory,
+FILTERS: tuple[Filter, ...] = (filter_allowed, filter_usable, filter_cpu_model, filter_pools, filter_memory,
                                filter_vcpus, filter_anti_affinity)
 
 
@@ -140,9 +147,11 @@ class Capacity:
     """Host loads for one manager iteration, with the usable hosts kept in rank order so that
     selecting a host costs a few checks, not one per host.
 
-    Rank: the VM's preferred hosts in order first; then, by `placement_policy`, the least loaded
-    host (spread) or the most loaded (pack) by memory; then the most free memory (on a tie between
-    hosts of different sizes the bigger one has more headroom left); then the host name.
+    Rank: the VM's preferred hosts first, one level at a time (the hosts of one level ranked as
+    below); then, unless the VM is restricted to its preferred hosts, every other host: by
+    `placement_policy`, the least loaded host (spread) or the most loaded (pack) by memory; then
+    the most free memory (on a tie between hosts of different sizes the bigger one has more
+    headroom left); then the host name.
     """
 
     def __init__(self, loads: Mapping[str, HostLoad], settings: Settings,
@@ -180,29 +189,64 @@ class Capacity:
     def remove(self, host: str, vm: VmSpec) -> None:
         self._moving(host, lambda load: load.remove(vm))
 
-    def why_not(self, vm: VmSpec, host: str) -> str | None:
+    def why_not(self, vm: VmSpec, host: str, mates: Sequence[VmSpec] = ()) -> str | None:
+        """Why `host` cannot take `vm` (and, with it, `mates`: VMs kept together with it that
+        must land on the same host in the same move); None when it can."""
         load = self.loads.get(host)
-        return why_not(vm, load, self.settings) if load else f"unknown host {host}"
+        if load is None:
+            return f"unknown host {host}"
+        reason = why_not(vm, load, self.settings)
+        if reason or not mates:
+            return reason
+        scratch = HostLoad(load.spec, load.usable, load.memory_used, load.vcpus_used, Counter(load.groups),
+                           set(load.vms))
+        scratch.add(vm)
+        for mate in mates:
+            reason = why_not(mate, scratch, self.settings)
+            if reason:
+                return f"together with {mate.name}: {reason}"
+            scratch.add(mate)
+        return None
 
-    def select(self, vm: VmSpec, exclude: Iterable[str] = (), prefer: str | None = None) -> Selection:
-        """The best host for `vm`, or why there is none. `prefer` wins when feasible (restart in place)."""
+    def select(self, vm: VmSpec, exclude: Iterable[str] = (), prefer: str | None = None,
+               only: Iterable[str] | None = None, mates: Sequence[VmSpec] = ()) -> Selection:
+        """The best host for `vm` (with `mates`, see `why_not`), or why there is none. `prefer`
+        wins when feasible (restart in place); `only` limits the candidates."""
         excluded = set(exclude)
-        first = ([prefer] if prefer else []) + list(vm.preferred_hosts)
-        for name in first:
-            if name not in excluded and name in self.loads and self.why_not(vm, name) is None:
-                return Selection(name)
-        for *_, name in self._order:
-            if name not in excluded and why_not(vm, self.loads[name], self.settings) is None:
-                return Selection(name)
+        if only is not None:
+            excluded |= set(self.loads) - set(only)
+
+        def fits(name: str) -> bool:
+            return name not in excluded and name in self.loads and self.why_not(vm, name, mates) is None
+
+        if prefer and fits(prefer):
+            return Selection(prefer)
+        for level in vm.preference_levels:
+            best = min((self._key(self.loads[name]) for name in level if fits(name)), default=None)
+            if best is not None:
+                return Selection(best[-1])
+        if not vm.restricted:
+            for *_, name in self._order:
+                if fits(name):
+                    return Selection(name)
+        return Selection(None, self._nowhere(vm, excluded, mates))
+
+    def _nowhere(self, vm: VmSpec, excluded: set[str], mates: Sequence[VmSpec]) -> str:
+        """Why no host can take `vm`: for a restricted VM host by host, else counted by reason."""
+        if vm.restricted:
+            allowed = sorted(vm.preferred_set)
+            details = [f"{name} {self.why_not(vm, name, mates) or 'excluded'}" for name in allowed
+                       if name not in excluded]
+            return f"allowed only on {', '.join(allowed)}" + (f": {'; '.join(details)}" if details else "")
         reasons: Counter[str] = Counter()
-        for name, load in self.loads.items():
+        for name in self.loads:
             if name not in excluded:
-                reason = why_not(vm, load, self.settings) or ""
-                reasons[reason.split(",")[0] if reason.startswith("needs") else reason] += 1
+                reason = self.why_not(vm, name, mates) or ""
+                reasons[FREE_MIB.sub("", reason)] += 1  # hosts with different room count as one reason
         if not reasons:
-            return Selection(None, "no other host")
+            return "no other host"
         summary = "; ".join(f"{count} host(s): {reason}" for reason, count in sorted(reasons.items()))
-        return Selection(None, f"no host can take it ({summary})")
+        return f"no host can take it ({summary})"
 
 
 # --- surviving host failures: the one check behind admission control and the protection level ---

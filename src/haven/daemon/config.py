@@ -14,8 +14,9 @@ from haven.model.spec import HostSpec, Settings
 
 
 class ShutdownPolicy(StrEnum):
+    CLUSTER = "cluster"  # the cluster's `shutdown_policy`; systemd tells a reboot from a shutdown
     MIGRATE = "migrate"  # drain this host (VMs move away), then leave the cluster
-    STOP = "stop"  # stop this host's VMs, then leave the cluster
+    STOP = "stop"  # stop this host's VMs (they start on the other hosts), then leave the cluster
     KEEP = "keep"  # a restart of the daemon: VMs keep running, the next run resumes the lease
 
 
@@ -50,7 +51,7 @@ class NodeConfig(BaseModel):
     guest: GuestConfig | None = None
     accel: str = Field(default="auto", pattern="^(auto|kvm|tcg)$")
     store_timeout_s: float = Field(default=0.5, gt=0)
-    shutdown: ShutdownPolicy = ShutdownPolicy.MIGRATE
+    shutdown: ShutdownPolicy = ShutdownPolicy.CLUSTER
     shutdown_timeout_s: float = Field(default=120.0, gt=0)
     api: ApiConfig | None = None
     migration_bandwidth_mib: int = Field(default=1024, gt=0)

@@ -6,6 +6,7 @@ Units: memory in MiB, times in seconds.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -93,12 +94,83 @@ class VmSpec(Frozen):
     nics: tuple[Nic, ...] = ()
     cpu_model: str = "x86-64-v2"
     priority: int = Field(default=2, ge=0, le=3, description="0 = never auto-start, 3 = recover first")
-    preferred_hosts: tuple[str, ...] = ()
-    anti_affinity_group: str | None = None
+    # Each item is one priority level: a host name, or a list of hosts preferred equally (among
+    # them the usual ranking picks). A flat list of names keeps meaning "in this order".
+    preferred_hosts: tuple[str | tuple[str, ...], ...] = Field(
+        default=(), description="hosts in order of preference; an item that is a list of hosts is one "
+        "level of equally preferred hosts")
+    restricted: bool = Field(default=False, description="run only on preferred_hosts: stay down rather "
+                             "than start anywhere else")
+    failback: bool | None = Field(default=None, description="move back when a more preferred host returns; "
+                                  "unset: the cluster's failback setting")
+    anti_affinity_group: str | None = Field(default=None, description="VMs of one group never share a host")
+    affinity_group: str | None = Field(default=None, min_length=1,
+                                       description="VMs of one group always share a host (keep together)")
     restart: RestartPolicy = RestartPolicy()
     migratable: bool = Field(default=True, description="false: never live-migrate (quick migration only)")
     desired: DesiredState = DesiredState.RUNNING
     kernel_args: str = Field(default="", description="extra guest kernel arguments (lab guests)")
+
+    @field_validator("preferred_hosts", mode="before")
+    @classmethod
+    def _preference_levels(cls, value: object) -> object:
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic says what is wrong
+        items: list[str | tuple[str, ...]] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                items.append(item)
+            elif isinstance(item, (list, tuple)) and all(isinstance(name, str) for name in item):
+                items.append(tuple(item))
+            else:
+                raise ValueError(f"item {i} must be a host name or a list of host names (got {item!r})")
+        return tuple(items)
+
+    @field_validator("preferred_hosts", mode="after")
+    @classmethod
+    def _each_host_once(cls, value: tuple[str | tuple[str, ...], ...]) -> tuple[str | tuple[str, ...], ...]:
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if not item:
+                raise ValueError(f"item {i} is an empty list: give a host name or a list of host names")
+            for name in (item,) if isinstance(item, str) else item:
+                if name in seen:
+                    raise ValueError(f"host {name!r} is named twice")
+                seen.add(name)
+        return value
+
+    @model_validator(mode="after")
+    def _policies(self) -> VmSpec:
+        if self.restricted and not self.preferred_hosts:
+            raise ValueError("restricted needs preferred_hosts: the hosts the VM may run on")
+        if self.affinity_group and self.affinity_group == self.anti_affinity_group:
+            raise ValueError(f"affinity_group and anti_affinity_group are both {self.affinity_group!r}: "
+                             "a VM cannot be kept with and apart from the same group")
+        return self
+
+    @property
+    def preference_levels(self) -> tuple[tuple[str, ...], ...]:
+        """`preferred_hosts` as levels of equally preferred hosts, most preferred first."""
+        return tuple((item,) if isinstance(item, str) else item for item in self.preferred_hosts)
+
+    @property
+    def preferred_set(self) -> frozenset[str]:
+        return frozenset(name for level in self.preference_levels for name in level)
+
+    def preference_rank(self, host: str | None) -> int:
+        """0 for the most preferred level; len(levels) for a host not preferred at all."""
+        for rank, level in enumerate(self.preference_levels):
+            if host in level:
+                return rank
+        return len(self.preferred_hosts)
+
+    def allows(self, host: str) -> bool:
+        """May the VM run on `host` at all? (Only its preferred hosts when restricted.)"""
+        return not self.restricted or host in self.preferred_set
+
+    def fails_back(self, cluster_failback: bool) -> bool:
+        """Does this VM move back to a more preferred host? Its own `failback`, else the cluster's."""
+        return cluster_failback if self.failback is None else self.failback
 
     @property
     def ha(self) -> bool:
@@ -108,6 +180,16 @@ class VmSpec(Frozen):
     @property
     def pools(self) -> frozenset[str]:
         return frozenset(d.pool for d in self.disks)
+
+
+class HostShutdownPolicy(StrEnum):
+    """What becomes of a host's VMs when the host is shut down or rebooted cleanly (Proxmox HA's
+    `shutdown_policy`). Only a clean stop announces itself; a power cut is a host failure."""
+
+    MIGRATE = "migrate"  # move them away first (a drain), then go
+    FREEZE = "freeze"  # stop them, keep them placed there: they start there again when it returns
+    FAILOVER = "failover"  # stop them and start them on the other hosts at once
+    CONDITIONAL = "conditional"  # a reboot freezes (it is back soon), a shutdown fails over
 
 
 class Settings(Frozen):
@@ -130,6 +212,10 @@ class Settings(Frozen):
     balance_max_moves: int = Field(default=2, ge=1)
     max_parallel_migrations: int = Field(default=2, ge=1, description="per source host")
     failback: bool = Field(default=False, description="move VMs back when a preferred host returns")
+    return_after_maintenance: bool = Field(default=True, description="when a drained host is resumed, the "
+                                           "VMs its drain moved away go back to it")
+    shutdown_policy: HostShutdownPolicy = Field(default=HostShutdownPolicy.MIGRATE, description="what a host's "
+                                                "VMs do when it is shut down or rebooted cleanly")
     migration_timeout_s: float = Field(default=60.0, gt=0)
     start_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=30.0, gt=0)
@@ -173,13 +259,52 @@ class ClusterConfig(Frozen):
         host_names = {h.name for h in self.hosts}
         macs: dict[str, str] = {}
         for vm in self.vms:
-            for pref in vm.preferred_hosts:
+            for pref in sorted(vm.preferred_set):
                 if pref not in host_names:
                     problems.append(f"vm {vm.name}: preferred host {pref!r} is not a declared host")
             for nic in vm.nics:
                 if nic.mac in macs:
                     problems.append(f"vm {vm.name}: MAC {nic.mac} is already used by vm {macs[nic.mac]}")
                 macs[nic.mac] = vm.name
+        problems += affinity_problems(self.vms)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def affinity_problems(vms: Iterable[VmSpec]) -> list[str]:
+    """Groups that can never be placed: keep-together members kept apart by an anti-affinity group
+    or restricted to hosts no member shares; anti-affinity members restricted to fewer hosts than
+    there are of them."""
+    vms = list(vms)
+    groups: dict[str, list[VmSpec]] = {}
+    apart_groups: dict[str, list[VmSpec]] = {}
+    for vm in vms:
+        if vm.affinity_group:
+            groups.setdefault(vm.affinity_group, []).append(vm)
+        if vm.anti_affinity_group and vm.restricted:
+            apart_groups.setdefault(vm.anti_affinity_group, []).append(vm)
+    problems: list[str] = []
+    for group, members in sorted(apart_groups.items()):
+        allowed = frozenset().union(*(vm.preferred_set for vm in members))
+        if len(allowed) < len(members):
+            names = ", ".join(sorted(vm.name for vm in members))
+            problems.append(f"anti-affinity group {group!r}: vms {names} are restricted to "
+                            f"{len(allowed)} host(s) between them ({', '.join(sorted(allowed))})")
+    for group, members in sorted(groups.items()):
+        apart: dict[str, str] = {}
+        for vm in sorted(members, key=lambda v: v.name):
+            if vm.anti_affinity_group in apart:
+                problems.append(f"vm {vm.name}: keep-together group {group!r} also holds vm "
+                                f"{apart[vm.anti_affinity_group]} of its anti-affinity group "
+                                f"{vm.anti_affinity_group!r}: they can never share a host")
+            elif vm.anti_affinity_group:
+                apart[vm.anti_affinity_group] = vm.name
+        restricted = [vm for vm in members if vm.restricted]
+        if restricted:
+            common = frozenset.intersection(*(vm.preferred_set for vm in restricted))
+            if not common:
+                names = ", ".join(sorted(vm.name for vm in restricted))
+                problems.append(f"keep-together group {group!r}: vms {names} are restricted to hosts "
+                                "they do not share")
+    return problems

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from haven.model.spec import HostSpec, MigrationKind, Settings, VmSpec
+from haven.model.spec import HostShutdownPolicy, HostSpec, MigrationKind, Settings, VmSpec
 
 
 class Record(BaseModel):
@@ -107,6 +107,9 @@ class Placement(Record):
     # policy retries a host `same_host_retries` times, then moves on to the hosts not tried yet.
     failed_on: tuple[str, ...] = ()
     last_host: str | None = None  # where it was last placed: a stopped VM starts there again
+    # The host a drain moved it away from: it goes back there when that host is resumed
+    # (`Settings.return_after_maintenance`). Defaults so that records written before still load.
+    drained_from: str | None = None
     reason: str = ""
     request_id: str = ""  # the last operator request handled
 
@@ -131,6 +134,24 @@ class HostRecord(Record):
     state: HostState
     since: float = 0.0
     reason: str = ""
+    # The lease it held when recorded up: a host alive under another one restarted unseen (a power
+    # cycle faster than the lease TTL). 0: not known (a record written before the field existed).
+    lease: int = 0
+    leaving: HostShutdownPolicy | None = None  # the clean departure it announced (see `Departure`)
+
+
+class Departure(Record):
+    """A clean shutdown or reboot a host announced on its alive key, so it dies with its lease."""
+
+    policy: HostShutdownPolicy  # migrate, freeze or failover (conditional is resolved by the host)
+    reboot: bool = False
+
+
+class Alive(Record):
+    """The value of a host's alive key, which is bound to its lease."""
+
+    since: float = 0.0  # the host's clock when it wrote the key
+    leaving: Departure | None = None
 
 
 class HostAdmin(Record):
@@ -167,6 +188,9 @@ class HostView:
     record: HostRecord | None = None
     admin: HostAdmin = NO_ADMIN
     fence_confirmed: bool = False  # a power fence reported it off
+    lease: int = 0  # the lease its alive key is bound to (0: not alive, or not known)
+    leaving: Departure | None = None  # it announced a clean shutdown or reboot
+    reported: bool = True  # False while statuses of an earlier lease remain: its new run has not reported yet
 
 
 @dataclass(frozen=True, slots=True)

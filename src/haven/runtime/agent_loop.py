@@ -44,7 +44,7 @@ from haven.core.agent import (
 )
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
-from haven.model.state import BROKEN_LOCAL_STATES, Placement, VmStatus
+from haven.model.state import BROKEN_LOCAL_STATES, DEAD_LOCAL_STATES, Placement, VmStatus
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, KeyKind
@@ -79,6 +79,7 @@ class AgentLoop:
         self.refreshed_at = -math.inf
         self.changed = True  # inputs changed since the last reconcile
         self.was_lease_ok = False
+        self.closed = False  # the host is leaving for good: launch nothing any more
 
     def event(self, kind: EventKind, vm: str | None = None, **facts: Any) -> None:
         """An event from this agent, about `vm` or else about this host."""
@@ -168,6 +169,17 @@ class AgentLoop:
                 self._act(kill)
             return True
 
+    def close(self, reason: str) -> int:
+        """The host leaves for good: launch nothing from now on, and kill what still runs here (a
+        clean departure that ran out of time). Returns how many VMs were killed. Any thread."""
+        with self.local_lock:
+            self.closed = True
+            kills = [Kill(name, reason) for name, vm in sorted(self.hypervisor.list().items())
+                     if vm.state not in DEAD_LOCAL_STATES]
+            for kill in kills:
+                self._act(kill)
+            return len(kills)
+
     def step(self) -> None:
         if not self.keeper.lease_ok():  # first, before anything that may wait on the store
             self._note_local_changes(self.hypervisor.list())
@@ -240,8 +252,8 @@ class AgentLoop:
         if isinstance(action, LAUNCHES) and not self._claim(action.vm):
             return
         with self.local_lock:
-            if isinstance(action, LAUNCHES) and not self.keeper.lease_ok():
-                return  # the deadline passed since the claim: the self-fence owns this host now
+            if isinstance(action, LAUNCHES) and (self.closed or not self.keeper.lease_ok()):
+                return  # the deadline passed since the claim (the self-fence owns this host now), or it leaves
             self._act(action)
 
     def _act(self, action: Action) -> None:

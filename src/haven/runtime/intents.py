@@ -76,7 +76,9 @@ def request(store: Store, layout: Layout, vm: str, action: RequestAction,
 
 def set_maintenance(store: Store, layout: Layout, host: str, maintenance: bool,
                     request_id: str | None = None) -> HostAdmin:
-    """Drain a host (maintenance) or resume it."""
+    """Drain a host (maintenance) or resume it, as asked: whether a drain can finish is the
+    caller's check (the API refuses one that cannot unless forced, `core.drain`); a scenario's
+    `drain` is a forced drain."""
     host_key, admin_key = layout.host(host), layout.host_admin(host)
     host_kv = store.get(host_key)
     if host_kv is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar, cast
 
@@ -31,7 +31,17 @@ from pydantic import BaseModel
 from haven.core.decision import Decision
 from haven.core.events import Event, from_dict, to_dict
 from haven.model.spec import HostSpec, Settings, VmSpec
-from haven.model.state import ClusterView, HostAdmin, HostRecord, HostView, Placement, VmRequest, VmStatus, VmView
+from haven.model.state import (
+    Alive,
+    ClusterView,
+    HostAdmin,
+    HostRecord,
+    HostView,
+    Placement,
+    VmRequest,
+    VmStatus,
+    VmView,
+)
 from haven.ports.store import Compare, Delete, KeyValue, Put, Store, StoreError
 
 
@@ -189,6 +199,8 @@ class Snapshot:
     requests: dict[str, VmRequest]
     statuses: dict[str, dict[str, VmStatus]]  # vm -> host -> status
     events: list[Event]
+    alive_keys: dict[str, tuple[int, Alive]] = field(default_factory=dict)  # host -> (its lease, the key's value)
+    unreported: set[str] = field(default_factory=set)  # hosts that still have statuses of an earlier lease
 
     def view(self, manager_since: float = 0.0, fence_confirmed: Iterable[str] = ()) -> ClusterView:
         confirmed = set(fence_confirmed)
@@ -196,7 +208,11 @@ class Snapshot:
             name: HostView(spec=spec, alive=name in self.alive,
                                            record=self.records.get(name),
                                            admin=self.admin.get(name, NO_ADMIN),
-                                           fence_confirmed=name in confirmed)
+                                           fence_confirmed=name in confirmed,
+                                           lease=self.alive_keys[name][0] if name in self.alive_keys else 0,
+                                           leaving=self.alive_keys[name][1].leaving if name in self.alive_keys
+                                           else None,
+                                           reported=name not in self.unreported)
             for name, spec in sorted(self.hosts.items())
         }
         vms = {
@@ -242,6 +258,7 @@ def _no_cache(model: type[M], kv: KeyValue) -> M:
 def decode(layout: Layout, items: Iterable[KeyValue],
            cache: Decoder = _no_cache) -> Snapshot:
     snap = Snapshot(DEFAULT_SETTINGS, {}, {}, {}, set(), None, {}, {}, {}, {}, [])
+    status_leases: list[tuple[str, str, int]] = []
     for kv in items:
         key = layout.parse(kv.key)
         if key is None:
@@ -256,6 +273,7 @@ def decode(layout: Layout, items: Iterable[KeyValue],
             case KeyKind.STATUS:
                 status = cache(VmStatus, kv)
                 snap.statuses.setdefault(status.vm, {})[status.host] = status
+                status_leases.append((status.vm, status.host, kv.lease))
             case KeyKind.CONFIG:
                 snap.settings = cache(Settings, kv)
             case KeyKind.HOST:
@@ -266,10 +284,17 @@ def decode(layout: Layout, items: Iterable[KeyValue],
                 snap.records[key.host] = cache(HostRecord, kv)
             case KeyKind.ALIVE:
                 snap.alive.add(key.host)
+                snap.alive_keys[key.host] = (kv.lease, cache(Alive, kv))
             case KeyKind.MANAGER:
                 snap.manager = json.loads(kv.value).get("host")
             case KeyKind.EVENT:
                 snap.events.append(decode_event(kv.value))
+    # A status written under an earlier lease of a host alive under another: its new run has not
+    # reported yet (its first report rewrites or deletes every status of the earlier one).
+    for _vm, host, lease in status_leases:
+        current = snap.alive_keys.get(host)
+        if lease and current and current[0] and current[0] != lease:
+            snap.unreported.add(host)
     return snap
 
 

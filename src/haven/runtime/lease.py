@@ -8,7 +8,7 @@ The simulator drives the same object from virtual-clock events.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from enum import Enum
 from haven.core.agent import DEAD, lease_valid
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, Settings
+from haven.model.state import Alive, Departure
 from haven.ports.clock import Clock
 from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor
@@ -108,8 +109,24 @@ class LeaseKeeper:
         self.emit(Event(self.clock.now(), f"agent {self.host.name}", kind, subject_kind=SubjectKind.HOST,
                         name=self.host.name, host=self.host.name, lease=lease.id))
 
-    def _put_alive(self, lease: Lease, sent: float) -> int:
-        return self.store.put(self.layout.alive(self.host.name), json.dumps({"since": sent}), lease=lease.id)
+    def _put_alive(self, lease: Lease, sent: float, leaving: Departure | None = None) -> int:
+        value = Alive(since=sent, leaving=leaving).model_dump_json(exclude_none=True)
+        return self.store.put(self.layout.alive(self.host.name), value, lease=lease.id)
+
+    def announce(self, leaving: Departure) -> bool:
+        """Say on our alive key that this host is leaving cleanly (core.departure). It is bound to
+        the lease, so the word goes with it. False without a lease, or if the store did not take it."""
+        state = self.state
+        if state.lease is None:
+            return False
+        try:
+            alive_rev = self._put_alive(state.lease, self.clock.now(), leaving)
+        except StoreError:
+            return False
+        with self.lock:  # the start rule's guard compares this revision
+            if self._state.lease is state.lease:
+                self._state = dataclasses.replace(self._state, alive_rev=alive_rev)
+        return True
 
     def _hold(self, state: LeaseState, kind: EventKind) -> None:
         """Hold `state`'s lease from now on (granted or resumed): no longer fenced."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
+from haven.core.departure import resolve
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import ClusterConfig, HostSpec, Settings
-from haven.model.state import HostState, Placement, VmState
+from haven.model.state import Departure, HostState, Placement, VmState
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
+from haven.runtime.leaving import Leaving
 from haven.runtime.manager_loop import ManagerLoop
 from haven.runtime.wake import route
 from haven.sim.fencer import SimFencer
@@ -24,6 +26,10 @@ from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
 from haven.sim.store import MemoryStore, MemoryStoreClient
 from haven.sim.world import World
+
+SHUTDOWN_TIMEOUT_S = 60.0  # a departing host waits this long for its VMs to be moved or stopped
+LEAVE_POLL_S = 0.2  # as the daemon's shutdown loop
+REBOOT_S = 10.0  # a clean reboot: from the lease given back to the host booted again
 
 
 class SimWatchdog:
@@ -90,6 +96,7 @@ class SimHost:
         self.keeper: LeaseKeeper | None = None
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
+        self.leaving: Leaving | None = None  # a clean shutdown or reboot under way
 
     @property
     def settings(self) -> Settings:
@@ -101,6 +108,7 @@ class SimHost:
         if self.powered:
             return
         self.powered, self.hung, self.renew_delay = True, False, 0.0
+        self.leaving = None
         c = self.cluster
         self._start_daemon()
         assert self.keeper is not None
@@ -136,6 +144,7 @@ class SimHost:
             return
         assert self.keeper is not None
         lease, sent = self.keeper.lease, self.keeper.last_renewal_sent  # the daemon's lease file
+        self.leaving = None  # the new run withdraws a departure (its alive key says nothing of it)
         self._start_daemon()
         assert self.keeper is not None
         if lease is not None:
@@ -158,10 +167,35 @@ class SimHost:
             self.cluster.loop.at(self.watch_resumes_at, lambda: None)  # the store delivers after each event
         return now >= self.watch_resumes_at
 
+    def leave(self, reboot: bool, down_s: float = REBOOT_S) -> None:
+        """A clean shutdown, or a reboot that boots the host again `down_s` after it went: the
+        daemon's departure (`runtime.leaving`) under the cluster's shutdown policy."""
+        if not self.powered or self.leaving is not None:
+            return
+        assert self.agent is not None
+        departure = Departure(policy=resolve(self.settings.shutdown_policy, reboot), reboot=reboot)
+        leaving = self.leaving = Leaving(self.agent, departure, SHUTDOWN_TIMEOUT_S)
+
+        def step() -> None:
+            if not self.powered or self.leaving is not leaving:
+                return  # powered off, or restarted, meanwhile
+            if self.hung or not leaving.step():
+                self.cluster.loop.after(self.clock.world_delay(LEAVE_POLL_S), step)
+                return
+            leaving.finish()
+            assert self.keeper is not None
+            self.keeper.shutdown()
+            self.power_off()
+            if reboot:
+                self.cluster.loop.after(down_s, self.power_on)
+
+        step()
+
     def power_off(self) -> None:
         if not self.powered:
             return
         self.powered = False
+        self.leaving = None
         for timer in list(self.periodic.values()) + list(self.pending.values()) + [self.deadline_timer]:
             if timer:
                 timer.cancel()

@@ -1,6 +1,8 @@
 """The fault language: one line per fault or operator command.
 
     power off H | power on H              a power cut / the host boots again
+    shutdown H | reboot H [S]             a clean shutdown / reboot (back S seconds after it went,
+                                          default 10) under the cluster's shutdown_policy
     cut H from store | cut H from H2      lose the store, or one peer (migration traffic)
     partition H1 H2 | H3 store            split the network into groups ("store" is a member)
     heal H | heal all                     undo cuts and partitions (H rejoins the store's side)
@@ -25,7 +27,7 @@ from haven.model.spec import DesiredState, MigrationKind
 from haven.model.state import RequestAction
 from haven.ports.store import StoreError
 from haven.runtime import intents
-from haven.sim.cluster import SimCluster, SimHost
+from haven.sim.cluster import REBOOT_S, SimCluster, SimHost
 from haven.sim.world import STORE
 
 # The defaults (TTL 2, margin 0.5, grace 0.3) are safe while (2 - 0.5) / rate < 2 + 0.3, i.e. for a
@@ -81,6 +83,21 @@ def _power(cluster: SimCluster, args: list[str]) -> None:
         host.power_on()
     else:
         raise FaultError("usage: power on|off HOST")
+
+
+def _shutdown(cluster: SimCluster, args: list[str]) -> None:
+    _expect(args, 1, "shutdown HOST")
+    _host(cluster, args[0]).leave(reboot=False)
+
+
+def _reboot(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) not in (1, 2):
+        raise FaultError("usage: reboot HOST [SECONDS]")
+    host = _host(cluster, args[0])
+    down = _number(args[1]) if len(args) == 2 else REBOOT_S
+    if down < 0:
+        raise FaultError("reboot SECONDS must not be negative")
+    host.leave(reboot=True, down_s=down)
 
 
 def _cut(cluster: SimCluster, args: list[str]) -> None:
@@ -226,7 +243,8 @@ def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
 
 
 _HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
-    "power": _power, "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
+    "power": _power, "shutdown": _shutdown, "reboot": _reboot,
+    "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
     "hang": _hang(True), "unhang": _hang(False), "restart": _restart, "slow": _renew, "normal": _normal, "skew": _skew,
     "crash": _crash, "fail": _fail, "fence": _fence,
     "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),

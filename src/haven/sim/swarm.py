@@ -4,7 +4,9 @@ One seed decides everything (cluster shape, faults, times), so a failing seed re
 `haven sim swarm --seed N --verbose`. Safety is checked after every simulated event. Liveness: once
 every fault is healed (and any VM in error acknowledged, as an operator would), every
 desired-running HA VM must run again within `LIVENESS_BOUND_S`. In a share of the seeds some hosts
-have a power-fencing device (`SimFencer`), some of which fail.
+have a power-fencing device (`SimFencer`), some of which fail. In a share of the seeds hosts are
+shut down or rebooted cleanly under a random `shutdown_policy`, or power-cycle faster than their
+lease expires; these come from a stream of their own, so the other faults of a seed stay the same.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from haven.model.spec import ClusterConfig, DesiredState, HostSpec, Nic, Settings, VmSpec
+from haven.model.spec import ClusterConfig, DesiredState, HostShutdownPolicy, HostSpec, Nic, Settings, VmSpec
 from haven.model.state import VmState
 from haven.runtime.layout import read_snapshot
 from haven.sim.cluster import SimCluster
@@ -22,6 +24,7 @@ FAULT_WINDOW = (5.0, 40.0)
 HEAL_AT = 50.0
 LIVENESS_BOUND_S = 60.0
 FENCED_SHARE = 0.25  # of the seeds, whose hosts may have power-fencing devices
+DEPARTURE_SHARE = 0.4  # of the seeds, with clean shutdowns, reboots or fast power cycles
 
 
 @dataclass
@@ -120,6 +123,28 @@ def random_fencing(seed: int, config: ClusterConfig) -> tuple[list[str], list[st
     return devices, [host for host in devices if rng.random() < 0.3]
 
 
+def random_departures(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[tuple[float, str]]]:
+    """Clean shutdowns and reboots under a random shutdown policy, and power cycles shorter than
+    the lease TTL, for a share of the seeds."""
+    rng = random.Random(f"departures {seed}")
+    if rng.random() >= DEPARTURE_SHARE:
+        return config, []
+    policy = rng.choice(list(HostShutdownPolicy))
+    config = config.model_copy(update={"settings": config.settings.model_copy(update={"shutdown_policy": policy})})
+    hosts = [h.name for h in config.hosts]
+    steps: list[tuple[float, str]] = []
+    for _ in range(rng.randint(1, 3)):
+        t, host = round(rng.uniform(*FAULT_WINDOW), 3), rng.choice(hosts)
+        kind = rng.choice(("shutdown", "reboot", "cycle"))
+        if kind == "shutdown":
+            steps += [(t, f"shutdown {host}"), (round(t + rng.uniform(2.0, 15.0), 3), f"power on {host}")]
+        elif kind == "reboot":
+            steps.append((t, f"reboot {host} {rng.uniform(0.5, 10.0):.3f}"))
+        else:
+            steps += [(t, f"power off {host}"), (round(t + rng.uniform(0.05, 1.5), 3), f"power on {host}")]
+    return config, steps
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
     for host in config.hosts:
@@ -133,7 +158,8 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
     devices, failing = random_fencing(seed, config)
-    timeline = [(0.0, f"fence fails {host}") for host in failing] + timeline
+    config, departures = random_departures(seed, config)
+    timeline = [(0.0, f"fence fails {host}") for host in failing] + sorted(timeline + departures, key=lambda s: s[0])
     cluster = SimCluster(config, fence_devices=devices)
     for at, line in timeline:
         cluster.advance_to(min(at, HEAL_AT))
@@ -147,6 +173,9 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
     while t < HEAL_AT + LIVENESS_BOUND_S:
         t = round(t + 0.5, 3)
         cluster.advance_to(t)
+        for host in cluster.hosts.values():
+            if not host.powered:  # shut down (or still leaving at the heal): boot it, as an operator would
+                apply_fault(cluster, f"power on {host.name}")
         _acknowledge_errors(cluster, config)
         if not _unhealthy(cluster, config):
             recovery = t - HEAL_AT

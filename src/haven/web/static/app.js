@@ -1,12 +1,15 @@
 // haven dashboard: plain ES module, no build step. Reads /api/v1/*, follows the SSE stream,
 // and writes intents (migrate, drain, resume, start, stop, acknowledge) with the admin token.
 
+import { fmtMiB } from "./format.js";
+
 const API = "/api/v1";
 const REFRESH_MS = 1000;
 const VM_STATES = ["running", "starting", "migrating", "stopping", "recovering", "error", "stopped", "pending"];
 const $ = (sel) => document.querySelector(sel);
 
-const state = { summary: null, hosts: [], vms: [], token: null, lastEvent: null, streamAbort: null };
+const state = { summary: null, hosts: [], vms: [], token: null, role: null, roleToken: null, lastEvent: null,
+  streamAbort: null };
 
 // -- DOM helper -----------------------------------------------------------------------------
 function h(tag, attrs = {}, ...children) {
@@ -63,10 +66,14 @@ function askToken(message = "") {
 class ApiError extends Error {
   constructor(status, body) {
     const problems = (body && body.problems) || [];
-    super([(body && body.detail) || `HTTP ${status}`, ...problems].join(" — "));
-    this.status = status;
+    const detail = (body && body.detail) || `HTTP ${status}`;
+    super([detail, ...problems].join(" — "));
+    Object.assign(this, { status, detail, problems });
   }
 }
+
+// The operator changed their mind in a follow-up dialog: nothing was requested.
+class Cancelled extends Error {}
 
 async function api(path, options = {}) {
   if (!state.token) await askToken();
@@ -93,6 +100,20 @@ const post = (path, body) => api(path, {
   method: "POST", body: body === undefined ? undefined : JSON.stringify(body),
   headers: body === undefined ? {} : { "Content-Type": "application/json" },
 });
+
+// What the token may do, asked once per token: a read-only session is shown no write buttons
+// (the API would refuse them with 403 anyway).
+async function loadRole() {
+  if (state.role && state.roleToken === state.token) return;
+  const session = await api("session");
+  Object.assign(state, { role: session.role, roleToken: state.token });
+}
+const canWrite = () => state.role === "admin";
+
+function renderRole() {
+  document.body.dataset.role = state.role || "";
+  $("#role").hidden = state.role !== "read";
+}
 
 // -- the pet ----------------------------------------------------------------------------------
 const MOODS = {
@@ -152,11 +173,10 @@ function bar(label, used, total, reserve = 0) {
   return h("div", { class: "bar-row" }, h("span", {}, label),
     h("div", { class: "bar", role: "meter", "aria-label": label, "aria-valuenow": used, "aria-valuemax": total },
       h("div", { class: `fill ${level}`, style: `width:${pct.toFixed(1)}%` }),
-      reserve ? h("div", { class: "reserve", style: `width:${reservePct.toFixed(1)}%`, title: `${reserve} MiB reserved for the host` }) : null),
+      reserve ? h("div", { class: "reserve", style: `width:${reservePct.toFixed(1)}%`, title: `${fmtMiB(reserve)} reserved for the host` }) : null),
     h("span", { class: "value" }, label === "Memory" ? `${fmtMiB(used)} / ${fmtMiB(total)}` : `${used} / ${total}`));
 }
 
-const fmtMiB = (mib) => (mib >= 1024 ? `${(mib / 1024).toFixed(mib % 1024 ? 1 : 0)} GiB` : `${mib} MiB`);
 const vmByName = () => Object.fromEntries(state.vms.map((vm) => [vm.name, vm]));
 
 function renderHosts() {
@@ -171,7 +191,7 @@ function renderHosts() {
         title: `${name}: ${st}${incoming ? ` (arriving from ${vm.host})` : ""}` }, name);
     });
     const op = operations.hosts[host.name];
-    const action = host.maintenance_requested
+    const action = !canWrite() ? null : host.maintenance_requested
       ? h("button", { class: "ghost small", "data-action": "resume", onclick: () => confirmResume(host) }, "Resume")
       : h("button", { class: "ghost small", "data-action": "drain", onclick: () => confirmDrain(host),
           disabled: host.state !== "online" }, "Drain");
@@ -187,21 +207,27 @@ function renderHosts() {
   }));
 }
 
+// The write actions a VM offers now; none at all for a read-only session.
+function vmActions(vm) {
+  const actions = [];
+  if (!canWrite()) return actions;
+  if (vm.state === "running") actions.push(h("button", { class: "ghost small", "data-action": "migrate", onclick: () => confirmMigrate(vm) }, "Migrate"));
+  if (vm.state === "error") actions.push(h("button", { class: "danger small", "data-action": "acknowledge", onclick: () => confirmSimple(vm, "acknowledge") }, "Acknowledge"));
+  if (vm.desired === "running" && vm.state !== "error") actions.push(h("button", { class: "ghost small", "data-action": "stop", onclick: () => confirmSimple(vm, "stop") }, "Stop"));
+  if (vm.desired === "stopped") actions.push(h("button", { class: "ghost small", "data-action": "start", onclick: () => confirmSimple(vm, "start") }, "Start"));
+  return actions;
+}
+
 function renderVms() {
-  // Buttons show for every token: with the read-only token the API refuses and the toast says why.
   const rows = state.vms.map((vm) => {
-    const actions = [];
-    if (vm.state === "running") actions.push(h("button", { class: "ghost small", "data-action": "migrate", onclick: () => confirmMigrate(vm) }, "Migrate"));
-    if (vm.state === "error") actions.push(h("button", { class: "danger small", "data-action": "acknowledge", onclick: () => confirmSimple(vm, "acknowledge") }, "Acknowledge"));
-    if (vm.desired === "running" && vm.state !== "error") actions.push(h("button", { class: "ghost small", "data-action": "stop", onclick: () => confirmSimple(vm, "stop") }, "Stop"));
-    if (vm.desired === "stopped") actions.push(h("button", { class: "ghost small", "data-action": "start", onclick: () => confirmSimple(vm, "start") }, "Start"));
+    const actions = vmActions(vm);
     return h("tr", { "data-vm": vm.name },
       h("td", {}, h("strong", {}, vm.name), vm.ha ? null : h("span", { class: "muted" }, " (not HA)")),
       h("td", {}, h("span", { class: `pill s-${vm.state}`, title: vm.reason || vm.state }, vm.state)),
-      h("td", {}, vm.host || "–"),
-      h("td", { class: "num" }, fmtMiB(vm.spec.memory_mib)),
-      h("td", { class: "num" }, vm.spec.vcpus),
-      h("td", { class: "num" }, vm.spec.priority),
+      h("td", { "data-label": "on" }, vm.host || "–"),
+      h("td", { class: "num", "data-label": "memory" }, fmtMiB(vm.spec.memory_mib)),
+      h("td", { class: "num", "data-label": "vCPUs" }, vm.spec.vcpus),
+      h("td", { class: "num", "data-label": "priority" }, vm.spec.priority),
       h("td", { class: "actions" }, actions));
   });
   $("#vms tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No VMs declared."))]));
@@ -223,11 +249,11 @@ function renderSummary() {
   renderPet(s.protection);
 }
 
-function renderAll() { renderSummary(); renderHosts(); renderVms(); }
+function renderAll() { renderRole(); renderSummary(); renderHosts(); renderVms(); }
 
 async function refresh() {
   try {
-    const [summary, hosts, vms] = await Promise.all([api("summary"), api("hosts"), api("vms")]);
+    const [summary, hosts, vms] = await Promise.all([api("summary"), api("hosts"), api("vms"), loadRole()]);
     Object.assign(state, { summary, hosts, vms });
     renderAll();
     trackOperations();
@@ -308,11 +334,13 @@ function handleMessage(block) {
 // -- actions, confirmation, progress --------------------------------------------------------
 const operations = { vms: {}, hosts: {} };
 
-function confirmDialog(title, text, fields = []) {
+function confirmDialog(title, text, fields = [], { ok = "Confirm", danger = false } = {}) {
   const dialog = $("#confirm");
   $("#confirm-title").textContent = title;
   $("#confirm-text").textContent = text;
   $("#confirm-fields").replaceChildren(...fields);
+  $("#confirm-ok").textContent = ok;
+  $("#confirm-ok").className = danger ? "danger" : "primary";
   dialog.returnValue = "";
   dialog.showModal();
   return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
@@ -335,13 +363,19 @@ function toast(title) {
       el.querySelector(".detail").textContent = detail;
       setTimeout(() => el.remove(), ok ? 6000 : 12000);
     },
+    cancel(detail) {
+      el.classList.add("cancelled");
+      el.querySelector(".progress").remove();
+      el.querySelector(".detail").textContent = detail;
+      setTimeout(() => el.remove(), 4000);
+    },
   };
 }
 
 async function run(title, request, track) {
   const t = toast(title);
   try {
-    const answer = await request();
+    const answer = await request(t);
     t.progress(null, answer.message);
     if (track) {
       // The operation's clock starts now: read the cluster time fresh, not from the last refresh.
@@ -350,7 +384,8 @@ async function run(title, request, track) {
     } else t.finish(true, answer.message);
     refreshSoon();
   } catch (error) {
-    t.finish(false, error.message);
+    if (error instanceof Cancelled) t.cancel(error.message);
+    else t.finish(false, error.message);
   }
 }
 
@@ -386,9 +421,27 @@ async function confirmSimple(vm, action) {
 async function confirmDrain(host) {
   const text = `Put ${host.name} in maintenance? Its ${host.vms.length} VM(s) move to other hosts and it takes no new VMs until resumed.`;
   if (!(await confirmDialog(`Drain ${host.name}`, text))) return;
-  run(`Draining ${host.name}`, () => post(`hosts/${host.name}/drain`), (answer, t, start) => {
+  run(`Draining ${host.name}`, (t) => drainOrAsk(host, t), (answer, t, start) => {
     operations.hosts[host.name] = { total: Math.max(1, host.vms.length), pct: 0, ...start, toast: t };
   });
+}
+
+// The API refuses (409) a drain that could not finish — a VM with nowhere to go, a host that is
+// down — and says why; the operator reads the reasons and may drain anyway (`force`).
+async function drainOrAsk(host, t) {
+  try {
+    return await post(`hosts/${host.name}/drain`);
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 409) throw error;
+    t.progress(null, "refused: the drain would not finish");
+    const problems = error.problems.length
+      ? [h("ul", { id: "drain-problems", class: "problems" }, error.problems.map((line) => h("li", {}, line)))] : [];
+    const anyway = await confirmDialog(`${host.name} cannot be drained cleanly`, error.detail,
+      [...problems, h("div", { class: "hint" }, "Draining anyway puts the host in maintenance; what cannot move stays where it is.")],
+      { ok: "Drain anyway", danger: true });
+    if (!anyway) throw new Cancelled(`${host.name} was not drained`);
+    return post(`hosts/${host.name}/drain`, { force: true });
+  }
 }
 
 async function confirmResume(host) {
