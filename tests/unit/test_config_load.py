@@ -76,4 +76,4 @@ def test_the_example_node_configuration_is_valid():
     from haven.daemon.config import ShutdownPolicy, load_node_config
 
     config = load_node_config(Path(__file__).parents[2] / "examples" / "node.yaml")
-    assert config.host.name == "h1" and config.shutdown is ShutdownPolicy.MIGRATE and len(config.etcd) == 3
+    assert config.host.name == "h1" and config.shutdown is ShutdownPolicy.CLUSTER and len(config.etcd) == 3

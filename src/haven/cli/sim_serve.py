@@ -25,6 +25,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise click.UsageError(f"cannot listen on {host}:{port} ({error.strerror}); pick another "
                                "port with --port (0 picks a free one)") from None
+    # Listening before the address is printed: a client that reads it and connects at once waits in
+    # the backlog until the server accepts, instead of being refused.
+    sock.listen(128)
     return sock
 
 
