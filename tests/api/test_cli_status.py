@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from haven.cli.main import cli
+from haven.model.fencing import FenceCheck
 from haven.model.state import HostState, VmState
 
 from .conftest import ADMIN, Cluster
@@ -62,3 +63,27 @@ def test_a_draining_host_is_in_maintenance_everywhere(cluster: Cluster, live: st
     assert json.loads(run(live, "host", "show", "h1", "-o", "json").output)["state"] == "maintenance"
     for output in (listing.output, show.output):
         assert "draining" not in output  # the word events never use for a host
+
+
+def test_each_host_shows_its_fence_device_check(cluster: Cluster, live: str) -> None:
+    """The leading manager's last check of each fence device, in the status table, `host show`
+    and its JSON; a host without one says so."""
+    cluster.store.put(cluster.layout.fence_check("h1"),
+                      FenceCheck(ok=False, detail="fence_ipmilan monitor: timed out after 20.00 s",
+                                 checked_at=1700000000.0).model_dump_json())
+    cluster.store.put(cluster.layout.fence_check("h2"),
+                      FenceCheck(ok=True, detail="fence_ipmilan monitor ok in 0.18 s",
+                                 checked_at=1700000000.0).model_dump_json())
+    protect(cluster)
+    status = run(live, "status").output.splitlines()
+    assert "fence devices: failing h1; ok h2; none h3" in status
+    rows = {line.split()[0]: line for line in status if line[:2] in ("h1", "h2", "h3")}
+    assert "fence device failing" in rows["h1"]
+    assert "fence" not in rows["h2"] and "fence" not in rows["h3"]
+    show = run(live, "host", "show", "h1").output
+    assert "fence device: failing: fence_ipmilan monitor: timed out after 20.00 s" in show
+    assert "fence device: none" in run(live, "host", "show", "h3").output
+    data = json.loads(run(live, "host", "show", "h2", "-o", "json").output)
+    assert data["fence_device"] == {"ok": True, "detail": "fence_ipmilan monitor ok in 0.18 s",
+                                    "checked_at": 1700000000.0}
+    assert json.loads(run(live, "host", "show", "h3", "-o", "json").output)["fence_device"] is None

@@ -16,6 +16,7 @@ from haven.api import create_app
 from haven.api.event_stats import COUNTED_KINDS
 from haven.api.metrics import version
 from haven.core.events import EventKind
+from haven.model.fencing import FenceCheck
 from haven.model.state import VmState
 from haven.sim.cluster import SimCluster
 from haven.sim.scenario import load_scenario, run_scenario
@@ -211,3 +212,13 @@ def test_no_cluster_store_error_series_that_nothing_could_move(client: TestClien
     assert ("haven_store_errors_total", (("source", "cluster"),)) not in m
     assert ("haven_store_errors_total", (("source", "api"),)) in m
 
+
+
+def test_fence_device_ok_per_host_with_a_device(client: TestClient, cluster: Cluster) -> None:
+    for host, ok in (("h1", True), ("h2", False)):
+        cluster.store.put(cluster.layout.fence_check(host),
+                          FenceCheck(ok=ok, detail="checked", checked_at=1.0).model_dump_json())
+    m = samples(client)
+    assert m[("haven_fence_device_ok", (("host", "h1"),))] == 1
+    assert m[("haven_fence_device_ok", (("host", "h2"),))] == 0
+    assert ("haven_fence_device_ok", (("host", "h3"),)) not in m  # no device: no series

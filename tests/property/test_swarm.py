@@ -20,3 +20,14 @@ def test_swarm_seeds_are_safe_and_live():
 def test_a_seed_replays_exactly():
     first, second = run_seed(7, keep_log=True), run_seed(7, keep_log=True)
     assert first.lines and first.lines == second.lines
+
+
+SERVICE_SEEDS = range(40)
+
+
+def test_swarm_seeds_with_services_are_safe_and_live_and_never_attach_a_disk_twice():
+    summary = summarize([run_seed(seed, services=True) for seed in SERVICE_SEEDS])
+    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
+    assert summary["safety_violations"] == 0, problems
+    assert summary["liveness_violations"] == 0, problems
+    assert summary["disk_double_attach"] == 0 and summary["ip_double_raise"] == 0, problems

@@ -4,6 +4,7 @@ schedule of threads and faults launches a VM where the store does not place it."
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import time
@@ -17,6 +18,7 @@ from haven.daemon.host_threads import HostThreads
 from haven.drivers.qemu_process import MonotonicClock
 from haven.model.spec import HostSpec, MigrationKind, Settings, VmSpec
 from haven.model.state import RequestAction
+from haven.ports.fencer import FenceOutcome, Fencer
 from haven.runtime import intents
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.layout import Layout
@@ -32,17 +34,19 @@ LAYOUT = Layout("t")
 
 
 class Host:
-    def __init__(self, name: str, net: FakeNetwork) -> None:
+    def __init__(self, name: str, net: FakeNetwork, settings: Settings = SETTINGS,
+                 fencer: Fencer | None = None) -> None:
         self.name = name
         self.store = net.client(name)
         self.clock = MonotonicClock()
         self.log = EventLog(self.store, LAYOUT, out=io.StringIO())
         self.hv = ThreadedFakeHypervisor(name, net, LAYOUT)
         spec = HostSpec(name=name, address=f"10.0.0.{name[-1]}", vcpus=8, memory_mib=8192)
-        self.keeper = LeaseKeeper(spec, self.store, self.hv, self.clock, LAYOUT, SETTINGS, self.log.emit)
+        self.keeper = LeaseKeeper(spec, self.store, self.hv, self.clock, LAYOUT, settings, self.log.emit)
         self.agent = AgentLoop(self.keeper)
-        manager = ManagerLoop(name, self.store, self.clock, LAYOUT, self.keeper.manager_lease, self.log.emit)
-        self.threads = HostThreads(self.keeper, self.agent, manager, SETTINGS, self.clock, LAYOUT.root)
+        manager = ManagerLoop(name, self.store, self.clock, LAYOUT, self.keeper.manager_lease, self.log.emit,
+                              fencer=fencer)
+        self.threads = HostThreads(self.keeper, self.agent, manager, settings, self.clock, LAYOUT.root)
         self.hv.on_change = self.threads.wake_agent.set
 
     def start(self) -> None:
@@ -160,3 +164,83 @@ def test_random_schedules_of_threads_and_faults_never_launch_a_stale_copy(
         wait_for(lambda: sum(len(v) for v in running(hosts).values()) == 4, 15.0, "every VM running again")
     assert not stale_launches([h.hv for h in hosts.values()])
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class FakeFencer:
+    """A fence device for every host that confirms "off" (cutting the fake host's VMs) or fails."""
+
+    def __init__(self, hosts: dict[str, Host], works: bool) -> None:
+        self.hosts, self.works = hosts, works
+        self.calls: list[str] = []
+
+    def has_device(self, host: str) -> bool:
+        return True
+
+    def power_off(self, host: str) -> bool:
+        self.calls.append(host)
+        if self.works:
+            for vm in self.hosts[host].hv.active():
+                self.hosts[host].hv.kill(vm)
+        return self.works
+
+    def last_outcome(self, host: str) -> FenceOutcome | None:
+        return FenceOutcome(self.works, "off, confirmed" if self.works else "timed out after 20 s", 0.05, "fake")
+
+    def monitor(self, host: str) -> tuple[bool, str]:
+        return self.works, "ok"
+
+
+GRACE_S, TICK_S = 3.0, 10.0
+
+
+def lost_to_recovery_s(works: bool) -> tuple[float, str]:
+    """h1 manages, the VM runs on h2, h2 crashes (threads stopped, cut off from the store): the
+    time from h1's manager marking h2 lost to the VM running on h1, and h1's log."""
+    # A manager tick far longer than the grace: only the wake after a loss can explain a recovery
+    # before it. Margins are wide (a busy CI machine): the grace is what they are measured against.
+    settings = SETTINGS.model_copy(update={"fence_grace_s": GRACE_S, "manager_tick_s": TICK_S})
+    net = FakeNetwork()
+    operator = net.client("operator")
+    operator.put(LAYOUT.config(), settings.model_dump_json())
+    hosts: dict[str, Host] = {}
+    fencer = FakeFencer(hosts, works)
+    hosts["h1"] = Host("h1", net, settings, fencer)
+    hosts["h2"] = Host("h2", net, settings, fencer)
+    h1, h2 = hosts["h1"], hosts["h2"]
+    try:
+        h1.start()
+        wait_for(lambda: h1.threads.manager.leading, TICK_S + 5, "h1 leading")
+        h2.start()
+        wait_for(lambda: '"name": "h2", "old": "unknown", "new": "online"' in h1.lines(), TICK_S + 5, "h2 online")
+        web = VmSpec(name="web", memory_mib=512, preferred_hosts=("h2",))
+        operator.put(LAYOUT.vm_spec("web"), web.model_dump_json())
+        wait_for(lambda: h2.hv.active() == ["web"], 10.0, "web running on h2")
+        h2.threads.stop(timeout=3.0)  # the crash: h2's daemon is gone and cannot renew
+        net.cut_off("h2")
+        wait_for(lambda: '"new": "lost"' in h1.lines(), 5.0, "h2 lost")
+        lost = next(e["t"] for e in map(json.loads, h1.lines().splitlines()) if e.get("new") == "lost")
+        wait_for(lambda: h1.hv.active() == ["web"], 40.0, "web running on h1")
+        elapsed = time.monotonic() - lost
+        assert fencer.calls == ["h2"]
+        return elapsed, h1.lines()
+    finally:
+        net.cut = set()
+        for host in hosts.values():
+            host.stop()
+
+
+def test_a_confirmed_power_fence_recovers_without_waiting_for_the_grace() -> None:
+    elapsed, lines = lost_to_recovery_s(works=True)
+    print(f"[figures] loss -> recovery {elapsed:.2f} s")
+    assert elapsed < GRACE_S / 2, f"recovery took {elapsed:.2f} s: the manager waited for the grace or its tick"
+    assert "power fence: off confirmed in 0.05 s (fake)" in lines
+    assert "power fence confirmed" in lines  # h2 lost -> fenced, by the confirmation
+
+
+def test_a_failed_power_fence_waits_for_the_grace() -> None:
+    elapsed, lines = lost_to_recovery_s(works=False)
+    print(f"[figures] loss -> recovery {elapsed:.2f} s")
+    assert elapsed >= GRACE_S, f"recovered {elapsed:.2f} s after the loss, before the {GRACE_S:g} s grace ended"
+    assert elapsed < (GRACE_S + TICK_S) / 2, f"recovered {elapsed:.2f} s after the loss: the manager slept until its tick"
+    assert "power fence failed: timed out after 20 s; falling back to lease expiry + grace" in lines
+    assert f"grace {GRACE_S:g} s" in lines

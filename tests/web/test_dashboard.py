@@ -344,3 +344,31 @@ def test_a_refused_drain_shows_why_and_can_be_forced(stuck_server: str, browser:
                                    timeout=10_000)
     assert errors == [], f"JavaScript errors in the page: {errors}"
     page.close()
+
+
+def test_each_host_shows_its_fence_device(stuck_server: str, browser: object) -> None:
+    """h1's device passes its checks, then fails them (`fence fails h1`): the card, the API and
+    /metrics say so; a host without a device says none."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    expect = playwright_api.expect
+    page.goto(f"{stuck_server}/?token={ADMIN}")
+    badge = page.locator('[data-host="h1"] [data-role="fence-device"]')
+    expect(badge).to_have_text("fence device: ok", timeout=15_000)
+    expect(page.locator('[data-host="h2"] [data-role="fence-device"]')).to_have_text("fence device: none")
+
+    api(stuck_server, "POST", "/api/v1/sim/fault", json={"line": "fence fails h1"})
+    try:
+        expect(badge).to_have_text("fence device: failing: the device did not answer", timeout=15_000)
+        check = api(stuck_server, "GET", "/api/v1/hosts/h1").json()["fence_device"]
+        assert check["ok"] is False and check["detail"] == "the device did not answer"
+        assert api(stuck_server, "GET", "/api/v1/hosts/h2").json()["fence_device"] is None
+        metrics = api(stuck_server, "GET", "/metrics").text
+        assert 'haven_fence_device_ok{host="h1"} 0.0' in metrics
+        assert 'haven_fence_device_ok{host="h2"}' not in metrics
+    finally:
+        api(stuck_server, "POST", "/api/v1/sim/fault", json={"line": "fence works h1"})
+    expect(badge).to_have_text("fence device: ok", timeout=15_000)
+    assert errors == [], f"JavaScript errors in the page: {errors}"
+    page.close()

@@ -120,6 +120,11 @@ class HavenCollector(Collector):
             "vcpus_used": GaugeMetricFamily("haven_host_vcpus_used", "vCPUs of the VMs placed on the host",
                                             labels=["host"]),
         }
+        fence_ok = GaugeMetricFamily("haven_fence_device_ok", "1 if the host's power-fence device passed its "
+                                     "last check, 0 if it failed (no series: no device)", labels=["host"])
+        for name, check in sorted(snap.fence_checks.items()):
+            fence_ok.add_metric([name], 1 if check.ok else 0)
+        yield fence_ok
         for name in sorted(snap.hosts):
             host = views.host_out(snap, view, name)
             families["memory_capacity"].add_metric([name], host.memory_mib.total * MIB)

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from haven.core.events import EventKind, SubjectKind
+from haven.model.fencing import FenceCheck
 from haven.model.spec import NAME_PATTERN, HostSpec, MigrationKind, VmSpec
 from haven.model.state import Placement, VmRequest, VmStatus
 from haven.plan.topology import Licensing, TopologyInput, Workloads
@@ -37,6 +38,9 @@ class HostOut(BaseModel):
     vcpus: Usage = Field(description="vCPUs of placed VMs / host vCPUs (before overcommit)")
     vms: list[str]
     spec: HostSpec
+    fence_device: FenceCheck | None = Field(default=None, description="the last periodic check of its "
+                                            "power-fence device by the leading manager; null: no device "
+                                            "configured (or not checked yet)")
 
 
 class VmOut(BaseModel):

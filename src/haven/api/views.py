@@ -43,7 +43,7 @@ def host_out(snap: Snapshot, view: ClusterView, name: str) -> HostOut:
         memory_mib=Usage(used=sum(snap.specs[vm].memory_mib for vm in placed), total=spec.memory_mib),
         memory_reserve_mib=snap.settings.memory_reserve_mib,
         vcpus=Usage(used=sum(snap.specs[vm].vcpus for vm in placed), total=spec.vcpus),
-        vms=placed, spec=spec)
+        vms=placed, spec=spec, fence_device=snap.fence_checks.get(name))
 
 
 def vm_out(snap: Snapshot, name: str) -> VmOut:

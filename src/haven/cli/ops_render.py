@@ -47,6 +47,7 @@ def status(summary: dict[str, Any], hosts: list[dict[str, Any]]) -> None:
 
     out.print(f"hosts: {counts(summary['hosts'])}")
     out.print(f"VMs:   {counts(summary['vms'])}")
+    out.print(f"fence devices: {fence_devices(hosts)}")
     hosts_table(hosts)
 
 
@@ -67,7 +68,28 @@ def host_notes(h: dict[str, Any]) -> str:
     notes = ["manager"] if h["manager"] else []
     if h["draining"]:
         notes.append("VMs moving out")
+    if (h.get("fence_device") or {}).get("ok") is False:
+        notes.append("fence device failing")
     return ", ".join(notes)
+
+
+def fence_devices(hosts: list[dict[str, Any]]) -> str:
+    """Each host's fence device by its last check, failing ones first, in a line; `host show`
+    gives the device's own words."""
+    checks = {h["name"]: h.get("fence_device") for h in hosts}  # absent from an older server's answer
+    failing = [name for name, c in checks.items() if c and not c["ok"]]
+    ok = [name for name, c in checks.items() if c and c["ok"]]
+    none = [name for name, c in checks.items() if not c]
+    parts = ([f"[red]failing[/] {', '.join(failing)}"] if failing else []) + \
+        ([f"[green]ok[/] {', '.join(ok)}"] if ok else []) + ([f"none {', '.join(none)}"] if none else [])
+    return "; ".join(parts) or "none"
+
+
+def fence_line(h: dict[str, Any]) -> str:
+    check = h.get("fence_device")
+    if not check:
+        return "none (recovery waits for lease expiry + grace)"
+    return f"{'[green]ok[/]' if check['ok'] else '[red]failing[/]'}: {check['detail']}"
 
 
 def host_detail(h: dict[str, Any]) -> None:
@@ -87,6 +109,7 @@ def host_detail(h: dict[str, Any]) -> None:
         maintenance = f"requested, moving {len(h['vms'])} VM(s) away" if h["draining"] else "requested"
     out.print(f"  maintenance: {maintenance}")
     out.print(f"  VMs:         {', '.join(h['vms']) or '-'}")
+    out.print(f"  fence device: {fence_line(h)}")
 
 
 def vms_table(vms: list[dict[str, Any]]) -> None:

@@ -1,6 +1,7 @@
 """CLI commands: `haven sim ...` — the simulated cluster (no root needed)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -73,11 +74,12 @@ def demo(output: str) -> None:
         sys.exit(1)
 
 
-def _runs(seeds: range, jobs: int) -> list[SwarmRun]:
+def _runs(seeds: range, jobs: int, services: bool = False) -> list[SwarmRun]:
+    run = functools.partial(run_seed, services=services)
     if jobs <= 1:
-        return [run_seed(seed) for seed in seeds]
+        return [run(seed) for seed in seeds]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(run_seed, seeds, chunksize=max(1, len(seeds) // (jobs * 8))))
+        return list(pool.map(run, seeds, chunksize=max(1, len(seeds) // (jobs * 8))))
 
 
 @sim.command("swarm")
@@ -86,24 +88,26 @@ def _runs(seeds: range, jobs: int) -> list[SwarmRun]:
 @click.option("--seed", type=int, default=None, help="Replay one seed.")
 @click.option("--verbose", is_flag=True, help="With --seed: print the whole timeline.")
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, help="Worker processes.")
+@click.option("--services", is_flag=True, help="Give every seed guest-cluster services and faults aimed at them.")
 @click.option("--json", "json_flag", is_flag=True, hidden=True, help="The same as -o json (kept for scripts).")
 @OUTPUT
-def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, json_flag: bool, output: str) -> None:
+def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, services: bool, json_flag: bool,
+          output: str) -> None:
     """Run random fault schedules; report safety and liveness violations and the worst recovery.
 
-    JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, failing_seeds, replay,
-    seconds}."""
+    JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, disk_double_attach,
+    ip_double_raise, failing_seeds, replay, seconds}."""
     as_json = json_flag or output == "json"
     if as_json and verbose:
         raise click.UsageError("--verbose prints a timeline: it does not mix with -o json")
     started = time.perf_counter()
     if seed is not None:
-        runs = [run_seed(seed, keep_log=verbose)]
+        runs = [run_seed(seed, keep_log=verbose, services=services)]
         if verbose:
             click.echo("faults: " + "; ".join(f"t={t:g} {line}" for t, line in runs[0].timeline))
             click.echo("\n".join(runs[0].lines))
     else:
-        runs = _runs(range(first, first + seeds), jobs)
+        runs = _runs(range(first, first + seeds), jobs, services)
     summary = summarize(runs)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:
@@ -117,7 +121,7 @@ def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, js
                 click.echo(f"seed {run_.seed}: {line}")
         for command in summary["replay"]:
             click.echo(f"replay: {command}")
-    if summary["safety_violations"] or summary["liveness_violations"]:
+    if summary["safety_violations"] or summary["liveness_violations"] or summary["disk_double_attach"]:
         sys.exit(1)
 
 

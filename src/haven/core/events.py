@@ -33,6 +33,8 @@ class EventKind(StrEnum):
     MANAGER_ELECTED = "manager_elected"  # won the leader key
     MANAGER_RESUMED = "manager_resumed"  # kept its own leader key across a daemon restart
     MANAGER_DEPOSED = "manager_deposed"
+    POWER_FENCE = "power_fence"  # a lost host's device was asked to power it off: `new` off | failed
+    FENCE_DEVICE = "fence_device"  # a device's periodic check changed: `new` ok | failing
     # A host's agent.
     LOCAL_STATE = "local_state"  # this host's hypervisor reports a VM in a new state
     LEASE_GRANTED = "lease_granted"
@@ -162,6 +164,12 @@ def render(e: Event) -> str:
             return "still the active manager (after a restart)"
         case k.MANAGER_DEPOSED:
             return "no longer the active manager"
+        case k.POWER_FENCE:
+            if e.new == "off":  # "power fence: off confirmed in 0.18 s (fence_ipmilan)"
+                return f"power fence: off confirmed in {e.seconds or 0.0:.2f} s ({e.detail})"
+            return f"power fence failed: {e.reason}; falling back to lease expiry + grace"
+        case k.FENCE_DEVICE:
+            return "fence device: ok" if e.new == "ok" else f"fence device failing: {e.reason}"
         case k.LOCAL_STATE:
             return f"{e.new} (generation {e.generation})" + (f" ({e.detail})" if e.detail else "")
         case k.LEASE_GRANTED:

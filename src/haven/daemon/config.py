@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from haven.drivers.qemu_boot import DirectBoot
 from haven.drivers.qemu_config import QemuHostConfig
 from haven.drivers.tap import bridge_taps
+from haven.model.fencing import FencingConfig
 from haven.model.load import load_yaml_file, validate
 from haven.model.spec import HostSpec, Settings
 
@@ -58,6 +59,8 @@ class NodeConfig(BaseModel):
     downtime_limit_ms: int = Field(default=100, gt=0)
     image_locking: bool = Field(default=True, description="QEMU's image locks; the lab turns them off so "
                                 "that a fencing bug shows as a double run instead of a lock error")
+    fencing: FencingConfig | None = Field(default=None, description="power-fence devices this node's manager "
+                                          "may use, per host (checked at load: agent installed, secrets private)")
 
 
 def qemu_host_config(config: NodeConfig, settings: Settings) -> QemuHostConfig:

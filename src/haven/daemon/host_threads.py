@@ -6,6 +6,8 @@
            concerns this host, a QEMU change, a new lease, or its tick);
 - manager: stand for election, decide when leading (wakes on a watched change, a grace timer, a tick);
 - events:  ship events to the store's log (see `daemon.events`);
+- fence-monitor: with fence devices configured, the leading manager's device checks
+  (`runtime.fence_monitor`), apart from the manager so that a hung agent delays no decision;
 - the store's watch thread calls `on_watch`, which only routes (`runtime.wake.route`) and queues.
 
 The concurrency rule: the agent loop's state is changed on the agent thread only and the manager
@@ -21,13 +23,12 @@ import threading
 from collections.abc import Callable
 
 from haven.model.spec import Settings
-from haven.model.state import HostState
 from haven.ports.clock import Clock
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.manager_loop import ManagerLoop
-from haven.runtime.wake import route
+from haven.runtime.wake import lost_host_rechecks, route
 
 log = logging.getLogger("haven.node")
 FENCED_POLL_S = 0.1  # while fenced: how often to look for a lease again
@@ -127,11 +128,11 @@ class HostThreads:
                 log.exception("agent step failed")
 
     def manager_loop(self) -> None:
+        recheck_at: dict[str, float] = {}  # lost host -> when the manager must decide again for it
         wait = self.settings.manager_tick_s
         while not self.stopping.is_set():
             self.wake_manager.wait(wait)
             self.wake_manager.clear()
-            wait = self.settings.manager_tick_s
             try:
                 while not self.manager_inbox.empty():
                     event = self.manager_inbox.get()
@@ -141,6 +142,12 @@ class HostThreads:
                 decision = self.manager.step()
             except Exception:  # logged: the loop goes on
                 log.exception("manager step failed")
-                continue
-            if decision and any(r.state is HostState.LOST for r in decision.host_records.values()):
-                wait = self.settings.fence_grace_s + 0.001  # look again right when the grace ends
+                decision = None
+            # Look again when a lost host may be recovered: at once after a confirmed power
+            # fence, else right when its grace ends (the simulator follows the same rule).
+            now = self.clock.now()
+            rechecks = lost_host_rechecks(decision, self.manager.fence_confirmed, self.settings.fence_grace_s)
+            recheck_at.update({host: now + after for host, after in rechecks.items()})
+            recheck_at = {host: at for host, at in recheck_at.items() if at > now or host in rechecks}
+            wait = min([self.settings.manager_tick_s, *(at - now for at in recheck_at.values())])
+            wait = max(0.0, wait)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from haven.daemon.config import NodeConfig, ShutdownPolicy, qemu_host_config
 from haven.daemon.events import EventLog
@@ -14,8 +15,10 @@ from haven.daemon.shutdown import shut_down
 from haven.daemon.takeover import StopSignals, take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
+from haven.drivers.fence_agent import FenceAgentFencer
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
 from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import Layout, read_settings
 from haven.runtime.lease import LeaseKeeper
 from haven.runtime.manager_loop import ManagerLoop
@@ -33,7 +36,8 @@ def run_node(config: NodeConfig) -> int:
                                 on_change=lambda: threads.wake_agent.set())
     watchdog = FileWatchdog(config.watchdog_file) if config.watchdog_file else None
     keeper = LeaseKeeper(config.host, store, hypervisor, clock, layout, settings, events.emit, watchdog)
-    manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit)
+    fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
+    manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer)
     lease_file = LeaseFile(config.run_dir / "lease.json")
     threads = HostThreads(keeper, AgentLoop(keeper), manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
@@ -46,6 +50,12 @@ def run_node(config: NodeConfig) -> int:
     lease_file.save(keeper.state)
     cancel_watch = store.watch_prefix(layout.root, threads.on_watch)
     extra = {"events": lambda: events.publish(threads.stopping)}
+    if fencer is not None and config.fencing is not None:
+        # its own thread: a device check can take the device's whole timeout
+        monitor = FenceMonitor(fencer, fencer.devices, store, layout, lambda: manager.leader_value, events.emit,
+                               clock, time.time)
+        interval = config.fencing.monitor_interval_s
+        extra["fence-monitor"] = lambda: monitor.run(threads.stopping, interval)
     if config.api:
         from haven.daemon.api_server import serve_api
         extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set)

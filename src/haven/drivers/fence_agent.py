@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from haven.model.fencing import FenceDevice, SecretFileError
+from haven.ports.fencer import FenceOutcome
 
 STATUS_ON, STATUS_OFF = 0, 2  # the agents' exit status for `status`
 OUTPUT_KEPT = 400  # characters of an agent's output kept for an event
@@ -51,14 +52,6 @@ class AgentRun:
         return f"{self.action} exited {self.returncode} after {self.elapsed_s:.2f} s{tail}"
 
 
-@dataclass(frozen=True)
-class FenceOutcome:
-    """What the last power-off (or monitor) of a host came to, for an event or `haven status`."""
-    ok: bool
-    detail: str
-    elapsed_s: float
-
-
 class FenceAgentFencer:
     def __init__(self, devices: Mapping[str, FenceDevice]) -> None:
         self.devices = dict(devices)
@@ -67,6 +60,9 @@ class FenceAgentFencer:
         self._last_monitor: dict[str, FenceOutcome] = {}
 
     # --- the port ---
+
+    def has_device(self, host: str) -> bool:
+        return host in self.devices
 
     def power_off(self, host: str) -> bool:
         start = time.monotonic()
@@ -112,7 +108,8 @@ class FenceAgentFencer:
             ok = run.returncode == 0
             detail = f"{device.agent} monitor ok in {run.elapsed_s:.2f} s" if ok else f"{device.agent} {run.describe()}"
         with self._lock:
-            self._last_monitor[host] = FenceOutcome(ok, detail, time.monotonic() - start)
+            self._last_monitor[host] = FenceOutcome(ok, detail, time.monotonic() - start,
+                                                    device.agent if device else "")
         return ok, detail
 
     def last_outcome(self, host: str) -> FenceOutcome | None:
@@ -154,8 +151,9 @@ class FenceAgentFencer:
         return AgentRun(action, proc.returncode, _tail(out.decode(errors="replace"), secret), time.monotonic() - start)
 
     def _record_off(self, host: str, ok: bool, detail: str, start: float) -> bool:
+        device = self.devices.get(host)
         with self._lock:
-            self._last_off[host] = FenceOutcome(ok, detail, time.monotonic() - start)
+            self._last_off[host] = FenceOutcome(ok, detail, time.monotonic() - start, device.agent if device else "")
         return ok
 
 

@@ -138,3 +138,12 @@ class FencingConfig(Frozen):
             if not re.fullmatch(NAME_PATTERN, host):
                 raise ValueError(f"{host!r} is not a valid host name")
         return devices
+
+
+class FenceCheck(Frozen):
+    """The last periodic check of a host's fence device, as the leading manager stored it (for
+    `haven status`, the dashboard and /metrics): a device that fails it will fail a fence too."""
+
+    ok: bool
+    detail: str = Field(description="the agent's words: why it failed, or how long the check took")
+    checked_at: float = Field(description="when (Unix time; simulator time in the simulator)")

@@ -5,6 +5,7 @@ Units: memory in MiB, times in seconds.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -239,6 +240,158 @@ class Settings(Frozen):
         return self
 
 
+# --- guest-cluster services (model.service holds what the manager and agents record of them) ---
+
+# A command run in the guest through the guest agent, as an argv list (no shell unless asked for).
+Argv = tuple[str, ...]
+
+class ServiceSpec(Frozen):
+    """A service as the operator wants it. Times in seconds."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    members: tuple[str, ...] = Field(min_length=2, description="member VM names, each pinned to its own host")
+    start: Argv = Field(min_length=1, description="starts the application in the guest")
+    stop: Argv = Field(min_length=1, description="stops it; must end with nothing using the data disk")
+    check: Argv = Field(min_length=1, description="exit status 0 = healthy")
+    floating_ip: str = Field(description="address/prefix raised inside the active member, e.g. 10.0.9.10/24")
+    data_disk: Disk | None = None
+    mount_point: str = Field(default="/srv/data", description="where the data disk is mounted in the guest")
+    preferred_member: str | None = Field(default=None, description="default: the first member")
+    check_interval_s: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failed checks that move the service")
+    ping_timeout_s: float = Field(default=1.0, gt=0, description="a guest agent silent this long is hung")
+    start_timeout_s: float = Field(default=60.0, gt=0, description="to take the disk and IP and start")
+    stop_timeout_s: float = Field(default=30.0, gt=0, description="for a clean release, before a kill")
+    # The anti-flap rule: a member the service left because it failed is not chosen again within
+    # this time while another healthy member is there (it may still be the last one standing).
+    failed_hold_s: float = Field(default=300.0, ge=0)
+    desired: DesiredState = DesiredState.RUNNING
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, members: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for member in members:
+            if not re.fullmatch(NAME_PATTERN, member):
+                raise ValueError(f"member {member!r} is not a valid VM name")
+            if member in seen:
+                raise ValueError(f"member {member!r} is listed twice")
+            seen.add(member)
+        return members
+
+    @field_validator("start", "stop", "check")
+    @classmethod
+    def _argv(cls, argv: Argv) -> Argv:
+        if not argv[0]:
+            raise ValueError("the program (first word) must not be empty")
+        return argv
+
+    @field_validator("floating_ip")
+    @classmethod
+    def _floating_ip(cls, value: str) -> str:
+        if "/" not in value:
+            raise ValueError(f"{value!r} needs a prefix length, e.g. {value}/24")
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError as e:
+            raise ValueError(f"{value!r} is not an IPv4 address/prefix: {e}") from None
+        net = iface.network
+        if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
+            raise ValueError(f"{iface.ip} cannot be a service address")
+        if net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
+            raise ValueError(f"{iface.ip} is the network or broadcast address of {net}")
+        return str(iface)
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, value: str) -> str:
+        if not value.startswith("/") or value == "/":
+            raise ValueError("must be an absolute path other than /")
+        return value
+
+    @model_validator(mode="after")
+    def _preferred(self) -> ServiceSpec:
+        if self.preferred_member is not None and self.preferred_member not in self.members:
+            raise ValueError(f"preferred_member {self.preferred_member!r} is not one of the members "
+                             f"({', '.join(self.members)})")
+        return self
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The members in order of preference: the preferred one, then as declared."""
+        first = self.preferred_member or self.members[0]
+        return (first, *(m for m in self.members if m != first))
+
+    @property
+    def data_file(self) -> str | None:
+        """The data disk's image inside its pool (None without a data disk)."""
+        if self.data_disk is None:
+            return None
+        return self.data_disk.file or f"{self.name}-data.qcow2"
+
+
+# --- whole-config checks ---
+
+def pinned_host(vm: VmSpec) -> str | None:
+    """The host a member VM is pinned to: its only preferred host (None unless it names exactly
+    one). A member never moves: the service moves between members instead."""
+    named = [host for item in vm.preferred_hosts for host in ((item,) if isinstance(item, str) else item)]
+    return named[0] if len(named) == 1 else None
+
+
+def check_services(services: Iterable[ServiceSpec], vms: Iterable[VmSpec], hosts: Iterable[HostSpec]) -> list[str]:
+    """Problems only the whole config shows, one clear sentence each ([] when none)."""
+    vm_by_name = {vm.name: vm for vm in vms}
+    host_by_name = {h.name: h for h in hosts}
+    problems: list[str] = []
+    owner: dict[str, str] = {}  # member VM -> service
+    names: set[str] = set()
+    ips: dict[str, str] = {}
+    disks: dict[tuple[str, str], str] = {}
+    for vm in vm_by_name.values():
+        for n, d in enumerate(vm.disks):
+            disks[(d.pool, d.file or f"{vm.name}-{n}.qcow2")] = f"vm {vm.name}"
+    for svc in services:
+        where = f"service {svc.name}"
+        if svc.name in names:
+            problems.append(f"{where}: the name is used twice")
+        names.add(svc.name)
+        address = svc.floating_ip.split("/")[0]
+        if address in ips:
+            problems.append(f"{where}: floating IP {address} is already service {ips[address]}'s")
+        ips.setdefault(address, svc.name)
+        if svc.data_disk is not None and svc.data_file is not None:
+            key = (svc.data_disk.pool, svc.data_file)
+            if key in disks:
+                problems.append(f"{where}: data disk {key[1]} on pool {key[0]} is already used by {disks[key]}")
+            disks.setdefault(key, where)
+        on_host: dict[str, str] = {}
+        for member in svc.members:
+            member_vm = vm_by_name.get(member)
+            if member_vm is None:
+                problems.append(f"{where}: member {member} is not a declared VM")
+                continue
+            if member in owner:
+                problems.append(f"{where}: vm {member} is already a member of service {owner[member]}")
+            owner.setdefault(member, svc.name)
+            host = pinned_host(member_vm)
+            if host is None:
+                problems.append(f"{where}: member {member} must be pinned to one host "
+                                "(give it exactly one preferred host)")
+                continue
+            if host not in host_by_name:
+                problems.append(f"{where}: member {member} is pinned to {host}, which is not a declared host")
+                continue
+            if host in on_host:
+                problems.append(f"{where}: members {on_host[host]} and {member} are both on host {host}; "
+                                "one host failure would take both")
+            on_host.setdefault(host, member)
+            if svc.data_disk is not None and svc.data_disk.pool not in host_by_name[host].pools:
+                problems.append(f"{where}: host {host} (member {member}) cannot reach pool {svc.data_disk.pool} "
+                                "of the data disk")
+    return problems
+
+
 class ClusterConfig(Frozen):
     """A whole cluster declaration, as loaded from YAML."""
 
@@ -246,6 +399,7 @@ class ClusterConfig(Frozen):
     settings: Settings = Settings()
     hosts: tuple[HostSpec, ...] = ()
     vms: tuple[VmSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()  # guest clusters over member VMs (model.service)
 
     @model_validator(mode="after")
     def _references(self) -> ClusterConfig:
@@ -267,6 +421,7 @@ class ClusterConfig(Frozen):
                     problems.append(f"vm {vm.name}: MAC {nic.mac} is already used by vm {macs[nic.mac]}")
                 macs[nic.mac] = vm.name
         problems += affinity_problems(self.vms)
+        problems += check_services(self.services, self.vms, self.hosts)
         if problems:
             raise ValueError("; ".join(problems))
         return self

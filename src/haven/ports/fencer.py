@@ -1,7 +1,17 @@
 """Fencing ports: cutting a host's power from outside, and the watchdog inside it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True)
+class FenceOutcome:
+    """What the last power-off (or monitor) of a host came to, for an event or `haven status`."""
+    ok: bool
+    detail: str  # why it failed, or how it was confirmed
+    elapsed_s: float
+    device: str = ""  # the device's kind (fence_ipmilan, "simulated"), as the event names it
 
 
 class Fencer(Protocol):
@@ -14,6 +24,16 @@ class Fencer(Protocol):
     def power_off(self, host: str) -> bool:
         """Cut the host's power. True only on a positive confirmation that it is off (False for a
         host without a device, a device that failed or did not answer)."""
+
+    def has_device(self, host: str) -> bool:
+        """Is a fence device configured for `host`? (Without one there is nothing to try or say.)"""
+
+    def last_outcome(self, host: str) -> FenceOutcome | None:
+        """The last `power_off` of `host`: confirmed how, or why not, for the manager's event."""
+
+    def monitor(self, host: str) -> tuple[bool, str]:
+        """Does `host`'s device answer? A periodic check, so that a broken device shows before it
+        is needed. May block for the device's timeout: run it off the manager's thread."""
 
 
 class Watchdog(Protocol):

@@ -45,17 +45,21 @@ from haven.core.agent import (
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, VmSpec
 from haven.model.state import BROKEN_LOCAL_STATES, DEAD_LOCAL_STATES, Placement, VmStatus
+from haven.ports.guest import Guest
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, KeyKind
 from haven.runtime.lease import LeaseKeeper
+from haven.runtime.service_loop import ServiceRunner
 
 EventSink = Callable[[Event], None]
+# Service keys the runner reads: a change may let a member take over or make it release now.
+SERVICE_KINDS = frozenset({KeyKind.SERVICE_SPEC, KeyKind.SERVICE_STATE, KeyKind.MEMBER_FACTS})
 FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
 
 
 class AgentLoop:
-    def __init__(self, keeper: LeaseKeeper, decoded: DecodeCache | None = None) -> None:
+    def __init__(self, keeper: LeaseKeeper, decoded: DecodeCache | None = None, guest: Guest | None = None) -> None:
         self.keeper = keeper
         self.host: HostSpec = keeper.host
         self.store = keeper.store
@@ -80,6 +84,7 @@ class AgentLoop:
         self.changed = True  # inputs changed since the last reconcile
         self.was_lease_ok = False
         self.closed = False  # the host is leaving for good: launch nothing any more
+        self.services = ServiceRunner(self, guest)  # guest-cluster members on this host (none without a guest port)
 
     def event(self, kind: EventKind, vm: str | None = None, **facts: Any) -> None:
         """An event from this agent, about `vm` or else about this host."""
@@ -147,6 +152,10 @@ class AgentLoop:
             self.addresses.pop(parsed.host, None)
             if kv is not None:
                 self.addresses[parsed.host] = decoded(HostSpec, kv).address
+        elif parsed.kind in SERVICE_KINDS:
+            return self.services.on_store_change(parsed.kind)
+        elif parsed.kind is KeyKind.HOST_STATE:  # a host fenced may free a data disk for our member
+            return self.services.has_members
         return False
 
     # --- one iteration ---
@@ -202,6 +211,9 @@ class AgentLoop:
             self._note_local_changes(local)  # reason to stop anything; the self-fence still holds
             return
         lease_ok = self.keeper.lease_ok()
+        # Level-triggered: pings and checks fall due with time. A round may have killed a member.
+        if lease_ok and self.services.step(local):
+            local = self.hypervisor.list()
         if not self.changed and local == self.known and lease_ok == self.was_lease_ok:
             return  # same inputs as last time, which asked for nothing: the answer is the same
         self.changed, self.was_lease_ok = False, lease_ok

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from haven.model.service import ServiceRequest, ServiceSpec
 from haven.model.spec import DesiredState, MigrationKind, VmSpec
 from haven.model.state import HostAdmin, RequestAction, VmRequest
 from haven.ports.store import Compare, KeyValue, Put, Store
@@ -88,3 +89,40 @@ def set_maintenance(store: Store, layout: Layout, host: str, maintenance: bool,
                     Compare(admin_key, mod_revision=revision_of(store.get(admin_key)))],
             Put(admin_key, admin.model_dump_json()), f"host {host!r}")
     return admin
+
+
+def _service(store: Store, layout: Layout, service: str) -> tuple[KeyValue, ServiceSpec]:
+    kv = store.get(layout.service_spec(service))
+    if kv is None:
+        raise IntentError(f"service {service!r} does not exist")
+    return kv, ServiceSpec.model_validate_json(kv.value)
+
+
+def set_service_desired(store: Store, layout: Layout, service: str, desired: DesiredState) -> bool:
+    """Start or stop a service by its spec's `desired`; False if it already was."""
+    kv, spec = _service(store, layout, service)
+    if spec.desired == desired:
+        return False
+    changed = spec.model_copy(update={"desired": desired})
+    _commit(store, [Compare(kv.key, mod_revision=kv.mod_revision)], Put(kv.key, changed.model_dump_json()),
+            f"service {service!r}")
+    return True
+
+
+def move_service(store: Store, layout: Layout, service: str, target: str | None = None,
+                 request_id: str | None = None) -> ServiceRequest:
+    """Ask the manager to move a running service to `target` (a member VM; None: the best other
+    one). One request at a time per service: the manager clears it once handled."""
+    spec_kv, spec = _service(store, layout, service)
+    if target is not None and target not in spec.members:
+        raise IntentError(f"{target!r} is not a member of service {service} ({', '.join(spec.members)})")
+    key = layout.service_request(service)
+    pending = store.get(key)
+    if pending is not None:
+        was = ServiceRequest.model_validate_json(pending.value)
+        raise IntentConflict(f"service {service} already has a pending {was.action.value} request ({was.id}): "
+                             "wait until the manager has handled it")
+    req = ServiceRequest(id=request_id or new_request_id(), target=target)
+    _commit(store, [Compare(key, mod_revision=0), Compare(spec_kv.key, mod_revision=spec_kv.mod_revision)],
+            Put(key, req.model_dump_json()), f"service {service!r}")
+    return req

@@ -6,6 +6,7 @@ One prefix per cluster:
     /haven/<cluster>/hosts/<host>            HostSpec (static facts)
     /haven/<cluster>/hostadmin/<host>        HostAdmin (operator intent: maintenance)
     /haven/<cluster>/hoststate/<host>        HostRecord (manager)
+    /haven/<cluster>/fencedev/<host>         FenceCheck (the leading manager's device monitor)
     /haven/<cluster>/alive/<host>            bound to the host's lease
     /haven/<cluster>/manager                 leader key, bound to the manager's lease
     /haven/<cluster>/vms/<vm>/spec           VmSpec (API)
@@ -13,6 +14,10 @@ One prefix per cluster:
     /haven/<cluster>/vms/<vm>/request        VmRequest (API), deleted by the manager once handled
     /haven/<cluster>/status/<host>/<vm>      VmStatus (agent), bound to the host's lease
     /haven/<cluster>/events/<key>            bounded event log
+    /haven/<cluster>/services/<svc>/spec     ServiceSpec (API)
+    /haven/<cluster>/services/<svc>/state    ServiceState (manager)
+    /haven/<cluster>/services/<svc>/request  ServiceRequest (API), deleted by the manager once handled
+    /haven/<cluster>/members/<host>/<vm>     MemberFacts (agent), bound to the host's lease
 
 Statuses live under the host rather than the VM so that one host's reports vanish with its lease
 and an agent reads its own in one prefix get.
@@ -30,6 +35,8 @@ from pydantic import BaseModel
 
 from haven.core.decision import Decision
 from haven.core.events import Event, from_dict, to_dict
+from haven.model.fencing import FenceCheck
+from haven.model.service import MemberFacts, ServiceRequest, ServiceSpec, ServiceState
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import (
     Alive,
@@ -52,6 +59,7 @@ class KeyKind(StrEnum):
     HOST = "hosts"
     HOST_ADMIN = "hostadmin"
     HOST_STATE = "hoststate"
+    FENCE_CHECK = "fencedev"
     ALIVE = "alive"
     MANAGER = "manager"
     VM_SPEC = "spec"
@@ -59,6 +67,10 @@ class KeyKind(StrEnum):
     REQUEST = "request"
     STATUS = "status"
     EVENT = "events"
+    SERVICE_SPEC = "service spec"
+    SERVICE_STATE = "service state"
+    SERVICE_REQUEST = "service request"
+    MEMBER_FACTS = "member facts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +79,17 @@ class StoreKey:
 
     kind: KeyKind
     host: str = ""  # hosts/, hostadmin/, hoststate/, alive/ and status/ keys
-    vm: str = ""  # vms/ and status/ keys
+    vm: str = ""  # vms/, status/ and members/ keys
+    service: str = ""  # services/ keys
 
 
 _SINGLE_KEYS = {"config": KeyKind.CONFIG, "manager": KeyKind.MANAGER}  # <root>config
 _HOST_KEYS = {"hosts": KeyKind.HOST, "hostadmin": KeyKind.HOST_ADMIN, "hoststate": KeyKind.HOST_STATE,
+              "fencedev": KeyKind.FENCE_CHECK,
               "alive": KeyKind.ALIVE}  # <root>hosts/<host>
 _VM_KEYS = {"spec": KeyKind.VM_SPEC, "placement": KeyKind.PLACEMENT, "request": KeyKind.REQUEST}  # <root>vms/<vm>/spec
+_SERVICE_KEYS = {"spec": KeyKind.SERVICE_SPEC, "state": KeyKind.SERVICE_STATE,
+                 "request": KeyKind.SERVICE_REQUEST}  # <root>services/<svc>/state
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,11 @@ class Layout:
                 return StoreKey(kind, vm=parts[1]) if kind else None
             if head == "status":
                 return StoreKey(KeyKind.STATUS, host=parts[1], vm=parts[2])
+            if head == "services":
+                kind = _SERVICE_KEYS.get(parts[2])
+                return StoreKey(kind, service=parts[1]) if kind else None
+            if head == "members":
+                return StoreKey(KeyKind.MEMBER_FACTS, host=parts[1], vm=parts[2])
         elif n == 2:
             host_kind = _HOST_KEYS.get(head)
             if host_kind:
@@ -131,6 +152,9 @@ class Layout:
 
     def host_state(self, host: str) -> str:
         return f"{self.root}hoststate/{host}"
+
+    def fence_check(self, host: str) -> str:
+        return f"{self.root}fencedev/{host}"
 
     def alive(self, host: str) -> str:
         return f"{self.root}alive/{host}"
@@ -158,6 +182,27 @@ class Layout:
 
     def events(self) -> str:
         return self.root + "events/"
+
+    def services(self) -> str:
+        return self.root + "services/"
+
+    def service_spec(self, service: str) -> str:
+        return f"{self.services()}{service}/spec"
+
+    def service_state(self, service: str) -> str:
+        return f"{self.services()}{service}/state"
+
+    def service_request(self, service: str) -> str:
+        return f"{self.services()}{service}/request"
+
+    def members(self) -> str:
+        return self.root + "members/"
+
+    def member_facts_prefix(self, host: str) -> str:
+        return f"{self.members()}{host}/"
+
+    def member_facts(self, host: str, vm: str) -> str:
+        return self.member_facts_prefix(host) + vm
 
     def event(self, event: Event, seq: int) -> str:
         # Sortable by time; the source and a sequence keep keys from different writers apart.
@@ -201,6 +246,11 @@ class Snapshot:
     events: list[Event]
     alive_keys: dict[str, tuple[int, Alive]] = field(default_factory=dict)  # host -> (its lease, the key's value)
     unreported: set[str] = field(default_factory=set)  # hosts that still have statuses of an earlier lease
+    fence_checks: dict[str, FenceCheck] = field(default_factory=dict)  # host -> its fence device's last check
+    services: dict[str, ServiceSpec] = field(default_factory=dict)
+    service_states: dict[str, ServiceState] = field(default_factory=dict)
+    service_requests: dict[str, ServiceRequest] = field(default_factory=dict)
+    member_facts: dict[str, MemberFacts] = field(default_factory=dict)  # by member VM
 
     def view(self, manager_since: float = 0.0, fence_confirmed: Iterable[str] = ()) -> ClusterView:
         confirmed = set(fence_confirmed)
@@ -282,6 +332,8 @@ def decode(layout: Layout, items: Iterable[KeyValue],
                 snap.admin[key.host] = cache(HostAdmin, kv)
             case KeyKind.HOST_STATE:
                 snap.records[key.host] = cache(HostRecord, kv)
+            case KeyKind.FENCE_CHECK:
+                snap.fence_checks[key.host] = cache(FenceCheck, kv)
             case KeyKind.ALIVE:
                 snap.alive.add(key.host)
                 snap.alive_keys[key.host] = (kv.lease, cache(Alive, kv))
@@ -289,6 +341,14 @@ def decode(layout: Layout, items: Iterable[KeyValue],
                 snap.manager = json.loads(kv.value).get("host")
             case KeyKind.EVENT:
                 snap.events.append(decode_event(kv.value))
+            case KeyKind.SERVICE_SPEC:
+                snap.services[key.service] = cache(ServiceSpec, kv)
+            case KeyKind.SERVICE_STATE:
+                snap.service_states[key.service] = cache(ServiceState, kv)
+            case KeyKind.SERVICE_REQUEST:
+                snap.service_requests[key.service] = cache(ServiceRequest, kv)
+            case KeyKind.MEMBER_FACTS:
+                snap.member_facts[key.vm] = cache(MemberFacts, kv)
     # A status written under an earlier lease of a host alive under another: its new run has not
     # reported yet (its first report rewrites or deletes every status of the earlier one).
     for _vm, host, lease in status_leases:
@@ -298,7 +358,8 @@ def decode(layout: Layout, items: Iterable[KeyValue],
     return snap
 
 
-STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/")
+STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/",
+                  "services/", "members/")
 
 
 def read_snapshot(store: Store, layout: Layout, with_events: bool = True,

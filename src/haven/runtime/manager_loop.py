@@ -17,7 +17,7 @@ from haven.core.index import ClusterIndex, changed_vms
 from haven.core.manager import decide
 from haven.model.state import ClusterView
 from haven.ports.clock import Clock
-from haven.ports.fencer import Fencer
+from haven.ports.fencer import FenceOutcome, Fencer
 from haven.ports.store import Compare, EventType, Put, Store, StoreError, WatchEvent
 from haven.runtime.layout import (
     DecodeCache,
@@ -28,6 +28,7 @@ from haven.runtime.layout import (
     read_snapshot,
     trim_events,
 )
+from haven.runtime.service_round import ServiceInputs, as_event, decide_round, service_ops
 
 EventSink = Callable[[Event], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
@@ -52,6 +53,7 @@ class ManagerLoop:
         self.event_seq = 0
         self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
         self.view: ClusterView | None = None
+        self.services = ServiceInputs()  # guest-cluster services, from the same read as `view`
         self.index: ClusterIndex | None = None
         self.stale = True
         self.read_at = 0.0
@@ -118,6 +120,7 @@ class ManagerLoop:
                 self.stale = True
                 return None
             self.read_at = now
+            self.services = ServiceInputs.of(snapshot)
             self._update_index(snapshot.view(self.since, self.fence_confirmed))
         return self.view
 
@@ -136,9 +139,27 @@ class ManagerLoop:
         the next view (`HostView.fence_confirmed`), which ends the host's wait for `fence_grace_s`."""
         for host in hosts:
             self.fence_confirmed.discard(host)  # a confirmation is worth one loss, not the next one
-            if self.fencer is not None and self.fencer.power_off(host):
+            if self.fencer is None or not self.fencer.has_device(host):
+                continue
+            if self.fencer.power_off(host):
                 self.fence_confirmed.add(host)
                 self.stale = True
+            self._fence_event(host, self.fencer.last_outcome(host))
+
+    def _fence_event(self, host: str, outcome: FenceOutcome | None) -> None:
+        """Say what the power fence came to, in the log too: the daemon ships no manager event,
+        so it is written here, under the leader guard like every manager write."""
+        ok = outcome is not None and outcome.ok
+        event = Event(self.clock.now(), "manager", EventKind.POWER_FENCE, subject_kind=SubjectKind.HOST, name=host,
+                      new="off" if ok else "failed", seconds=round(outcome.elapsed_s, 3) if outcome else None,
+                      detail=outcome.device if ok and outcome else "",
+                      reason="" if ok else outcome.detail if outcome else "no outcome reported")
+        if self.leader_value is not None:
+            with contextlib.suppress(StoreError):
+                self.store.txn(leader_guard(self.layout, self.leader_value),
+                               [Put(self.layout.event(event, self.event_seq), encode_event(event))])
+        self.event_seq += 1
+        self.emit(event)
 
     def step(self) -> Decision | None:
         now = self.clock.now()
@@ -153,11 +174,19 @@ class ManagerLoop:
             return None
         assert self.index is not None
         decision = decide(view, now, self.index)
-        if decision.empty and not decision.events:
+        # Services after VMs: on the host records this very decision settles.
+        services = decide_round(self.services, view, decision, now) if self.services.specs else None
+        service_events = [as_event(e) for e in services.events] if services else []
+        if decision.empty and not decision.events and not service_events and not (services and services.states):
             return decision
         assert self.leader_value is not None
         ops = decision_ops(self.layout, decision, self.event_seq)
         self.event_seq += len(decision.events)
+        if services:
+            ops += service_ops(self.layout, services)
+            ops += [Put(self.layout.event(e, self.event_seq + i), encode_event(e))
+                    for i, e in enumerate(service_events)]
+            self.event_seq += len(service_events)
         self.stale = True  # whatever happens next, what we read is no longer the store
         try:
             result = self.store.txn(leader_guard(self.layout, self.leader_value), ops)
@@ -170,10 +199,11 @@ class ManagerLoop:
             self.leader_value = None
             self.emit(self._office(EventKind.MANAGER_DEPOSED, now))
             return None
-        for event in decision.events:
+        for event in (*decision.events, *service_events):
             self.emit(event)
         self._power_fence(decision.fence_hosts)
-        if self.event_seq // TRIM_EVERY != (self.event_seq - len(decision.events)) // TRIM_EVERY:
+        written = len(decision.events) + len(service_events)
+        if self.event_seq // TRIM_EVERY != (self.event_seq - written) // TRIM_EVERY:
             with contextlib.suppress(StoreError):
                 trim_events(self.store, self.layout, view.settings.event_log_size)
         return decision

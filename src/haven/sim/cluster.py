@@ -13,15 +13,18 @@ from collections.abc import Callable, Iterable, Mapping
 from haven.core.departure import resolve
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import ClusterConfig, HostSpec, Settings
-from haven.model.state import Departure, HostState, Placement, VmState
+from haven.model.state import Departure, Placement, VmState
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.leaving import Leaving
 from haven.runtime.manager_loop import ManagerLoop
-from haven.runtime.wake import route
+from haven.runtime.service_loop import TICK_S as SERVICE_TICK_S
+from haven.runtime.wake import lost_host_rechecks, route
 from haven.sim.fencer import SimFencer
+from haven.sim.guest import SimGuest, command_table
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
 from haven.sim.store import MemoryStore, MemoryStoreClient
@@ -82,6 +85,7 @@ class SimHost:
         self.hv = FakeHypervisor(self.name, cluster.loop, self.clock, world, cluster.timings,
                                  on_change=lambda: self.wake_agent())
         world.hypervisors[self.name] = self.hv
+        self.guest = SimGuest(self.hv, command_table(cluster.config.services))
         world.memory[self.name] = spec.memory_mib
         self.reaches_store = lambda: world.network.host_reaches_store(self.name)
         self.watch_broken = False
@@ -96,6 +100,7 @@ class SimHost:
         self.keeper: LeaseKeeper | None = None
         self.agent: AgentLoop | None = None
         self.manager: ManagerLoop | None = None
+        self.fence_monitor: FenceMonitor | None = None
         self.leaving: Leaving | None = None  # a clean shutdown or reboot under way
 
     @property
@@ -118,6 +123,10 @@ class SimHost:
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
         self._every(lambda: self.settings.manager_tick_s, self.wake_manager, offset + 0.0005)
+        if c.fencer.devices:  # the daemon's monitor thread, on every host: only a leader checks
+            self._every(lambda: c.timings.fence_monitor_s, self._check_fence_devices, offset)
+        if self.cluster.config.services:  # pings and checks fall due with time (none without services)
+            self._every(lambda: SERVICE_TICK_S, self._service_tick, offset + 0.0002)
         self.wake_agent()
         self.wake_manager()
 
@@ -126,9 +135,12 @@ class SimHost:
         c = self.cluster
         self.keeper = LeaseKeeper(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
                                   self.watchdog)
-        self.agent = AgentLoop(self.keeper, c.decoded)
+        self.agent = AgentLoop(self.keeper, c.decoded, guest=self.guest)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
                                    fencer=c.fencer, decoded=c.decoded)
+        manager = self.manager
+        self.fence_monitor = FenceMonitor(c.fencer, c.fencer.devices, self.client, c.layout,
+                                          lambda: manager.leader_value, c.log, self.clock, lambda: c.loop.now)
         for cancel in self.unwatch:
             cancel()
         # One watch serves both loops (the daemon's loops watch alike): a quarter of the watchers
@@ -240,6 +252,9 @@ class SimHost:
             pending.cancel()
         self.pending[what] = loop.at(at, run)
 
+    def _service_tick(self) -> None:
+        self.wake_agent()
+
     def wake_agent(self) -> None:
         self._soon("agent", self._agent_step)
 
@@ -276,14 +291,17 @@ class SimHost:
         assert self.agent is not None
         self.agent.step()
 
+    def _check_fence_devices(self) -> None:
+        assert self.fence_monitor is not None
+        self.fence_monitor.check()
+
     def _manager_step(self) -> None:
         assert self.manager is not None
         decision = self.manager.step()
-        for name, record in sorted(decision.host_records.items()) if decision else ():
-            if record.state is HostState.LOST:  # one wake per host: each has its own grace deadline
-                # (none to wait for when its power fence confirmed: recover at once)
-                wait = 0.0 if name in self.manager.fence_confirmed else self.settings.fence_grace_s + 1e-6
-                self._soon(f"fence {name}", self._manager_step, wait)
+        # one wake per lost host: each has its own grace deadline (none after a confirmed power fence)
+        for name, wait in lost_host_rechecks(decision, self.manager.fence_confirmed,
+                                             self.settings.fence_grace_s).items():
+            self._soon(f"fence {name}", self._manager_step, wait)
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         """The daemon's wake policy (`runtime.wake.route`), on virtual time."""
@@ -322,6 +340,8 @@ class SimCluster:
         self.operator.put(self.layout.config(), self.settings.model_dump_json())
         for spec in config.vms:
             self.operator.put(self.layout.vm_spec(spec.name), spec.model_dump_json())
+        for service in config.services:
+            self.operator.put(self.layout.service_spec(service.name), service.model_dump_json())
         self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
         specs = {vm.name: vm for vm in config.vms}
         for vm, host in sorted((running or {}).items()):

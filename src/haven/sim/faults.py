@@ -12,11 +12,15 @@
     slow renew H by S | normal renew H    lease renewals come S seconds late
     fence fails H | fence works H         H's power-fencing device stops confirming / works again
     skew H RATE                           H's clock runs at RATE (1.0 = true)
-    crash VM                              the guest dies where it runs
+    crash VM | crash vm VM                the guest dies where it runs (its QEMU exits)
     fail start VM [N]                     its next N starts fail (default 1)
+    hang guest VM | unhang guest VM       the VM's guest OS hangs: its guest agent stops answering
+    fail check S on VM | pass check S on VM   service S's check command fails / succeeds in VM
     start VM | stop VM | acknowledge VM   operator: desired state, clear an error
     migrate VM live|quick|cold [to H]     operator: move it (default: the best host)
     drain H | resume H                    operator: maintenance on / off
+    start service S | stop service S      operator: a service's desired state
+    move service S [to VM]                operator: move a service (default: the best other member)
 """
 from __future__ import annotations
 
@@ -140,6 +144,11 @@ def _store(cluster: SimCluster, args: list[str]) -> None:
 
 def _hang(hung: bool) -> Callable[[SimCluster, list[str]], None]:
     def handler(cluster: SimCluster, args: list[str]) -> None:
+        if args[:1] == ["guest"]:
+            _expect(args, 2, "hang|unhang guest VM")
+            guests = cluster.world.hung_guests
+            (guests.add if hung else guests.discard)(_vm(cluster, args[1]))
+            return
         _expect(args, 1, "hang|unhang HOST")
         host = _host(cluster, args[0])
         host.hung = hung
@@ -189,15 +198,36 @@ def _fence(cluster: SimCluster, args: list[str]) -> None:
 
 
 def _crash(cluster: SimCluster, args: list[str]) -> None:
-    _expect(args, 1, "crash VM")
+    if len(args) == 2 and args[0] == "vm":
+        args = args[1:]
+    _expect(args, 1, "crash [vm] VM")
     name = _vm(cluster, args[0])
     for hv in cluster.world.hypervisors.values():
         hv.crash(name)
 
 
+def _service(cluster: SimCluster, name: str) -> str:
+    if name not in {svc.name for svc in cluster.config.services}:
+        raise FaultError(f"unknown service {name!r}")
+    return name
+
+
+def _check(failing: bool) -> Callable[[SimCluster, list[str]], None]:
+    def handler(cluster: SimCluster, args: list[str]) -> None:
+        if len(args) != 4 or args[0] != "check" or args[2] != "on":
+            raise FaultError("usage: fail|pass check SERVICE on VM")
+        key = (_service(cluster, args[1]), _vm(cluster, args[3]))
+        checks = cluster.world.failing_checks
+        (checks.add if failing else checks.discard)(key)
+    return handler
+
+
 def _fail(cluster: SimCluster, args: list[str]) -> None:
+    if args[:1] == ["check"]:
+        _check(True)(cluster, args)
+        return
     if len(args) not in (2, 3) or args[0] != "start":
-        raise FaultError("usage: fail start VM [COUNT]")
+        raise FaultError("usage: fail start VM [COUNT] | fail check SERVICE on VM")
     cluster.world.start_failures[_vm(cluster, args[1])] += int(_number(args[2])) if len(args) == 3 else 1
 
 
@@ -210,6 +240,10 @@ def _number(text: str) -> float:
 
 def _desired(desired: DesiredState) -> Callable[[SimCluster, list[str]], None]:
     def handler(cluster: SimCluster, args: list[str]) -> None:
+        if args[:1] == ["service"]:
+            _expect(args, 2, f"{'start' if desired is DesiredState.RUNNING else 'stop'} service SERVICE")
+            intents.set_service_desired(cluster.operator, cluster.layout, _service(cluster, args[1]), desired)
+            return
         _expect(args, 1, f"{'start' if desired is DesiredState.RUNNING else 'stop'} VM")
         intents.set_desired(cluster.operator, cluster.layout, _vm(cluster, args[0]), desired)
     return handler
@@ -234,6 +268,15 @@ def _migrate(cluster: SimCluster, args: list[str]) -> None:
                     target, request_id=cluster.next_request_id())
 
 
+def _move(cluster: SimCluster, args: list[str]) -> None:
+    usage = "move service SERVICE [to VM]"
+    if len(args) not in (2, 4) or args[0] != "service" or (len(args) == 4 and args[2] != "to"):
+        raise FaultError(f"usage: {usage}")
+    target = _vm(cluster, args[3]) if len(args) == 4 else None
+    intents.move_service(cluster.operator, cluster.layout, _service(cluster, args[1]), target,
+                         request_id=cluster.next_request_id())
+
+
 def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
     def handler(cluster: SimCluster, args: list[str]) -> None:
         _expect(args, 1, f"{'drain' if on else 'resume'} HOST")
@@ -246,9 +289,9 @@ _HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
     "power": _power, "shutdown": _shutdown, "reboot": _reboot,
     "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
     "hang": _hang(True), "unhang": _hang(False), "restart": _restart, "slow": _renew, "normal": _normal, "skew": _skew,
-    "crash": _crash, "fail": _fail, "fence": _fence,
+    "crash": _crash, "fail": _fail, "pass": _check(False), "fence": _fence, "move": _move,
     "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),
     "acknowledge": _acknowledge, "migrate": _migrate, "drain": _maintenance(True),
     "resume": _maintenance(False),
 }
-_OPERATOR = {"start", "stop", "acknowledge", "migrate", "drain", "resume"}
+_OPERATOR = {"start", "stop", "acknowledge", "migrate", "drain", "resume", "move"}

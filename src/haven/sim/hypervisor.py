@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from haven.model.spec import VmSpec
 from haven.model.state import ACTIVE_LOCAL_STATES, DEAD_LOCAL_STATES, LocalState
 from haven.ports.hypervisor import HypervisorError, LocalVm
+from haven.sim.guest import GuestState
 from haven.sim.loop import EventLoop, HostClock
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class SimTimings:
     # (the daemon's watch retries with a backoff that reaches 1 s during an outage): until then a
     # host's calls reach the store while its watch has not caught up.
     watch_reconnect_s: float = 0.5
+    hotplug_s: float = 0.2  # a disk hot-plug or unplug, until QEMU confirms it
+    fence_monitor_s: float = 60.0  # the leading manager checks every fence device this often
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SimVm:
     failed_migration: str = ""
     standby: bool = False  # INCOMING from prepare_restore: waits for a state file
     downtime_ms: float | None = None  # MIGRATED: the handover here is instantaneous, a zero pause
+    guest: GuestState = field(default_factory=GuestState)  # what this boot of the guest holds
 
 
 _instances = itertools.count(1)
@@ -209,6 +213,10 @@ class FakeHypervisor:
             vm.downtime_ms = None
         if state not in (LocalState.RUNNING, LocalState.MIGRATING_OUT):
             vm.instance = next(_instances)  # pending completions of the old phase are void
+        self._changed()
+
+    def changed(self) -> None:
+        """Something in a guest changed (a disk, an address): check the invariants, wake the agent."""
         self._changed()
 
     def _changed(self) -> None:

@@ -46,6 +46,8 @@ class SimOptions(BaseModel):
     launch_s: float = Field(default=0.1, gt=0)
     load_s: float = Field(default=0.2, gt=0)
     bandwidth_mib_s: float = Field(default=1000.0, gt=0)
+    hotplug_s: float = Field(default=0.2, gt=0)
+    fence_monitor_s: float = Field(default=60.0, gt=0)
 
 
 class Scenario(BaseModel):
@@ -56,13 +58,14 @@ class Scenario(BaseModel):
     hosts: list[dict[str, Any]]
     fence_devices: list[str] = []  # hosts the manager can power off (and so recover without the grace)
     vms: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []  # guest clusters over member VMs (model.service)
     timeline: list[Step] = []
     until: float = Field(default=30.0, gt=0)
 
     def cluster_config(self) -> ClusterConfig:
         hosts = [{"address": f"10.0.0.{i + 1}", **host} for i, host in enumerate(self.hosts)]
         return validate(ClusterConfig, {"name": "sim", "settings": self.settings, "hosts": hosts,
-                                        "vms": self.vms}, f"scenario {self.name}")
+                                        "vms": self.vms, "services": self.services}, f"scenario {self.name}")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -135,4 +138,8 @@ def final_state_line(cluster: SimCluster) -> str:
             parts.append(f"{name}@{p.host}")
         else:
             parts.append(f"{name}:{p.state.value}" + (f"@{p.host}" if p.host else ""))
+    for name in sorted(snapshot.services):  # a cluster without services ends as it always did
+        state = snapshot.service_states.get(name)
+        parts.append(f"service {name}:{state.phase.value}" + (f"@{state.active}" if state and state.active else "")
+                     if state else f"service {name}:unknown")
     return f"t={cluster.now:.3f} end      cluster: {' '.join(parts)}"

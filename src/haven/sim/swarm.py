@@ -7,6 +7,10 @@ desired-running HA VM must run again within `LIVENESS_BOUND_S`. In a share of th
 have a power-fencing device (`SimFencer`), some of which fail. In a share of the seeds hosts are
 shut down or rebooted cleanly under a random `shutdown_policy`, or power-cycle faster than their
 lease expires; these come from a stream of their own, so the other faults of a seed stay the same.
+With `services`, each seed also gets guest-cluster services (members pinned to their hosts) and
+their faults (member crashes, hung guests, failing checks, operator moves), again from a stream of
+their own; liveness then also asks every service to run on a member again, and the data-disk and
+floating-IP invariants are counted (`disk_double_attach`, `ip_double_raise`: must be 0).
 """
 from __future__ import annotations
 
@@ -14,11 +18,24 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from haven.model.spec import ClusterConfig, DesiredState, HostShutdownPolicy, HostSpec, Nic, Settings, VmSpec
-from haven.model.state import VmState
+from haven.model.service import ServicePhase
+from haven.model.spec import (
+    ClusterConfig,
+    DesiredState,
+    Disk,
+    HostShutdownPolicy,
+    HostSpec,
+    Nic,
+    RestartPolicy,
+    ServiceSpec,
+    Settings,
+    VmSpec,
+)
+from haven.model.state import LocalState, VmState
 from haven.runtime.layout import read_snapshot
 from haven.sim.cluster import SimCluster
 from haven.sim.faults import apply_fault
+from haven.sim.guest import GuestState
 
 FAULT_WINDOW = (5.0, 40.0)
 HEAL_AT = 50.0
@@ -36,6 +53,9 @@ class SwarmRun:
     timeline: list[tuple[float, str]]
     lines: list[str] = field(default_factory=list)
     fence_devices: list[str] = field(default_factory=list)
+    disk_double_attach: int = 0
+    ip_double_raise: int = 0
+    services: bool = False  # run with random_services
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -145,20 +165,67 @@ def random_departures(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, 
     return config, steps
 
 
+def random_services(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[tuple[float, str]]]:
+    """One to three services of two or three members each, every member pinned to its own host,
+    and faults aimed at them."""
+    rng = random.Random(f"services {seed}")
+    hosts = [h.name for h in config.hosts]
+    pools = ("san",)
+    config = config.model_copy(update={"hosts": tuple(h.model_copy(update={"pools": (*h.pools, *pools)})
+                                                      if "san" not in h.pools else h for h in config.hosts)})
+    vms, services = list(config.vms), []
+    steps: list[tuple[float, str]] = []
+    for n in range(rng.randint(1, 3)):
+        name = f"svc{n + 1}"
+        members = []
+        for i, host in enumerate(rng.sample(hosts, rng.randint(2, min(3, len(hosts))))):
+            member = f"{name}m{i + 1}"
+            vms.append(VmSpec(name=member, memory_mib=256, preferred_hosts=(host,), restricted=True,
+                              restart=RestartPolicy(max_restarts=10, window_s=600.0),
+                              nics=(Nic(mac=f"52:54:00:01:{n:02x}:{i:02x}"),)))
+            members.append(member)
+        services.append(ServiceSpec(
+            name=name, members=tuple(members), start=(f"/srv/{name}", "start"), stop=(f"/srv/{name}", "stop"),
+            check=(f"/srv/{name}", "check"), floating_ip=f"10.0.9.{10 + n}/24",
+            data_disk=Disk(pool="san") if rng.random() < 0.8 else None,
+            check_interval_s=rng.choice((0.5, 1.0, 2.0)), failure_threshold=rng.randint(1, 3),
+            ping_timeout_s=rng.choice((0.5, 1.0)), stop_timeout_s=rng.choice((2.0, 5.0)),
+            failed_hold_s=rng.choice((0.0, 30.0, 300.0))))
+        for _ in range(rng.randint(1, 4)):
+            t, member = round(rng.uniform(*FAULT_WINDOW), 3), rng.choice(members)
+            length = round(rng.uniform(0.5, 12.0), 3)
+            kind = rng.choice(("crash", "hang", "check", "check", "move"))
+            if kind == "crash":
+                steps.append((t, f"crash vm {member}"))
+            elif kind == "hang":
+                steps += [(t, f"hang guest {member}"), (t + length, f"unhang guest {member}")]
+            elif kind == "check":
+                steps += [(t, f"fail check {name} on {member}"), (t + length, f"pass check {name} on {member}")]
+            else:
+                steps.append((t, f"move service {name}" + (f" to {member}" if rng.random() < 0.5 else "")))
+    return config.model_copy(update={"vms": tuple(vms), "services": tuple(services)}), steps
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
+    for service in config.services:
+        for member in service.members:
+            lines += [f"unhang guest {member}", f"pass check {service.name} on {member}"]
     for host in config.hosts:
         lines += [f"power on {host.name}", f"unhang {host.name}", f"normal renew {host.name}",
                   f"skew {host.name} 1.0", f"resume {host.name}"]
     return lines
 
 
-def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
+def run_seed(seed: int, keep_log: bool = False, services: bool = False) -> SwarmRun:
     rng = random.Random(seed)
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
     devices, failing = random_fencing(seed, config)
     config, departures = random_departures(seed, config)
+    if services:
+        config, service_faults = random_services(seed, config)
+        departures = departures + service_faults
     timeline = [(0.0, f"fence fails {host}") for host in failing] + sorted(timeline + departures, key=lambda s: s[0])
     cluster = SimCluster(config, fence_devices=devices)
     for at, line in timeline:
@@ -183,8 +250,10 @@ def run_seed(seed: int, keep_log: bool = False) -> SwarmRun:
     liveness = [] if recovery is not None else [
         f"not running {LIVENESS_BOUND_S:g} s after healing: {', '.join(_unhealthy(cluster, config))}"]
     cluster.advance_to(t + 5.0)  # safety keeps being checked a little longer
-    return SwarmRun(seed, list(cluster.world.monitor.violations), liveness, recovery, timeline,
-                    cluster.log_lines() + cluster.world.monitor.violations if keep_log else [], devices)
+    monitor = cluster.world.monitor
+    return SwarmRun(seed, list(monitor.violations), liveness, recovery, timeline,
+                    cluster.log_lines() + monitor.violations if keep_log else [], devices,
+                    monitor.disk_double_attach, monitor.ip_double_raise, services)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
@@ -206,17 +275,37 @@ def _unhealthy(cluster: SimCluster, config: ClusterConfig) -> list[str]:
                    and copies.get(spec.name) == [placement.host])
         if not running:
             bad.append(f"{spec.name} ({placement.state.value if placement else 'unplaced'})")
+    for service in config.services:  # running on a member that holds all of it
+        state = snapshot.service_states.get(service.name)
+        if state is None or state.phase is not ServicePhase.RUNNING or state.active is None:
+            bad.append(f"service {service.name} ({state.phase.value if state else 'unknown'})")
+            continue
+        guest = _guest_of(cluster, state.active)
+        if guest is None or service.floating_ip not in guest.ips or service.name not in guest.started:
+            bad.append(f"service {service.name} (not up in {state.active})")
     return bad
+
+
+def _guest_of(cluster: SimCluster, vm: str) -> GuestState | None:
+    for hv in cluster.world.hypervisors.values():
+        found = hv.vms.get(vm)
+        if found is not None and found.state is LocalState.RUNNING:
+            return found.guest
+    return None
 
 
 def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
     recoveries = [r.recovery_s for r in runs if r.recovery_s is not None]
-    failing = [r.seed for r in runs if r.safety or r.liveness]
+    failing_runs = [r for r in runs if r.safety or r.liveness]
+    failing = [r.seed for r in failing_runs]
     return {
         "runs": len(runs),
         "safety_violations": sum(len(r.safety) for r in runs),
         "liveness_violations": sum(len(r.liveness) for r in runs),
         "worst_recovery_s": max(recoveries, default=0.0),
+        "disk_double_attach": sum(r.disk_double_attach for r in runs),
+        "ip_double_raise": sum(r.ip_double_raise for r in runs),
         "failing_seeds": failing[:20],
-        "replay": [f"haven sim swarm --seed {seed} --verbose" for seed in failing[:5]],
+        "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''} --verbose"
+                   for r in failing_runs[:5]],
     }

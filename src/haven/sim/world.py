@@ -61,6 +61,10 @@ class SafetyMonitor:
     dirty: bool = True  # a hypervisor changed since the last check
     # The store's current placement of a VM, as the store holds it (not as any host cached it).
     placement_of: Callable[[str], Placement | None] = lambda vm: None
+    # Guest-cluster invariants: incidents (a new set of holders of one disk or address) counted.
+    disk_double_attach: int = 0
+    ip_double_raise: int = 0
+    _doubles: set[tuple[str, str, tuple[str, ...]]] = field(default_factory=set)
 
     def violation(self, text: str) -> None:
         line = f"t={self.world.now():.3f} SAFETY: {text}"
@@ -111,6 +115,31 @@ class SafetyMonitor:
             capacity = self.world.memory[host]
             if used > capacity:
                 self.violation(f"host {host} holds {used} MiB of VMs, more than its {capacity} MiB")
+        self.check_guests()
+
+    def check_guests(self) -> None:
+        """A service's data disk is plugged into at most one running QEMU, and its floating IP is
+        up in at most one running guest (core.service's rule, seen from the outside)."""
+        disks: dict[str, list[str]] = {}
+        ips: dict[str, list[str]] = {}
+        for host, hv in sorted(self.world.hypervisors.items()):
+            for name, vm in sorted(hv.vms.items()):
+                if vm.state not in ACTIVE_LOCAL_STATES:
+                    continue
+                for path in vm.guest.disks.values():
+                    disks.setdefault(path, []).append(f"{name} on {host}")
+                for address in vm.guest.ips:
+                    ips.setdefault(address, []).append(f"{name} on {host}")
+        doubles = {("disk", path, tuple(holders)) for path, holders in disks.items() if len(holders) > 1}
+        doubles |= {("ip", address, tuple(holders)) for address, holders in ips.items() if len(holders) > 1}
+        for kind, what, holders in sorted(doubles - self._doubles):
+            if kind == "disk":
+                self.disk_double_attach += 1
+                self.violation(f"data disk {what} attached to {' and '.join(holders)} at once")
+            else:
+                self.ip_double_raise += 1
+                self.violation(f"floating IP {what} up in {' and '.join(holders)} at once")
+        self._doubles = doubles
 
 
 @dataclass
@@ -121,6 +150,8 @@ class World:
     memory: dict[str, int] = field(default_factory=dict)
     state_files: dict[str, int] = field(default_factory=dict)  # path -> ram epoch saved
     start_failures: Counter[str] = field(default_factory=Counter)
+    hung_guests: set[str] = field(default_factory=set)  # VMs whose guest agent does not answer
+    failing_checks: set[tuple[str, str]] = field(default_factory=set)  # (service, VM): its check fails
     monitor: SafetyMonitor = field(init=False)
     _epochs: itertools.count = field(default_factory=lambda: itertools.count(1))
 

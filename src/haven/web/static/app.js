@@ -201,10 +201,19 @@ function renderHosts() {
         h("span", { class: `badge state-${host.state}`, "data-role": "host-state" }, host.draining ? "draining" : host.state)),
       bar("Memory", host.memory_mib.used, host.memory_mib.total, host.memory_reserve_mib),
       bar("vCPUs", host.vcpus.used, host.vcpus.total),
+      fenceBadge(host),
       h("div", { class: "vm-chips" }, chips.length ? chips : h("span", { class: "empty" }, "no VMs")),
       op ? h("div", { class: "progress" }, h("div", { class: "fill", style: `width:${op.pct}%` })) : null,
       h("div", { class: "host-foot" }, h("span", {}, host.reason || host.spec.address), action));
   }));
+}
+
+// The power-fence device's last check by the leading manager: a failing one is seen before it is needed.
+function fenceBadge(host) {
+  const check = host.fence_device;
+  const [kind, text] = !check ? ["none", "none"] : check.ok ? ["ok", "ok"] : ["failing", `failing: ${check.detail}`];
+  return h("div", { class: "fence-row" }, h("span", { class: `badge fence-${kind}`, "data-role": "fence-device",
+    title: check ? check.detail : "no fence device: recovery waits for lease expiry + grace" }, `fence device: ${text}`));
 }
 
 // The write actions a VM offers now; none at all for a read-only session.
@@ -268,8 +277,8 @@ function refreshSoon() { clearTimeout(refreshTimer); refreshTimer = setTimeout(r
 // -- events -----------------------------------------------------------------------------------
 // Events are data (kind, old/new state, ...): what needs an operator's eye is read from the fields.
 const ALERT_KINDS = new Set(["self_fence", "killed", "watchdog_fired", "lease_lost", "lease_expired", "fault",
-  "action_failed", "migration_aborted", "migration_refused", "manager_deposed"]);
-const ALERT_STATES = new Set(["lost", "fenced", "recovering", "error"]);
+  "action_failed", "migration_aborted", "migration_refused", "manager_deposed", "power_fence"]);
+const ALERT_STATES = new Set(["lost", "fenced", "recovering", "error", "failing"]);  // failing: a fence device
 
 function addEvents(events, fresh) {
   const list = $("#events");

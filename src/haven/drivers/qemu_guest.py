@@ -1,0 +1,46 @@
+"""The guest port (`ports.guest`) over `QemuHypervisor`: thin adapters, no decisions.
+
+The guest agent client (`drivers.guest_agent`) already pings with a timeout and runs a command to
+its exit status; QMP hot-plug (`drivers.qemu_hotplug`) confirms an unplug before it returns. This
+only translates names (a pool-relative image path to the pool's directory) and errors.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from haven.drivers.guest_agent import GuestAgentError
+from haven.drivers.qemu import QemuHypervisor
+from haven.ports.guest import GuestError, GuestResult
+from haven.ports.hypervisor import HypervisorError
+
+
+class QemuGuest:
+    def __init__(self, hypervisor: QemuHypervisor) -> None:
+        self.hv = hypervisor
+
+    def ping(self, vm: str, timeout: float) -> bool:
+        try:
+            return self.hv.guest_agent(vm).ping(timeout)
+        except HypervisorError:  # not (or no longer) one of ours: it answers nothing
+            return False
+
+    def exec(self, vm: str, argv: Sequence[str], timeout: float) -> GuestResult:
+        try:
+            result = self.hv.guest_agent(vm).exec(list(argv), timeout)
+        except (GuestAgentError, OSError, HypervisorError) as error:
+            raise GuestError(f"{vm}: {error}") from error
+        return GuestResult(result.exit_code, result.stdout, result.stderr)
+
+    def attach_disk(self, vm: str, device_id: str, path: str) -> None:
+        pool, _, file = path.partition("/")
+        self.hv.attach_disk(vm, device_id, str(self.hv.config.pool_dir(pool) / file))
+
+    def detach_disk(self, vm: str, device_id: str) -> None:
+        self.hv.detach_disk(vm, device_id)
+
+    def attached_disks(self, vm: str) -> set[str]:
+        if self.hv.pid(vm) is None:
+            return set()  # no QEMU, nothing plugged into it
+        # A monitor that does not answer raises: "none" would be a guess, and the runner reads
+        # an unknown as "still attached".
+        return self.hv.attached_disks(vm)

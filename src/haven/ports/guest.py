@@ -1,0 +1,48 @@
+"""The guest port: what a host agent does inside a member VM and to its hot-pluggable disks
+(guest-cluster services, `core.service`). The QEMU driver answers it through the QEMU guest agent
+on a virtio-serial channel and QMP hot-plug; `sim.guest` is its twin on virtual time.
+
+Calls return within their timeout. A guest that does not answer in time is not an error of the
+port: `ping` says False, `exec` raises `GuestError`, and the caller decides what silence means.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class GuestError(Exception):
+    """The guest agent could not be reached or did not answer in time; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestResult:
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Guest(Protocol):
+    def ping(self, vm: str, timeout: float) -> bool:
+        """True if the VM's guest agent answered within `timeout` (a hung guest does not)."""
+
+    def exec(self, vm: str, argv: Sequence[str], timeout: float) -> GuestResult:
+        """Run `argv` in the guest and wait for its exit status and output; `GuestError` if the
+        agent does not answer or the command does not end within `timeout`."""
+
+    def attach_disk(self, vm: str, device_id: str, path: str) -> None:
+        """Hot-plug the image `path` (`<pool>/<file>`: each host knows where its pools are) as
+        virtio disk `device_id` (its serial too, so the guest finds it). It may take a moment to
+        appear in `attached_disks`. Raises HypervisorError."""
+
+    def detach_disk(self, vm: str, device_id: str) -> None:
+        """Unplug it: done only when QEMU confirms the device is gone and the image closed, which
+        `attached_disks` shows. Raises HypervisorError."""
+
+    def attached_disks(self, vm: str) -> set[str]:
+        """The hot-plugged disks (device ids) QEMU holds for `vm` now; empty if it does not run."""
