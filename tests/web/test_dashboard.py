@@ -338,6 +338,9 @@ def test_a_refused_drain_shows_why_and_can_be_forced(stuck_server: str, browser:
     screenshot(page, "dashboard-drain-refused.png")
     page.locator("#confirm-ok").click()
     expect(page.locator('[data-host="h1"]')).to_have_attribute("data-state", "maintenance", timeout=10_000)
+    state = page.locator('[data-host="h1"] [data-role="host-state"]')
+    expect(state).to_have_text("maintenance")  # the state's word, as in the CLI; db still there is a note
+    expect(state).to_have_attribute("title", "VMs moving out")
     assert bodies == [None, None, {"force": True}]
     # The pet now names the host in maintenance among the reasons huge cannot run.
     expect(reason).to_contain_text("the most free is 1792 MiB on h3 (768 MiB short); h1 in maintenance",

@@ -198,7 +198,9 @@ function renderHosts() {
     return h("article", { class: "card host", "data-host": host.name, "data-state": host.state },
       h("div", { class: "host-head" },
         h("div", { class: "host-name" }, host.name, host.manager ? h("span", { class: "badge manager", title: "runs the active manager" }, "manager") : null),
-        h("span", { class: `badge state-${host.state}`, "data-role": "host-state" }, host.draining ? "draining" : host.state)),
+        // The state's own word, as the CLI and the events say it; a drain in progress is a note.
+        h("span", { class: `badge state-${host.state}`, "data-role": "host-state",
+          title: host.draining ? "VMs moving out" : null }, host.state)),
       bar("Memory", host.memory_mib.used, host.memory_mib.total, host.memory_reserve_mib),
       bar("vCPUs", host.vcpus.used, host.vcpus.total),
       fenceBadge(host),
