@@ -19,15 +19,18 @@ class _Agent:
     def ping(self, timeout: float) -> bool:
         return not self.fail
 
-    def exec(self, argv: list[str], timeout: float) -> ExecResult:
+    def exec(self, argv: list[str], timeout: float, silence: float | None = None) -> ExecResult:
         if self.fail:
             raise GuestAgentError("no answer within 1 s")
         return ExecResult(3, "out", "err")
 
 
 class _Config:
+    root = Path("/pools")
+    guest = None
+
     def pool_dir(self, pool: str) -> Path:
-        return Path("/pools") / pool
+        return self.root / pool
 
 
 class _Hypervisor:
@@ -79,9 +82,10 @@ def test_ping_is_false_for_a_silent_or_unknown_guest():
     assert port.ping("db1", 1.0) and not port.ping("hung", 1.0) and not port.ping("gone", 1.0)
 
 
-def test_a_pool_relative_image_is_attached_from_the_pools_directory():
+def test_a_pool_relative_image_is_attached_from_the_pools_directory(monkeypatch):
     port, hv = guest()
-    port.attach_disk("db1", "svc-db", "san/db-data.qcow2")
+    monkeypatch.setattr("haven.drivers.qemu_guest.create_disk", lambda *args: None)
+    port.attach_disk("db1", "svc-db", "san/db-data.qcow2", 16)
     port.detach_disk("db1", "svc-db")
     assert hv.calls == [("attach", "db1", "svc-db", "/pools/san/db-data.qcow2"), ("detach", "db1", "svc-db")]
 
@@ -92,3 +96,18 @@ def test_disks_of_a_dead_qemu_are_none_but_a_silent_monitor_is_not_read_as_none(
     hv.monitor_fails = True
     with pytest.raises(HypervisorError):
         port.attached_disks("db1")
+
+
+def test_a_missing_data_disk_is_created_empty_in_its_pool_before_the_attach(tmp_path, monkeypatch):
+    port, hv = guest()
+    hv.config.root = tmp_path
+    made: list[tuple[str, int, str]] = []
+    monkeypatch.setattr("haven.drivers.qemu_guest.create_disk",
+                        lambda path, size, fmt, fs: made.append((str(path), size, fmt)))
+    port.attach_disk("db1", "svc-db", "san/db-data.qcow2", 16)
+    assert made == [(str(tmp_path / "san" / "db-data.qcow2"), 16, "qcow2")]
+    assert hv.calls == [("attach", "db1", "svc-db", str(tmp_path / "san" / "db-data.qcow2"))]
+    (tmp_path / "san").mkdir()
+    (tmp_path / "san" / "db-data.qcow2").write_bytes(b"kept")
+    port.attach_disk("db1", "svc-db", "san/db-data.qcow2", 16)
+    assert len(made) == 1  # an image that exists is never made again: it holds the service's data

@@ -191,6 +191,18 @@ def test_a_flapping_check_does_not_bounce_the_service():
     assert state.generation == 2
 
 
+def test_a_member_ordered_killed_is_not_chosen_again_even_as_the_last_one_standing():
+    # Seen in the lab: the only member's check failed; in the next round its new generation's
+    # count was back to 0, it looked healthy, and it was chosen again while its kill was pending.
+    down = ServiceState(service="db", phase=ServicePhase.DOWN, generation=3,
+                        fence=(FenceOrder(member="db1", boot=1, reason="db1: check failing"),))
+    reports = [facts("db1", 3), gone("db2", 3), gone("db3", 3)]
+    still = decide(down, reports).states.get("db", down)
+    assert (still.phase, still.active) == (ServicePhase.DOWN, None)  # no member that will live: still down
+    rebooted = [facts("db1", 3, boot=2), gone("db2", 3), gone("db3", 3)]
+    assert decide(down, rebooted).states["db"].active == "db1"  # its next boot is a member like any other
+
+
 def test_all_members_down_means_down_with_the_reason_then_back_when_one_returns():
     d = decide(running_on("db1", 3), [gone("db1", 3), facts("db2", 3, guest=GuestHealth.SILENT)],
                h3=HostState.FENCED)

@@ -66,8 +66,10 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--hosts", type=click.IntRange(2, 8), default=3, show_default=True, help="number of hosts")
 @click.option("--vms", type=click.IntRange(0, 20), default=3, show_default=True, help="number of HA VMs (128 MiB)")
+@click.option("--services", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="guest-cluster services of the demo application, two members (128 MiB each) on two hosts")
 @OUTPUT
-def up(hosts: int, vms: int, output: str) -> None:
+def up(hosts: int, vms: int, services: int, output: str) -> None:
     """Bring the lab up and leave it running (a detached supervisor keeps it).
 
     JSON: {state_file, hosts: {name: {address, namespace}}, vms: {name: {address, mac}}, api: {url,
@@ -86,9 +88,11 @@ def up(hosts: int, vms: int, output: str) -> None:
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "haven.cli.main", "lab", "supervise", "--hosts", str(hosts),
-                                 "--vms", str(vms)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 "--vms", str(vms), "--services", str(services)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd="/")
-    click.echo(f"bringing up {hosts} hosts and {vms} VMs (supervisor pid {proc.pid}, log {log_path}) ...",
+    with_services = f", {services} services" if services else ""
+    click.echo(f"bringing up {hosts} hosts, {vms} VMs{with_services} (supervisor {proc.pid}, log {log_path}) ...",
                err=output == "json")
     try:
         while True:
@@ -122,7 +126,8 @@ def _up_data(state: dict[str, Any], state_file: Path) -> dict[str, Any]:
             "hosts": {name: {"address": h["address"], "namespace": h["namespace"]}
                       for name, h in state["hosts"].items()},
             "vms": {name: {"address": vm["address"], "mac": vm["mac"]} for name, vm in state["vms"].items()},
-            "api": state["api"], "client_namespace": state["client_namespace"]}
+            "api": state["api"], "client_namespace": state["client_namespace"],
+            "services": state.get("services") or {}}
 
 
 def _summary(state: dict[str, Any]) -> None:
@@ -142,12 +147,20 @@ def _summary(state: dict[str, Any]) -> None:
     for name, vm in state["vms"].items():
         vms.add_row(name, vm["address"], vm["mac"] or "-")
     out.print(vms)
+    services = state.get("services") or {}
+    if services:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("SERVICE", "URL", "MEMBERS"):
+            table.add_column(column)
+        for name, service in services.items():
+            table.add_row(name, service["url"], ", ".join(service["members"]))
+        out.print(table)
     api = state["api"]
     out.print(f"API (on {api['host']}): export HAVEN_API={api['url']} HAVEN_TOKEN={api['admin_token']}")
     out.print(f"probe a VM: ip netns exec {state['client_namespace']} busybox wget -qO- "
               f"http://{next(iter(state['vms'].values()))['address'] if state['vms'] else '<vm>'}/")
-    out.print("faults: haven lab crash|isolate|heal|stop-agent|cont-agent|power-on HOST;  haven lab status;  "
-              "haven lab down")
+    out.print("faults: haven lab crash|isolate|heal|stop-agent|cont-agent|power-on HOST;  "
+              "haven lab hang-guest|resume-guest VM;  haven lab status;  haven lab down")
 
 
 @lab.command("down")
@@ -309,15 +322,46 @@ _fault_command("cont-agent", "SIGCONT HOST's daemon.")
 _fault_command("power-on", "Boot a crashed HOST again: a fresh daemon and watchdog.")
 
 
+def _guest_fault(cmd: str, vm: str) -> None:
+    _need_root()
+    from haven.lab.supervisor import send_command
+
+    state = _running_state()
+    if vm not in state.get("vms", {}):
+        raise LabCliError(f"unknown VM {vm!r} (VMs: {', '.join(sorted(state.get('vms', {})))})")
+    try:
+        reply = send_command(cmd, vm)
+    except OSError as exc:
+        raise LabCliError(f"the lab's supervisor does not answer ({exc}); `haven lab down` cleans up") from None
+    if not reply.get("ok"):
+        raise LabCliError(reply.get("error", "failed"))
+    click.echo(reply.get("message", "done"))
+
+
+@lab.command("hang-guest")
+@click.argument("vm")
+def hang_guest(vm: str) -> None:
+    """Hang VM's guest OS: its vCPUs stop, its QEMU stays (the guest agent goes silent)."""
+    _guest_fault("hang-guest", vm)
+
+
+@lab.command("resume-guest")
+@click.argument("vm")
+def resume_guest(vm: str) -> None:
+    """Let a hung guest run again."""
+    _guest_fault("resume-guest", vm)
+
+
 @lab.command("supervise", hidden=True)
 @click.option("--hosts", type=click.IntRange(2, 8), default=3)
 @click.option("--vms", type=click.IntRange(0, 20), default=3)
-def supervise(hosts: int, vms: int) -> None:
+@click.option("--services", type=click.IntRange(0, 8), default=0)
+def supervise(hosts: int, vms: int, services: int) -> None:
     """Keep a lab running (started detached by `haven lab up`)."""
     _need_root()
     from haven.lab.supervisor import Supervisor
 
-    raise SystemExit(Supervisor(hosts, vms).run())
+    raise SystemExit(Supervisor(hosts, vms, services=services).run())
 
 
 @lab.command("demo")

@@ -243,11 +243,18 @@ class _Step:
     def recently_failed(self, member: str) -> bool:
         return any(d.member == member and self.now - d.at < self.spec.failed_hold_s for d in self.st.exits)
 
+    def doomed(self, member: str) -> bool:
+        """Ordered killed (this boot of it): healthy as it may look, it is about to die."""
+        report = self.report(member)
+        return report is not None and any(o.member == member and o.boot == report.boot for o in self.st.fence)
+
     def choose(self, exclude: tuple[str, ...] = ()) -> str | None:
-        """The healthy member to run the service: not one it left because of a failure within
-        `failed_hold_s` (the anti-flap rule) unless no other is healthy; then the preferred order."""
+        """The healthy member to run the service: never one ordered killed; not one it left
+        because of a failure within `failed_hold_s` (the anti-flap rule) unless no other is
+        healthy; then the preferred order."""
         order = self.spec.order
-        healthy = [m for m in order if m not in exclude and self.conditions[m] is Condition.HEALTHY]
+        healthy = [m for m in order if m not in exclude and self.conditions[m] is Condition.HEALTHY
+                   and not self.doomed(m)]
         return min(healthy, key=lambda m: (self.recently_failed(m), order.index(m)), default=None)
 
     def nobody(self) -> str:

@@ -28,6 +28,7 @@ from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.manager_loop import ManagerLoop
+from haven.runtime.service_loop import TICK_S as SERVICE_TICK_S
 from haven.runtime.wake import lost_host_rechecks, route
 
 log = logging.getLogger("haven.node")
@@ -118,7 +119,10 @@ class HostThreads:
     def agent_loop(self) -> None:
         while not self.stopping.is_set():
             deadline = self.keeper.deadline() - self.clock.now()
-            self.wake_agent.wait(max(0.001, min(self.settings.agent_tick_s, deadline + 0.001)))
+            # Service members' pings and checks fall due with time, more often than the VMs' tick.
+            tick = min(self.settings.agent_tick_s, SERVICE_TICK_S) if self.agent.services.has_members \
+                else self.settings.agent_tick_s
+            self.wake_agent.wait(max(0.001, min(tick, deadline + 0.001)))
             self.wake_agent.clear()
             try:
                 while not self.agent_inbox.empty():

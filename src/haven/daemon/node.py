@@ -17,6 +17,7 @@ from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.fence_agent import FenceAgentFencer
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
+from haven.drivers.qemu_guest import QemuGuest
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import Layout, read_settings
@@ -39,7 +40,7 @@ def run_node(config: NodeConfig) -> int:
     fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
     manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer)
     lease_file = LeaseFile(config.run_dir / "lease.json")
-    threads = HostThreads(keeper, AgentLoop(keeper), manager, settings, clock, layout.root,
+    threads = HostThreads(keeper, AgentLoop(keeper, guest=QemuGuest(hypervisor)), manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
     take_over(config.run_dir / "daemon.pid")
     saved = lease_file.load()

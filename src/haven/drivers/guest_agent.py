@@ -53,13 +53,15 @@ class GuestAgent:
             return False
         return True
 
-    def exec(self, argv: list[str], timeout: float | None = None) -> ExecResult:
-        """Run `argv` in the guest and wait for it to exit; its exit code and output come back."""
+    def exec(self, argv: list[str], timeout: float | None = None, silence: float | None = None) -> ExecResult:
+        """Run `argv` in the guest and wait for it to exit; its exit code and output come back.
+        `silence`: an agent that does not answer one of the status polls within this is hung, an
+        error at once rather than at the end of `timeout` (a long check must not hide a hang)."""
         if not argv:
             raise ValueError("exec needs a command")
         limit = timeout or self.timeout
         deadline = time.monotonic() + limit
-        with self._connect(limit) as conn:
+        with _Connection(self.socket_path, deadline, silence) as conn:
             started = conn.call("guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})
             pid = started["pid"]
             while True:
@@ -80,9 +82,10 @@ class GuestAgent:
 
 
 class _Connection:
-    def __init__(self, path: str, deadline: float) -> None:
+    def __init__(self, path: str, deadline: float, silence: float | None = None) -> None:
         self.path = path
         self.deadline = deadline
+        self.silence = silence  # the longest wait for any one answer (None: up to the deadline)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._buf = b""
 
@@ -119,8 +122,9 @@ class _Connection:
             raise GuestAgentError(f"{self.path}: {exc}") from exc
 
     def _read(self) -> dict[str, Any]:
+        deadline = self.deadline if self.silence is None else min(self.deadline, time.monotonic() + self.silence)
         while b"\n" not in self._buf:
-            left = self.deadline - time.monotonic()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise GuestAgentError(f"{self.path}: the guest agent did not answer in time")
             try:

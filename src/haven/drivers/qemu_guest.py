@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from haven.drivers.guest_agent import GuestAgentError
 from haven.drivers.qemu import QemuHypervisor
+from haven.drivers.qemu_boot import create_disk
+from haven.drivers.qemu_cmdline import disk_format
 from haven.ports.guest import GuestError, GuestResult
 from haven.ports.hypervisor import HypervisorError
 
@@ -24,16 +26,23 @@ class QemuGuest:
         except HypervisorError:  # not (or no longer) one of ours: it answers nothing
             return False
 
-    def exec(self, vm: str, argv: Sequence[str], timeout: float) -> GuestResult:
+    def exec(self, vm: str, argv: Sequence[str], timeout: float, silence: float | None = None) -> GuestResult:
         try:
-            result = self.hv.guest_agent(vm).exec(list(argv), timeout)
+            result = self.hv.guest_agent(vm).exec(list(argv), timeout, silence)
         except (GuestAgentError, OSError, HypervisorError) as error:
             raise GuestError(f"{vm}: {error}") from error
         return GuestResult(result.exit_code, result.stdout, result.stderr)
 
-    def attach_disk(self, vm: str, device_id: str, path: str) -> None:
+    def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         pool, _, file = path.partition("/")
-        self.hv.attach_disk(vm, device_id, str(self.hv.config.pool_dir(pool) / file))
+        image = self.hv.config.pool_dir(pool) / file
+        if not image.exists():  # a new service's first start; only the member allowed to attach gets here
+            guest = self.hv.config.guest
+            try:
+                create_disk(image, size_mib, disk_format(str(image)), guest.disk_filesystem if guest else None)
+            except OSError as error:
+                raise HypervisorError(f"cannot create the data disk {image}: {error}") from error
+        self.hv.attach_disk(vm, device_id, str(image))
 
     def detach_disk(self, vm: str, device_id: str) -> None:
         self.hv.detach_disk(vm, device_id)

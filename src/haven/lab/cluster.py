@@ -27,16 +27,20 @@ import yaml
 from haven.daemon.config import ApiConfig, GuestConfig, NodeConfig, ShutdownPolicy
 from haven.daemon.watchdog import BOOT_ID_ENV, qemu_pids
 from haven.drivers.etcd_store import EtcdStore
+from haven.drivers.qmp import QmpClient
 from haven.lab.etcd import EtcdCluster
-from haven.lab.guest import GuestImage, build_guest
+from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
-from haven.model.spec import Disk, HostSpec, Nic, Settings, VmSpec
+from haven.model.service import ServicePhase
+from haven.model.spec import Disk, HostSpec, Nic, ServiceSpec, Settings, VmSpec
 from haven.model.state import Placement, VmState
 from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
 DEFAULT_ROOT = Path("/var/lib/haven-lab")
 CLUSTER = "lab"
 API_PORT = 8470
+MEMBER_SLOTS = 40  # VM network address slots: HA VMs from 0, service members from here, floating IPs
+FLOATING_SLOTS = 80
 ADMIN_TOKEN = "lab-admin-token"
 READ_TOKEN = "lab-read-token"
 
@@ -65,6 +69,7 @@ class Lab:
     settings: dict[str, Any] = field(default_factory=dict)
     memory_mib: int = 128
     shutdown: ShutdownPolicy = ShutdownPolicy.STOP
+    services: int = 0  # two-member guest-cluster services of the demo application (`add_service`)
 
     def __post_init__(self) -> None:
         self.net: LabNetwork | None = None
@@ -73,6 +78,7 @@ class Lab:
         self.layout = Layout(CLUSTER)
         self.members: dict[str, LabHost] = {}
         self.vm_specs: dict[str, VmSpec] = {}
+        self.service_specs: dict[str, ServiceSpec] = {}
 
     # --- lifecycle ---
 
@@ -111,7 +117,12 @@ class Lab:
                   "every host up and a manager elected")
         for k in range(self.vms):
             self.add_vm(f"vm{k + 1}", k, priority=3 - k % 3)
+        for i in range(self.services):
+            self.add_service(i)
         self.wait_all_running(90)
+        if self.services:
+            self.wait(lambda snap: all((st := snap.service_states.get(name)) and st.phase is ServicePhase.RUNNING
+                                       for name in self.service_specs), 90, "every service running")
 
     def _add_host(self, name: str, guest: GuestImage) -> None:
         assert self.net is not None and self.etcd is not None
@@ -133,14 +144,38 @@ class Lab:
         config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
         self.members[name] = LabHost(name, host_net.mgmt_address, host_net.namespace, run_dir, config_path)
 
-    def add_vm(self, name: str, k: int, priority: int = 2, memory_mib: int | None = None) -> VmSpec:
+    def add_vm(self, name: str, k: int, priority: int = 2, memory_mib: int | None = None,
+               preferred: str | None = None) -> VmSpec:
+        """HA VM `name` with address slot `k`; `preferred`: pinned to that host (a service member)."""
         assert self.net is not None and self.store is not None
-        spec = VmSpec(name=name, vcpus=1, memory_mib=memory_mib or self.memory_mib, priority=priority,
+        pinned: dict[str, Any] = {"preferred_hosts": (preferred,), "restricted": True} if preferred else {}
+        spec = VmSpec(name=name, vcpus=1, memory_mib=memory_mib or self.memory_mib, priority=priority, **pinned,
                       disks=(Disk(pool="shared", size_mib=64),),
                       nics=(Nic(mac=f"52:54:00:4c:{self.net.slot:02x}:{k + 1:02x}"),),
                       kernel_args=f"haven.ip={self.net.vm_cidr(k)} haven.name={name}")
         self.store.put(self.layout.vm_spec(name), spec.model_dump_json())
         self.vm_specs[name] = spec
+        return spec
+
+    def add_service(self, i: int) -> ServiceSpec:
+        """Service `svc<i+1>`: the guest's demo application (`lab.guest.SERVICE`) on two members
+        pinned to consecutive hosts, a floating address on the VM network and a data disk on the
+        shared pool (haven creates it at the first start)."""
+        assert self.net is not None and self.store is not None
+        hosts = sorted(self.members)
+        name = f"svc{i + 1}"
+        members = []
+        for j, suffix in enumerate("ab"):
+            member = f"{name}{suffix}"
+            k = MEMBER_SLOTS + 2 * i + j
+            self.add_vm(member, k, memory_mib=self.memory_mib, preferred=hosts[(i + j) % len(hosts)])
+            members.append(member)
+        spec = ServiceSpec(name=name, members=tuple(members), start=("haven-demo-service", "start", "/srv/data"),
+                           stop=("haven-demo-service", "stop"), check=("haven-demo-service", "check"),
+                           floating_ip=self.net.vm_cidr(FLOATING_SLOTS + i), data_disk=Disk(pool="shared", size_mib=16),
+                           check_interval_s=1.0, failure_threshold=2)
+        self.store.put(self.layout.service_spec(name), spec.model_dump_json())
+        self.service_specs[name] = spec
         return spec
 
     def start_daemon(self, host: str) -> None:
@@ -224,6 +259,22 @@ class Lab:
         self.start_daemon(host)  # the new daemon takes over from the old one (see NodeDaemon._take_over)
         old.wait(timeout=30)
 
+    def hang_guest(self, vm: str) -> str:
+        """Hang `vm`'s guest OS: its vCPUs stop (QMP `stop`), its QEMU lives on, and so nothing in the
+        guest answers, the guest agent included. Returns the host it runs on."""
+        return self._qmp_on(vm, "stop")
+
+    def resume_guest(self, vm: str) -> str:
+        return self._qmp_on(vm, "cont")
+
+    def _qmp_on(self, vm: str, command: str) -> str:
+        hosts = self.qemu_hosts(vm)
+        if not hosts:
+            raise LabError(f"{vm} runs on no lab host")
+        with QmpClient(str(self.members[hosts[0]].run_dir / "vms" / vm / "qmp.sock")) as qmp:
+            qmp.execute(command)
+        return hosts[0]
+
     # --- looking at it ---
 
     def snapshot(self) -> Snapshot:
@@ -260,13 +311,25 @@ class Lab:
     def vm_address(self, vm: str) -> str:
         return self.vm_specs[vm].kernel_args.split("haven.ip=")[1].split("/")[0]
 
+    def service_url(self, service: str) -> str:
+        """The demo application's address: the service's floating IP."""
+        return f"http://{self.service_specs[service].floating_ip.split('/')[0]}:{SERVICE_PORT}/"
+
+    def data_image(self, service: str) -> Path:
+        spec = self.service_specs[service]
+        assert spec.data_file is not None
+        return self.root / "shared" / spec.data_file
+
     def http(self, vm: str, timeout: float = 2.0) -> dict[str, Any] | None:
         """The guest's JSON answer, fetched from the client namespace, or None."""
+        return self.http_get(f"http://{self.vm_address(vm)}/", timeout)
+
+    def http_get(self, url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        """A JSON answer from `url`, fetched from the client namespace, or None."""
         assert self.net is not None
         script = ("import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=float(sys.argv[2]))"
                   ".read().decode())")
-        proc = run_in(self.client.namespace, [sys.executable, "-c", script, f"http://{self.vm_address(vm)}/",
-                                              str(timeout)], timeout=timeout + 5)
+        proc = run_in(self.client.namespace, [sys.executable, "-c", script, url, str(timeout)], timeout=timeout + 5)
         try:
             return json.loads(proc.stdout) if proc.returncode == 0 else None
         except ValueError:

@@ -189,7 +189,12 @@ case "$1" in
     sync
     ;;
   check)
-    wget -q -T 2 -O /dev/null "http://127.0.0.1:@SERVICE_PORT@/cgi-bin/state"
+    # httpd alive, listening, and its data directory still mounted. (Not a request: busybox-static's
+    # wget crashes in its resolver here, and a request would count on the data disk.)
+    read pid < /run/svc/pid && kill -0 "$pid" || { echo "the service is not running" >&2; exit 1; }
+    grep -q " $(cat /run/svc/dir) " /proc/mounts || { echo "the data disk is not mounted" >&2; exit 1; }
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qiE ":@SERVICE_PORT_HEX@ 0+:0000 0A" \
+      || { echo "nothing listens on @SERVICE_PORT@" >&2; exit 1; }
     ;;
   *) echo "usage: $0 start DATA_DIR | stop | check" >&2; exit 2 ;;
 esac
@@ -248,7 +253,7 @@ def _init_script() -> str:
 
 
 def _service_script() -> str:
-    return SERVICE.replace("@SERVICE_PORT@", str(SERVICE_PORT))
+    return SERVICE.replace("@SERVICE_PORT@", str(SERVICE_PORT)).replace("@SERVICE_PORT_HEX@", f"{SERVICE_PORT:04X}")
 
 
 def _content_hash() -> str:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def qemu_table(run_root: Path) -> dict[str, list[str]]:
-    """VM -> the lab hosts with a QEMU process for it, from /proc: a QEMU's `-pidfile` argument
-    names its host and VM (RUN_ROOT/HOST/vms/VM/qemu.pid)."""
+def lab_qemus(run_root: Path) -> list[tuple[int, str, str]]:
+    """(pid, host, VM) of every lab QEMU process, from /proc: a QEMU's `-pidfile` argument names
+    its host and VM (RUN_ROOT/HOST/vms/VM/qemu.pid)."""
     prefix = str(run_root).rstrip("/") + "/"
-    table: dict[str, set[str]] = {}
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -33,8 +33,36 @@ def qemu_table(run_root: Path) -> dict[str, list[str]]:
             continue  # another lab's, or not a lab's
         parts = pidfile[len(prefix):].split("/")  # HOST/vms/VM/qemu.pid
         if len(parts) == 4 and parts[1] == "vms":
-            table.setdefault(parts[2], set()).add(parts[0])  # a daemonizing QEMU is two processes a moment
+            found.append((int(entry.name), parts[0], parts[2]))
+    return found
+
+
+def qemu_table(run_root: Path) -> dict[str, list[str]]:
+    """VM -> the lab hosts with a QEMU process for it."""
+    table: dict[str, set[str]] = {}
+    for _, host, vm in lab_qemus(run_root):
+        table.setdefault(vm, set()).add(host)  # a daemonizing QEMU is two processes a moment
     return {vm: sorted(hosts) for vm, hosts in table.items()}
+
+
+def image_holders(run_root: Path, images: frozenset[str]) -> dict[str, set[str]]:
+    """Image path -> the lab VMs ("vm@host") whose QEMU holds it open now, from /proc/PID/fd: what
+    the kernel says, whatever QEMU or haven would report (a hot-plugged disk is not on the
+    command line)."""
+    holders: dict[str, set[str]] = {}
+    for pid, host, vm in lab_qemus(run_root):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target in images:
+                holders.setdefault(target, set()).add(f"{vm}@{host}")
+    return holders
 
 
 @dataclass
@@ -48,10 +76,13 @@ class Overlap:
 @dataclass
 class QemuSampler:
     """Samples the process table every `interval` seconds on a thread; records every VM seen on
-    two hosts at once (overlaps) and, per host, when a QEMU was last seen there."""
+    two hosts at once (overlaps), per host when a QEMU was last seen there, and every sample in
+    which one of `images` (a service's data disk) was open in two VMs' QEMUs at once."""
 
     run_root: Path
     interval: float = 0.015
+    images: frozenset[str] = frozenset()
+    double_opens: list[tuple[str, list[str]]] = field(default_factory=list)  # (image, ["vm@host", ...])
     samples: int = 0
     overlaps: list[Overlap] = field(default_factory=list)
     last_seen: dict[str, float] = field(default_factory=dict)  # host -> time of its last QEMU sighting
@@ -81,6 +112,10 @@ class QemuSampler:
                         self.overlaps.append(open_overlaps[vm])
                 else:
                     open_overlaps.pop(vm, None)
+            if self.images:
+                for image, holders in image_holders(self.run_root, self.images).items():
+                    if len(holders) > 1:
+                        self.double_opens.append((image, sorted(holders)))
 
     def __enter__(self) -> QemuSampler:
         self._thread = threading.Thread(target=self._run, name="qemu-sampler", daemon=True)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from haven.drivers.qmp import QmpError
 from haven.lab.cluster import ADMIN_TOKEN, API_PORT, CLUSTER, DEFAULT_ROOT, READ_TOKEN, Lab, LabError
 
 STATE_DIR = Path("/run/haven-lab")
@@ -36,6 +37,7 @@ SOCKET_PATH = STATE_DIR / "lab.sock"
 ROOT = DEFAULT_ROOT / "up"
 LOG_NAME = "supervisor.log"
 COMMANDS = ("crash", "isolate", "heal", "stop-agent", "cont-agent", "power-on", "ping")
+GUEST_COMMANDS = ("hang-guest", "resume-guest")  # these name a VM, not a host
 REPLY_TIMEOUT_S = 90.0
 
 
@@ -108,6 +110,8 @@ def lab_state(lab: Lab, status: str, started: float, isolated: set[str], error: 
                 "host": first.name if first else None, "admin_token": ADMIN_TOKEN, "read_token": READ_TOKEN},
         "vms": {vm: {"address": lab.vm_address(vm), "mac": spec.nics[0].mac if spec.nics else None}
                 for vm, spec in lab.vm_specs.items()},
+        "services": {name: {"url": lab.service_url(name), "members": list(spec.members)}
+                     for name, spec in lab.service_specs.items()},
     }
 
 
@@ -118,8 +122,8 @@ class _Abort(BaseException):
 
 
 class Supervisor:
-    def __init__(self, hosts: int, vms: int, root: Path = ROOT, memory_mib: int = 128) -> None:
-        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib)
+    def __init__(self, hosts: int, vms: int, root: Path = ROOT, memory_mib: int = 128, services: int = 0) -> None:
+        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib, services=services)
         self.started = time.time()
         self.stop = threading.Event()
         self.commands: queue.Queue[tuple[dict[str, Any], queue.Queue[dict[str, Any]]]] = queue.Queue()
@@ -200,6 +204,8 @@ class Supervisor:
         cmd, host = request.get("cmd"), request.get("host")
         if cmd == "ping":
             return {"ok": True}
+        if cmd in GUEST_COMMANDS:
+            return self._guest_command(str(cmd), str(host))
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         if host not in self.lab.members:
@@ -239,6 +245,19 @@ class Supervisor:
             return {"ok": False, "error": f"{cmd} {host} failed: {exc}"}
         finally:
             self.save()
+        print(f"supervisor: {message}", flush=True)
+        return {"ok": True, "message": message}
+
+    def _guest_command(self, cmd: str, vm: str) -> dict[str, Any]:
+        if vm not in self.lab.vm_specs:
+            return {"ok": False, "error": f"unknown VM {vm!r} (VMs: {', '.join(sorted(self.lab.vm_specs))})"}
+        try:
+            if cmd == "hang-guest":
+                message = f"{vm}'s guest hung on {self.lab.hang_guest(vm)}: vCPUs stopped, QEMU alive"
+            else:
+                message = f"{vm}'s guest resumed on {self.lab.resume_guest(vm)}"
+        except (LabError, OSError, QmpError) as exc:
+            return {"ok": False, "error": f"{cmd} {vm} failed: {exc}"}
         print(f"supervisor: {message}", flush=True)
         return {"ok": True, "message": message}
 

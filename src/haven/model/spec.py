@@ -260,6 +260,7 @@ class ServiceSpec(Frozen):
     check_interval_s: float = Field(default=2.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1, description="consecutive failed checks that move the service")
     ping_timeout_s: float = Field(default=1.0, gt=0, description="a guest agent silent this long is hung")
+    check_timeout_s: float = Field(default=5.0, gt=0, description="a check that has not ended by then failed")
     start_timeout_s: float = Field(default=60.0, gt=0, description="to take the disk and IP and start")
     stop_timeout_s: float = Field(default=30.0, gt=0, description="for a clean release, before a kill")
     # The anti-flap rule: a member the service left because it failed is not chosen again within

@@ -31,14 +31,16 @@ class Guest(Protocol):
     def ping(self, vm: str, timeout: float) -> bool:
         """True if the VM's guest agent answered within `timeout` (a hung guest does not)."""
 
-    def exec(self, vm: str, argv: Sequence[str], timeout: float) -> GuestResult:
+    def exec(self, vm: str, argv: Sequence[str], timeout: float, silence: float | None = None) -> GuestResult:
         """Run `argv` in the guest and wait for its exit status and output; `GuestError` if the
-        agent does not answer or the command does not end within `timeout`."""
+        command does not end within `timeout`, or if the agent does not answer at all (or, given
+        `silence`, stays silent that long while the command runs: a guest hung meanwhile)."""
 
-    def attach_disk(self, vm: str, device_id: str, path: str) -> None:
+    def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         """Hot-plug the image `path` (`<pool>/<file>`: each host knows where its pools are) as
-        virtio disk `device_id` (its serial too, so the guest finds it). It may take a moment to
-        appear in `attached_disks`. Raises HypervisorError."""
+        virtio disk `device_id` (its serial too, so the guest finds it), first creating it empty
+        (`size_mib`, with the host's guest filesystem) if the pool has none: a new service's first
+        start. It may take a moment to appear in `attached_disks`. Raises HypervisorError."""
 
     def detach_disk(self, vm: str, device_id: str) -> None:
         """Unplug it: done only when QEMU confirms the device is gone and the image closed, which

@@ -192,17 +192,25 @@ class ServiceRunner:
         me = self.members.get(member)
         if me is None or me.boot != boot:  # a new boot (or none): its guest holds nothing yet
             me = self.members[member] = _Member(boot=boot, since=now)
-        health = self._health(member, spec, vm, me, now)
+        doomed = state is not None and any(o.member == member and o.boot == boot for o in state.fence)
+        # A member ordered killed is not pinged: a hung one would hold this round a whole ping
+        # timeout before its kill, and no answer would save it.
+        health = (GuestHealth.SILENT if me.answered else GuestHealth.BOOTING) if doomed \
+            else self._health(member, spec, vm, me, now)
         if me.check_generation != generation:
             me.check_generation, me.failures, me.next_check = generation, 0, -math.inf
         if (state is not None and state.active == member and me.started and health is GuestHealth.ANSWERING
                 and now >= me.next_check):
             me.next_check = now + spec.check_interval_s
             try:
-                ok = guest.exec(member, spec.check, spec.ping_timeout_s).ok
-            except GuestError:
-                ok = False
-            me.failures = 0 if ok else me.failures + 1
+                result = guest.exec(member, spec.check, spec.check_timeout_s, spec.ping_timeout_s)
+                why = "" if result.ok else f"exit {result.exit_code}: {(result.stderr or result.stdout).strip()[:200]}"
+            except GuestError as error:
+                why = str(error)
+            me.failures = 0 if not why else me.failures + 1
+            if why:
+                self._say(member, f"service {spec.name}: check failed ({me.failures} of {spec.failure_threshold}): "
+                          f"{why}")
         local = self._facts(spec, member, me, qemu, boot, health, generation, read.lease, now)
         confirmed = self._confirmed(spec, member, me, local)
         facts = {m: f for m, f in read.facts.items() if f.service == spec.name}  # this service's members only
@@ -297,12 +305,13 @@ class ServiceRunner:
                 guest.detach_disk(member, device_id(spec.name))
                 return self._plugged(member, me, spec, f"detached {file}", False)
             case Attach(_, pool, file, generation):
+                assert spec.data_disk is not None  # an Attach is planned for a data disk only
                 if not self._claim(spec.name, state_rev, read.lease):
                     return None
                 with self.agent.local_lock:
                     if not self.agent.keeper.lease_ok():
                         return None
-                    guest.attach_disk(member, device_id(spec.name), f"{pool}/{file}")
+                    guest.attach_disk(member, device_id(spec.name), f"{pool}/{file}", spec.data_disk.size_mib)
                 return self._plugged(member, me, spec, f"attached {file} (generation {generation})", True)
             case Mount(_, path):
                 self._exec(member, guest_steps.mount_data(device_id(spec.name), path), spec.start_timeout_s, "mount")

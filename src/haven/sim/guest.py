@@ -57,10 +57,10 @@ class SimGuest:
     def ping(self, vm: str, timeout: float) -> bool:
         return self._vm(vm) is not None and vm not in self.world.hung_guests
 
-    def exec(self, vm: str, argv: Sequence[str], timeout: float) -> GuestResult:
+    def exec(self, vm: str, argv: Sequence[str], timeout: float, silence: float | None = None) -> GuestResult:
         found = self._vm(vm)
         if found is None or vm in self.world.hung_guests:
-            raise GuestError(f"{vm}: the guest agent did not answer within {timeout:g} s")
+            raise GuestError(f"{vm}: the guest agent did not answer within {silence or timeout:g} s")
         return self._run(vm, found.guest, list(argv))
 
     def _run(self, vm: str, guest: GuestState, argv: list[str]) -> GuestResult:
@@ -90,7 +90,7 @@ class SimGuest:
                 return GuestResult(1, stderr=f"{service} is not healthy")
         return GuestResult(0)
 
-    def attach_disk(self, vm: str, device_id: str, path: str) -> None:
+    def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         found = self._vm(vm)
         if found is None:
             raise HypervisorError(f"{vm} is not running here")
