@@ -320,6 +320,14 @@ class Lab:
         assert spec.data_file is not None
         return self.root / "shared" / spec.data_file
 
+    def arp_answers(self, address: str, count: int = 3) -> set[str]:
+        """The MAC addresses answering broadcast ARP probes for `address` from the client
+        namespace: a floating IP raised in two guests at once answers from two."""
+        assert self.net is not None
+        proc = run_in(self.client.namespace, ["arping", "-b", "-c", str(count), "-w", str(count + 1), "-I", "eth0",
+                                              address], timeout=count + 10)
+        return {line.split("[")[1].split("]")[0].lower() for line in proc.stdout.splitlines() if "reply from" in line}
+
     def http(self, vm: str, timeout: float = 2.0) -> dict[str, Any] | None:
         """The guest's JSON answer, fetched from the client namespace, or None."""
         return self.http_get(f"http://{self.vm_address(vm)}/", timeout)
