@@ -111,3 +111,19 @@ def test_a_missing_data_disk_is_created_empty_in_its_pool_before_the_attach(tmp_
     (tmp_path / "san" / "db-data.qcow2").write_bytes(b"kept")
     port.attach_disk("db1", "svc-db", "san/db-data.qcow2", 16)
     assert len(made) == 1  # an image that exists is never made again: it holds the service's data
+
+
+def test_steps_run_in_one_shell_and_the_exit_status_names_the_first_that_failed():
+    port, hv = guest()
+    ran: list[list[str]] = []
+
+    def exec_(argv: list[str], timeout: float, silence: float | None = None) -> ExecResult:
+        ran.append(argv)
+        return ExecResult(101 if "fail" in argv[2] else 0, "", "no disk")
+
+    hv.vms["db1"].exec = exec_  # type: ignore[method-assign]
+    steps = [["mount", "/dev/vdb", "/srv data"], ["ip", "addr", "add"], ["db", "start"]]
+    assert port.exec_steps("db1", steps, 5.0)[0] == 3
+    assert ran[0][:2] == ["/bin/sh", "-c"] and "mount /dev/vdb '/srv data' || exit 100" in ran[0][2]
+    count, result = port.exec_steps("db1", [["true"], ["fail"], ["db", "start"]], 5.0)
+    assert (count, result.exit_code, result.stderr) == (1, 101, "no disk")  # the first ran, the second failed

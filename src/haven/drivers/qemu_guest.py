@@ -6,6 +6,7 @@ only translates names (a pool-relative image path to the pool's directory) and e
 """
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
 from haven.drivers.guest_agent import GuestAgentError
@@ -14,6 +15,8 @@ from haven.drivers.qemu_boot import create_disk
 from haven.drivers.qemu_cmdline import disk_format
 from haven.ports.guest import GuestError, GuestResult
 from haven.ports.hypervisor import HypervisorError
+
+FIRST_FAILED = 100  # exec_steps' shell exits 100 + the index of the command that failed
 
 
 class QemuGuest:
@@ -32,6 +35,15 @@ class QemuGuest:
         except (GuestAgentError, OSError, HypervisorError) as error:
             raise GuestError(f"{vm}: {error}") from error
         return GuestResult(result.exit_code, result.stdout, result.stderr)
+
+    def exec_steps(self, vm: str, steps: Sequence[Sequence[str]], timeout: float) -> tuple[int, GuestResult]:
+        # One shell in the guest runs them all; the exit status says which one failed.
+        script = "\n".join(f"{shlex.join(argv)} || exit {FIRST_FAILED + i}" for i, argv in enumerate(steps))
+        result = self.exec(vm, ("/bin/sh", "-c", script), timeout)
+        if result.ok:
+            return len(steps), result
+        failed = result.exit_code - FIRST_FAILED
+        return (failed if 0 <= failed < len(steps) else 0), result
 
     def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         pool, _, file = path.partition("/")

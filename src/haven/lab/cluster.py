@@ -32,7 +32,7 @@ from haven.lab.etcd import EtcdCluster
 from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
 from haven.model.service import ServicePhase
-from haven.model.spec import Disk, HostSpec, Nic, ServiceSpec, Settings, VmSpec
+from haven.model.spec import Disk, HostSpec, Nic, RestartPolicy, ServiceSpec, Settings, VmSpec
 from haven.model.state import Placement, VmState
 from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
@@ -70,6 +70,8 @@ class Lab:
     memory_mib: int = 128
     shutdown: ShutdownPolicy = ShutdownPolicy.STOP
     services: int = 0  # two-member guest-cluster services of the demo application (`add_service`)
+    # Every VM's; a benchmark that kills them every few seconds raises it.
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
         self.net: LabNetwork | None = None
@@ -150,6 +152,7 @@ class Lab:
         assert self.net is not None and self.store is not None
         pinned: dict[str, Any] = {"preferred_hosts": (preferred,), "restricted": True} if preferred else {}
         spec = VmSpec(name=name, vcpus=1, memory_mib=memory_mib or self.memory_mib, priority=priority, **pinned,
+                      restart=self.restart,
                       disks=(Disk(pool="shared", size_mib=64),),
                       nics=(Nic(mac=f"52:54:00:4c:{self.net.slot:02x}:{k + 1:02x}"),),
                       kernel_args=f"haven.ip={self.net.vm_cidr(k)} haven.name={name}")

@@ -149,6 +149,7 @@ def load_average() -> str:
 _SERVICE_PROBE = r"""
 import json, signal, socket, sys, time
 target, interval, connect_timeout, read_timeout = sys.argv[1], *map(float, sys.argv[2:5])
+host, _, port = target.partition(":")
 stop = False
 def _stop(*_):
     global stop
@@ -158,7 +159,7 @@ while not stop:
     t0 = time.time()
     rec = {"t": t0}
     try:
-        sock = socket.create_connection((target, 80), timeout=connect_timeout)
+        sock = socket.create_connection((host, int(port or 80)), timeout=connect_timeout)
         try:
             sock.settimeout(read_timeout)
             sock.sendall(b"GET / HTTP/1.0\r\nHost: " + target.encode() + b"\r\n\r\n")
@@ -185,10 +186,11 @@ while not stop:
 
 
 class ServiceProbe(HttpProbe):
-    """GET http://target/ every `interval` s from `namespace`, one request at a time (a TCG guest
-    forks a CGI per request: a flood would slow it down), with a short connect timeout and a long
-    read timeout: while the service is down each attempt fails within `connect_timeout`, and once
-    it is back a slow first answer still counts. Records as HttpProbe's."""
+    """GET http://target/ (`address` or `address:port`) every `interval` s from `namespace`, one
+    request at a time (a TCG guest forks a CGI per request: a flood would slow it down), with a
+    short connect timeout and a long read timeout: while the service is down each attempt fails
+    within `connect_timeout`, and once it is back a slow first answer still counts. Records as
+    HttpProbe's."""
 
     def __init__(self, namespace: str, target: str, interval: float = 0.05, connect_timeout: float = 0.2,
                  read_timeout: float = 3.0) -> None:

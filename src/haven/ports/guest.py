@@ -36,6 +36,10 @@ class Guest(Protocol):
         command does not end within `timeout`, or if the agent does not answer at all (or, given
         `silence`, stays silent that long while the command runs: a guest hung meanwhile)."""
 
+    def exec_steps(self, vm: str, steps: Sequence[Sequence[str]], timeout: float) -> tuple[int, GuestResult]:
+        """Run the commands in order in one call, up to the first that fails: how many succeeded,
+        and the result of the one that failed (or of the last). `GuestError` as `exec`."""
+
     def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         """Hot-plug the image `path` (`<pool>/<file>`: each host knows where its pools are) as
         virtio disk `device_id` (its serial too, so the guest finds it), first creating it empty

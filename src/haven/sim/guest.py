@@ -90,6 +90,14 @@ class SimGuest:
                 return GuestResult(1, stderr=f"{service} is not healthy")
         return GuestResult(0)
 
+    def exec_steps(self, vm: str, steps: Sequence[Sequence[str]], timeout: float) -> tuple[int, GuestResult]:
+        result = GuestResult(0)
+        for i, argv in enumerate(steps):
+            result = self.exec(vm, argv, timeout)
+            if not result.ok:
+                return i, result
+        return len(steps), result
+
     def attach_disk(self, vm: str, device_id: str, path: str, size_mib: int) -> None:
         found = self._vm(vm)
         if found is None:
