@@ -62,6 +62,8 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 # cluster (a host, free MACs, a pool, a CPU model some host offers) or follow rules across fields
 # or a grammar (a fault line), which no JSON schema states. Elsewhere a valid request is accepted.
 CLUSTER_CHECKED = {("POST", "/api/v1/vms"), ("PUT", "/api/v1/vms/{name}"), ("POST", "/api/v1/vms/{name}/migrate"),
+                   ("POST", "/api/v1/services"), ("PUT", "/api/v1/services/{name}"),
+                   ("POST", "/api/v1/services/{name}/move"),
                    ("GET", "/api/v1/plan/what-if"), ("POST", "/api/v1/sim/fault")}
 
 

@@ -86,3 +86,23 @@ def test_a_whole_number_is_an_integer(client: TestClient) -> None:
     response = client.post("/api/v1/vms", json={"name": "whole", "memory_mib": 1024.0}, headers=AUTH_ADMIN)
     assert response.status_code == 201, response.text
     assert response.json()["vm"]["spec"]["memory_mib"] == 1024
+
+
+def test_the_service_routes_are_documented_as_the_vm_routes_are(document: dict[str, Any], client: TestClient) -> None:
+    paths = document["paths"]
+    assert {"401", "403", "404", "409", "422", "503"} <= set(paths["/api/v1/services/{name}/move"]["post"]["responses"])
+    assert "403" not in paths["/api/v1/services"]["get"]["responses"]  # any token may read
+    update = _schema(document, "ServiceSpecUpdate")
+    assert update["properties"]["name"]["readOnly"] is True and "name" not in update.get("required", [])
+    body = document["paths"]["/api/v1/services/{name}"]["put"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/ServiceSpecUpdate"}
+    move = document["paths"]["/api/v1/services/{name}/move"]["post"]["requestBody"]
+    assert move["required"] is False
+    assert move["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ServiceMoveIn"}
+    assert _schema(document, "ServiceMoveIn")["properties"]["target"]["anyOf"][0]["pattern"].startswith("^[a-z0-9]")
+    for method, path, allowed in (("DELETE", "/api/v1/services", "GET, HEAD, POST"),
+                                  ("PATCH", "/api/v1/services/db", "DELETE, GET, HEAD, PUT"),
+                                  ("GET", "/api/v1/services/db/move", "POST")):
+        response = client.request(method, path, headers=AUTH_ADMIN)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allowed, (method, path)

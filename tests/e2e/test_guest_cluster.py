@@ -63,7 +63,7 @@ def fail_over(lab: Lab, fault: Callable[[str], object], timeout: float = 90.0) -
     done = fail_over_as_seen(lab, SERVICE, fault, timeout)
     assert done.samples > 10 and done.double_opens == 0, done
     assert done.arp_macs == {lab.vm_specs[done.new].nics[0].mac}, done
-    assert done.new != done.old and done.counter_continues, done
+    assert done.new != done.old and done.kept_acknowledged_writes, done
     assert done.first_new["ram_counter"] == 1, done  # another VM answers: its memory starts over
     return done
 

@@ -18,7 +18,7 @@ SCENARIO = str(ROOT / "tests" / "scenarios" / "host-power-off")
 # Commands that only act or run until stopped; the README lists the same ones.
 WITHOUT_OUTPUT = {
     "node run", "node watchdog", "lab down", "lab crash", "lab isolate", "lab heal", "lab stop-agent",
-    "lab cont-agent", "lab power-on", "lab demo",
+    "lab cont-agent", "lab power-on", "lab hang-guest", "lab resume-guest", "lab demo",
 }
 
 

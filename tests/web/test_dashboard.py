@@ -375,3 +375,79 @@ def test_each_host_shows_its_fence_device(stuck_server: str, browser: object) ->
     expect(badge).to_have_text("fence device: ok", timeout=15_000)
     assert errors == [], f"JavaScript errors in the page: {errors}"
     page.close()
+
+
+SERVICE = Path(__file__).with_name("service-scenario.yaml")  # service db over db1 (h1) and db2 (h2)
+
+
+@pytest.fixture(scope="module")
+def service_server() -> Iterator[str]:
+    with serving(SERVICE) as url:
+        yield url
+
+
+def test_services_show_their_members_and_move_from_the_page(service_server: str, browser: object) -> None:
+    """The service's card: its phase, floating IP, members with their hosts, the active one marked;
+    a move from the card; the pet worried when the standby's host is lost."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    expect = playwright_api.expect
+    page.goto(f"{service_server}/?token={ADMIN}")
+    card = page.locator('[data-service="db"]')
+    expect(card.locator('[data-role="service-phase"]')).to_have_text("running", timeout=15_000)
+    expect(card.locator('[data-role="floating-ip"]')).to_have_text("10.0.9.10/24")
+    active = card.locator('.member[data-role="active"]')
+    expect(active).to_have_attribute("data-member", "db1")
+    expect(active).to_contain_text("db1 on h1")
+    expect(card.locator('.member[data-member="db2"]')).to_have_attribute("data-role", "standby")
+    expect(card.locator('.member[data-member="db2"]')).to_contain_text("on h2")
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "content", timeout=10_000)
+    expect(page.locator("#pet-reason")).to_contain_text("1 service runs with a healthy standby")
+    # Its members never migrate (the service moves between them); other VMs do.
+    expect(page.locator('#vms tr[data-vm="web"] button[data-action="migrate"]')).to_be_visible()
+    expect(page.locator('#vms tr[data-vm="db1"] button[data-action="migrate"]')).to_have_count(0)
+
+    # Move it to db2 from the card, with the target picked in the dialog.
+    card.locator('button[data-action="move"]').click()
+    expect(page.locator("#confirm-title")).to_have_text("Move db")
+    page.locator("#move-target").select_option("db2")
+    page.locator("#confirm-ok").click()
+    expect(page.locator(".toast.ok .detail", has_text="db:")).to_contain_text("db: db1 → db2 in", timeout=20_000)
+    expect(active).to_have_attribute("data-member", "db2")
+    expect(card.locator('[data-role="service-phase"]')).to_have_text("running")
+    assert api(service_server, "GET", "/api/v1/services/db").json()["active"] == "db2"
+    screenshot(page, "dashboard-service.png")
+
+    # db1's host goes: db2 runs on, without a standby.
+    api(service_server, "POST", "/api/v1/sim/fault", json={"line": "power off h1"})
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "worried", timeout=20_000)
+    expect(page.locator("#pet-reason")).to_contain_text("service db has no healthy standby (db1 host lost)")
+    expect(card.locator('.member[data-member="db1"]')).to_have_attribute("data-condition", "host lost")
+    assert errors == [], f"JavaScript errors in the page: {errors}"
+    page.close()
+
+
+def test_services_read_only_and_on_a_phone(service_server: str, browser: object) -> None:
+    expect = playwright_api.expect
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.goto(f"{service_server}/?token={READ}")
+    expect(page.locator('[data-service="db"] .member').first).to_be_visible(timeout=15_000)
+    expect(page.locator("#role")).to_be_visible()
+    expect(page.locator("button[data-action]")).to_have_count(0)
+    page.close()
+
+    page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{service_server}/?token={ADMIN}")
+    button = page.locator('[data-service="db"] button[data-action]').first
+    expect(button).to_be_visible(timeout=15_000)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen"
+    assert_reachable(button)
+    assert_reachable(page.locator('[data-service="db"] .member').last)
+    page.evaluate("scrollTo(0, 0)")  # the sticky top bar at the top of the full-page picture
+    screenshot(page, "dashboard-service-phone.png")
+    assert errors == [], f"JavaScript errors in the page: {errors}"
+    page.close()

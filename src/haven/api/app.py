@@ -15,16 +15,37 @@ from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from haven.api import health, metrics, routes_plan, routes_read, routes_session, routes_sim, routes_stream, routes_write
+from haven.api import (
+    health,
+    metrics,
+    routes_plan,
+    routes_read,
+    routes_services,
+    routes_session,
+    routes_sim,
+    routes_stream,
+    routes_write,
+)
 from haven.api.context import ApiContext, ApiProblem, SimControl, first_line
 from haven.api.docs import install_docs
-from haven.api.schemas import SPEC_UPDATE, DrainIn, FaultIn, MigrateIn, Problem, TopologyIn
+from haven.api.schemas import (
+    SERVICE_SPEC_UPDATE,
+    SPEC_UPDATE,
+    DrainIn,
+    FaultIn,
+    MigrateIn,
+    Problem,
+    ServiceMoveIn,
+    TopologyIn,
+)
+from haven.model.service import ServiceSpec
 from haven.model.spec import VmSpec
 from haven.ports.store import Store, StoreError
 from haven.runtime.layout import Layout
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
-BODY_MODELS = (VmSpec, MigrateIn, FaultIn, DrainIn, TopologyIn)  # bodies read by api.bodies, documented by hand
+BODY_MODELS = (VmSpec, ServiceSpec, MigrateIn, ServiceMoveIn, FaultIn, DrainIn,
+               TopologyIn)  # bodies read by api.bodies, documented by hand
 
 
 def _problem(status: int, detail: str, problems: list[str] | None = None,
@@ -99,12 +120,12 @@ def _declare_problems(schema: dict[str, Any]) -> None:
     components.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
 
 
-def _spec_update(spec: dict[str, Any]) -> dict[str, Any]:
-    """VmSpec as PUT /vms/{name} reads it: `name` is read-only (the URL names the VM; a `name`
-    sent back unchanged is accepted, any other is refused), so a schema-valid body never carries
-    a name that differs from the URL's."""
+def _spec_update(spec: dict[str, Any], title: str) -> dict[str, Any]:
+    """A spec as PUT /vms/{name} or /services/{name} reads it: `name` is read-only (the URL names
+    the VM or service; a `name` sent back unchanged is accepted, any other is refused), so a
+    schema-valid body never carries a name that differs from the URL's."""
     update = copy.deepcopy(spec)
-    update["title"] = SPEC_UPDATE
+    update["title"] = title
     update["properties"]["name"] = {**update["properties"]["name"], "readOnly": True,
                                     "description": "taken from the URL"}
     update["required"] = [field for field in update.get("required", []) if field != "name"]
@@ -124,7 +145,8 @@ def _install_openapi(app: FastAPI) -> None:
             for name, definition in extra.get("$defs", {}).items():
                 components.setdefault(name, definition)
             schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            components[SPEC_UPDATE] = _spec_update(components["VmSpec"])
+            components[SPEC_UPDATE] = _spec_update(components["VmSpec"], SPEC_UPDATE)
+            components[SERVICE_SPEC_UPDATE] = _spec_update(components["ServiceSpec"], SERVICE_SPEC_UPDATE)
             _declare_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -150,7 +172,7 @@ def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: st
     app.state.haven = ctx
     app.state.registry = metrics.make_registry(ctx)
     _install_error_handlers(app, ctx)
-    for module in (health, routes_read, routes_stream, routes_write, routes_plan, metrics):
+    for module in (health, routes_read, routes_stream, routes_write, routes_services, routes_plan, metrics):
         app.include_router(module.router)
     app.include_router(routes_session.router)
     if sim_control is not None:

@@ -27,7 +27,8 @@ from haven.api.auth import require_read
 from haven.api.context import ApiContext, context
 from haven.api.event_stats import EventStats, Histogram
 from haven.api.schemas import ERRORS
-from haven.core.protection import assess, host_state
+from haven.core.protection import host_state
+from haven.model.service import ServicePhase
 from haven.model.state import HostState, VmState
 from haven.ports.store import StoreError
 from haven.runtime.layout import Snapshot
@@ -92,7 +93,13 @@ class HavenCollector(Collector):
         for value in [*(s.value for s in VmState), views.PENDING]:
             vms.add_metric([value], by_vm_state.get(value, 0))
         yield vms
-        protection = assess(view)
+        services = GaugeMetricFamily("haven_services", "services by phase ('pending': not decided yet)",
+                                     labels=["phase"])
+        by_phase = Counter(views.service_phase(snap, name) for name in snap.services)
+        for value in [*(s.value for s in ServicePhase), views.PENDING]:
+            services.add_metric([value], by_phase.get(value, 0))
+        yield services
+        protection = views.protection(snap, view)
         level = GaugeMetricFamily("haven_protection_level",
                                   "0 protected (content), 1 degraded (worried), 2 down (ill)")
         level.add_metric([], LEVELS[protection.level])

@@ -1,4 +1,4 @@
-"""Read-only routes: summary, hosts, VMs, a VM's history, events (paged)."""
+"""Read-only routes: summary, hosts, VMs, services, their histories, events (paged)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query
 from haven.api import views
 from haven.api.auth import require_read
 from haven.api.context import ApiContext, context, not_found
-from haven.api.schemas import NOT_FOUND, READ_ERRORS, EventPage, HostOut, SummaryOut, VmOut
+from haven.api.schemas import NOT_FOUND, READ_ERRORS, EventPage, HostOut, ServiceOut, SummaryOut, VmOut
 from haven.core.events import SubjectKind
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_read)], responses=READ_ERRORS)
@@ -62,6 +62,36 @@ def vm_history(name: str, ctx: ApiContext = Depends(context),
     prefix = ctx.layout.events()
     events = [e for e in views.events_from(ctx.get_prefix(prefix), prefix)
               if e.subject_kind is SubjectKind.VM and e.name == name]
+    events = events[-limit:]
+    return EventPage(events=events, next=events[-1].id if events else None)
+
+
+@router.get("/services", response_model=list[ServiceOut], tags=["read"])
+def list_services(ctx: ApiContext = Depends(context)) -> list[ServiceOut]:
+    """Every service (guest cluster): spec, the manager's phase and active member, and each member
+    with its host and what its host's agent reports."""
+    snap = ctx.snapshot()
+    view = snap.view()
+    return [views.service_out(snap, view, name) for name in sorted(snap.services)]
+
+
+@router.get("/services/{name}", response_model=ServiceOut, responses=NOT_FOUND, tags=["read"])
+def get_service(name: str, ctx: ApiContext = Depends(context)) -> ServiceOut:
+    snap = ctx.snapshot()
+    if name not in snap.services:
+        raise not_found("service", name)
+    return views.service_out(snap, snap.view(), name)
+
+
+@router.get("/services/{name}/history", response_model=EventPage, responses=NOT_FOUND, tags=["read"])
+def service_history(name: str, ctx: ApiContext = Depends(context),
+                    limit: int = Query(200, ge=1, le=MAX_PAGE)) -> EventPage:
+    """The service's events still in the (bounded) event log, oldest first."""
+    if ctx.get(ctx.layout.service_spec(name)) is None:
+        raise not_found("service", name)
+    prefix = ctx.layout.events()
+    subject = f"service {name}"
+    events = [e for e in views.events_from(ctx.get_prefix(prefix), prefix) if e.subject == subject]
     events = events[-limit:]
     return EventPage(events=events, next=events[-1].id if events else None)
 

@@ -47,7 +47,7 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)],
 T = TypeVar("T")
 
 
-def _intent(ctx: ApiContext, write: Callable[[], T]) -> T:
+def run_intent(ctx: ApiContext, write: Callable[[], T]) -> T:
     """Run one `intents` write: 404 for what does not exist, 409 for a conflict."""
     try:
         result = write()
@@ -118,12 +118,17 @@ def update_vm(name: str, ctx: ApiContext = Depends(context),
 
 @router.delete("/vms/{name}", response_model=Accepted, responses={**NOT_FOUND, **CONFLICT}, tags=["write"])
 def delete_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
-    """Forget a stopped VM. A VM that still runs must be stopped first (POST .../stop)."""
+    """Forget a stopped VM. A VM that still runs must be stopped first (POST .../stop); a member
+    of a service must first leave it (change or delete the service)."""
     spec_key, placement_key = ctx.layout.vm_spec(name), ctx.layout.placement(name)
     spec_kv, placement_kv = ctx.get(spec_key), ctx.get(placement_key)
     if spec_kv is None:
         raise not_found("VM", name)
     snap = ctx.snapshot()
+    owners = sorted(service for service, spec in snap.services.items() if name in spec.members)
+    if owners:
+        raise conflict(f"VM {name} is a member of service {owners[0]}: take it out of the service's members "
+                       f"(PUT /api/v1/services/{owners[0]}) or delete the service first")
     placement = snap.placements.get(name)
     if placement is not None and placement.state != VmState.STOPPED:
         where = f" on {placement.host}" if placement.host else ""
@@ -136,7 +141,7 @@ def delete_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
 
 
 def _set_desired(ctx: ApiContext, name: str, desired: DesiredState) -> Accepted:
-    if not _intent(ctx, lambda: intents.set_desired(ctx.store, ctx.layout, name, desired)):
+    if not run_intent(ctx, lambda: intents.set_desired(ctx.store, ctx.layout, name, desired)):
         return _accepted_vm(ctx, name, f"VM {name} is already meant to be {desired.value}")
     verb = "start" if desired == DesiredState.RUNNING else "stop"
     return _accepted_vm(ctx, name, f"VM {name}: {verb} requested")
@@ -159,6 +164,10 @@ def stop_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
 def _check_migration(snap: Snapshot, name: str, body: MigrateIn) -> None:
     """The core's migration rules (`core.migration.migration_precondition`), worded for HTTP: 422
     for a request that can never work, 409 for one the cluster's present state rules out."""
+    owners = sorted(service for service, spec in snap.services.items() if name in spec.members)
+    if owners:  # a member is pinned to its host: the service moves between members instead
+        raise invalid(f"VM {name} is a member of service {owners[0]} and never leaves its host: move the "
+                      f"service instead (POST /api/v1/services/{owners[0]}/move)")
     view = snap.view()
     hosts = {host: host_state(h) for host, h in view.hosts.items()}
     refusal = migration_precondition(snap.specs[name], snap.placements.get(name), body.kind, body.target, hosts)
@@ -193,7 +202,7 @@ def migrate_vm(name: str, ctx: ApiContext = Depends(context),
     snap = ctx.snapshot()
     _require_vm(snap, name)
     _check_migration(snap, name, body)
-    request = _intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.MIGRATE, body.kind,
+    request = run_intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.MIGRATE, body.kind,
                                                    body.target))
     to = body.target or "the best host"
     return _accepted_vm(ctx, name, f"{body.kind.value} migration of VM {name} to {to} requested", request.id)
@@ -209,7 +218,7 @@ def acknowledge_vm(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     if placement is None or placement.state != VmState.ERROR:
         state = placement.state.value if placement else "not placed yet"
         raise conflict(f"VM {name} is {state}, not in error: nothing to acknowledge")
-    request = _intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.ACKNOWLEDGE))
+    request = run_intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.ACKNOWLEDGE))
     return _accepted_vm(ctx, name, f"error of VM {name} acknowledged", request.id)
 
 
@@ -221,7 +230,7 @@ def _set_maintenance(ctx: ApiContext, name: str, maintenance: bool, force: bool 
         refusal = drain_refusal(snap.view(), name)
         if refusal is not None:
             raise ApiProblem(409, refusal.detail, refusal.problems)
-    admin = _intent(ctx, lambda: intents.set_maintenance(ctx.store, ctx.layout, name, maintenance))
+    admin = run_intent(ctx, lambda: intents.set_maintenance(ctx.store, ctx.layout, name, maintenance))
     snap = ctx.snapshot()
     host = views.host_out(snap, snap.view(), name)
     message = (f"host {name}: drain requested ({len(host.vms)} VM(s) to move)" if maintenance

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from haven.core.events import EventKind, SubjectKind
 from haven.model.fencing import FenceCheck
+from haven.model.service import GuestHealth, MemberFacts, ServiceRequest, ServiceSpec, ServiceState
 from haven.model.spec import NAME_PATTERN, HostSpec, MigrationKind, VmSpec
 from haven.model.state import Placement, VmRequest, VmStatus
 from haven.plan.topology import Licensing, TopologyInput, Workloads
@@ -56,6 +57,56 @@ class VmOut(BaseModel):
     request: VmRequest | None
 
 
+class MemberOut(BaseModel):
+    """One member VM of a service: where it is pinned and what its host's agent last reported."""
+
+    name: str = Field(description="the member VM")
+    host: str | None = Field(description="the host it is pinned to (null: not pinned to exactly one)")
+    host_state: str | None = Field(description="that host's state, as in /hosts")
+    vm_state: str = Field(description="the member VM's placement state, as in /vms")
+    active: bool = Field(description="the service runs (or is being taken over) here")
+    condition: str = Field(description="as the manager judges it: healthy, booting, no report, QEMU gone, "
+                           "guest agent silent, check failing or host lost")
+    reported: bool = Field(description="its host's agent has reported under the host's current lease; "
+                           "false: the fields below are an older report, or none")
+    qemu: bool = Field(description="its QEMU runs")
+    guest: GuestHealth | None = Field(description="the guest agent: booting, answering or silent (hung); "
+                                      "null: never reported")
+    holds_disk: bool = Field(description="the data disk is attached to this member")
+    disk_mounted: bool
+    holds_ip: bool = Field(description="the floating IP is up in this guest")
+    app_started: bool = Field(description="the start command succeeded and no stop since")
+    check_failures: int = Field(description="consecutive failed checks")
+    detail: str = Field(description="the agent's own words")
+    facts: MemberFacts | None = Field(description="the agent's report as stored")
+
+
+class ServiceOut(BaseModel):
+    name: str
+    phase: str = Field(description="stopped, starting, running, moving, stopping or down; 'pending' before "
+                       "the manager has started it")
+    desired: str
+    active: str | None = Field(description="the member that runs it (or takes it over)")
+    active_host: str | None = Field(description="the active member's host")
+    generation: int = Field(description="grows every time the active member changes")
+    reason: str
+    since: float = Field(description="when phase, active or generation last changed (manager's clock)")
+    floating_ip: str
+    standbys: list[str] = Field(description="healthy members other than the active one: where it can "
+                                "fail over to now")
+    members: list[MemberOut] = Field(description="in order of preference")
+    spec: ServiceSpec
+    state: ServiceState | None = Field(description="the manager's record; null before its first decision")
+    request: ServiceRequest | None = Field(description="an operator's move not yet handled")
+
+
+class ServiceMoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str | None = Field(default=None, pattern=NAME_PATTERN,
+                               description="a member VM of the service; null: the best other healthy member")
+
+
 class ProtectionOut(BaseModel):
     level: str = Field(description="protected, degraded or down")
     mood: str = Field(description="content, worried or ill")
@@ -68,6 +119,7 @@ class SummaryOut(BaseModel):
     manager: str | None = Field(description="host of the active manager, null if none")
     hosts: dict[str, int] = Field(description="number of hosts by state")
     vms: dict[str, int] = Field(description="number of VMs by state")
+    services: dict[str, int] = Field(default_factory=dict, description="number of services by phase")
     protection: ProtectionOut
     simulation: dict[str, object] | None = None
 
@@ -146,6 +198,7 @@ class Accepted(BaseModel):
     request_id: str | None = None
     vm: VmOut | None = None
     host: HostOut | None = None
+    service: ServiceOut | None = None
 
 
 class FaultIn(BaseModel):
@@ -155,13 +208,14 @@ class FaultIn(BaseModel):
 
 
 SPEC_UPDATE = "VmSpecUpdate"  # VmSpec as PUT reads it: the name is the URL's (made by api.app)
+SERVICE_SPEC_UPDATE = "ServiceSpecUpdate"  # the same for ServiceSpec
 
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` (extra OpenAPI answers)
 
 ERRORS: Responses = {code: {"model": Problem, "description": text} for code, text in (
     (401, "no, malformed or wrong token"), (403, "a read-only token for a change"), (503, "the store is unreachable"))}
 READ_ERRORS: Responses = {code: answer for code, answer in ERRORS.items() if code != 403}  # any token may read
-NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM or host"}}
+NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM, host or service"}}
 CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
 DRAIN_REFUSED: Responses = {409: {"model": Problem, "description": "the drain cannot finish (one problem line per "
                                    "VM that cannot move) or the host is down; send force to drain anyway"}}

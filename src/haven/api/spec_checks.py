@@ -1,15 +1,40 @@
-"""Checks of a VM spec against the cluster it is declared in (the model checks the spec alone).
+"""Checks of a VM or service spec against the cluster it is declared in (the model checks the
+spec alone; `model.spec.check_services` the rules a whole config must follow).
 
-Each problem is one 'field: problem' line, as `model.load` writes them.
+Each problem is one 'field: problem' line, as `model.load` writes them, or for the rules between
+services and their members one 'service NAME: problem' line, as `check_services` writes them.
 """
 from __future__ import annotations
 
+from haven.model.service import ServiceSpec, check_services
 from haven.model.spec import VmSpec, affinity_problems
 from haven.runtime.layout import Snapshot
 
 
+def service_problems(snap: Snapshot, spec: ServiceSpec) -> list[str]:
+    """What keeps `spec` from being declared (or replacing the service of its name) here: members
+    that are no declared VM, not pinned to one host each, share a host or another service; a
+    floating IP or data disk already in use; a pool some member's host cannot reach."""
+    others = [other for name, other in sorted(snap.services.items()) if name != spec.name]
+    # The new spec comes last, so a clash with an existing service is reported as its problem.
+    mine = f"service {spec.name}: "
+    return [problem for problem in check_services([*others, spec], snap.specs.values(), snap.hosts.values())
+            if problem.startswith(mine)]
+
+
+def broken_services(snap: Snapshot, spec: VmSpec) -> list[str]:
+    """The service rules `spec` would break by replacing the VM of its name (a member no longer
+    pinned to one host, or now sharing its host with another member)."""
+    if not any(spec.name in service.members for service in snap.services.values()):
+        return []
+    services, hosts = list(snap.services.values()), list(snap.hosts.values())
+    before = set(check_services(services, snap.specs.values(), hosts))
+    after = check_services(services, {**snap.specs, spec.name: spec}.values(), hosts)
+    return [problem for problem in after if problem not in before]
+
+
 def cluster_problems(snap: Snapshot, spec: VmSpec) -> list[str]:
-    problems: list[str] = []
+    problems: list[str] = broken_services(snap, spec)
     hosts = snap.hosts
     for i, level in enumerate(spec.preference_levels):
         for pref in level:

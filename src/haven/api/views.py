@@ -4,12 +4,16 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from haven.api.schemas import EventOut, HostOut, ProtectionOut, SummaryOut, Usage, VmOut
+from haven.api.schemas import EventOut, HostOut, MemberOut, ProtectionOut, ServiceOut, SummaryOut, Usage, VmOut
 from haven.core.events import Event
-from haven.core.protection import assess, host_state
+from haven.core.protection import Protection, ServiceHealth, assess, host_state, service_health
+from haven.core.service import Hosts, ServiceView
+from haven.model.service import ServicePhase
+from haven.model.spec import DesiredState
 from haven.model.state import HOLDING_STATES, ClusterView, HostState, VmState
 from haven.ports.store import KeyValue
 from haven.runtime.layout import Snapshot, decode_event
+from haven.runtime.service_round import liveness, member_hosts
 
 PENDING = "pending"  # a VM spec the manager has not placed yet
 
@@ -55,17 +59,83 @@ def vm_out(snap: Snapshot, name: str) -> VmOut:
                  spec=spec, placement=placement, statuses=statuses, request=snap.requests.get(name))
 
 
+# --- services ---
+
+def service_facts(view: ClusterView, snap: Snapshot) -> tuple[Hosts, dict[str, str]]:
+    """The host facts and member hosts the manager decides services on (`runtime.service_round`),
+    from the store as it is now."""
+    records = {name: host.record for name, host in view.hosts.items()}
+    leases = {name: host.lease if host.alive and host.lease else None for name, host in view.hosts.items()}
+    return liveness(records, leases), member_hosts(snap.specs)
+
+
+def service_view(snap: Snapshot, name: str) -> ServiceView:
+    spec = snap.services[name]
+    return ServiceView(spec, snap.service_states.get(name),
+                       {m: f for m in spec.members if (f := snap.member_facts.get(m)) is not None},
+                       snap.service_requests.get(name))
+
+
+def service_healths(snap: Snapshot, view: ClusterView) -> list[ServiceHealth]:
+    hosts, host_of = service_facts(view, snap)
+    return [service_health(service_view(snap, name), hosts, host_of) for name in sorted(snap.services)]
+
+
+def service_phase(snap: Snapshot, name: str) -> str:
+    """The manager's phase; before its first decision 'pending', or 'stopped' for a service
+    declared stopped (the manager writes nothing for one that never ran)."""
+    state = snap.service_states.get(name)
+    if state is not None:
+        return state.phase.value
+    return ServicePhase.STOPPED.value if snap.services[name].desired is DesiredState.STOPPED else PENDING
+
+
+def service_out(snap: Snapshot, view: ClusterView, name: str) -> ServiceOut:
+    service = service_view(snap, name)
+    spec, state = service.spec, service.state
+    hosts, host_of = service_facts(view, snap)
+    health = service_health(service, hosts, host_of)
+    members = []
+    for member, cond in health.conditions.items():
+        facts = snap.member_facts.get(member)
+        host = host_of.get(member)
+        current = facts is not None and host is not None and hosts.get(host) is not None \
+            and hosts[host].lease == facts.lease
+        members.append(MemberOut(
+            name=member, host=host, host_state=host_state(view.hosts[host]).value if host in view.hosts else None,
+            vm_state=vm_state(snap, member) if member in snap.specs else "undeclared",
+            active=member == health.active, condition=cond.value, reported=current,
+            qemu=bool(facts and facts.qemu), guest=facts.guest if facts else None,
+            holds_disk=bool(facts and facts.disk), disk_mounted=bool(facts and facts.mounted),
+            holds_ip=bool(facts and facts.ip), app_started=bool(facts and facts.started),
+            check_failures=facts.check_failures if facts else 0, detail=facts.detail if facts else "",
+            facts=facts))
+    return ServiceOut(
+        name=name, phase=service_phase(snap, name), desired=spec.desired.value, active=health.active,
+        active_host=host_of.get(health.active) if health.active else None,
+        generation=state.generation if state else 0, reason=state.reason if state else "",
+        since=state.since if state else 0.0, floating_ip=spec.floating_ip, standbys=list(health.standbys),
+        members=members, spec=spec, state=state, request=service.request)
+
+
+def protection(snap: Snapshot, view: ClusterView) -> Protection:
+    """The pet's mood: HA VMs and services (`core.protection.assess`)."""
+    return assess(view, service_healths(snap, view))
+
+
 def summary(snap: Snapshot, cluster: str, now: float,
             simulation: dict[str, object] | None = None) -> SummaryOut:
     view = snap.view()
     hosts = Counter(host_state(h).value for h in view.hosts.values())
     vms = Counter(vm_state(snap, name) for name in snap.specs)
-    protection = assess(view)
+    services = Counter(service_phase(snap, name) for name in snap.services)
+    level = protection(snap, view)
     return SummaryOut(
         cluster=cluster, time=now, manager=snap.manager,
         hosts={s.value: hosts.get(s.value, 0) for s in HostState},
         vms={**{s.value: vms.get(s.value, 0) for s in VmState}, PENDING: vms.get(PENDING, 0)},
-        protection=ProtectionOut(level=protection.level, mood=protection.mood, reason=protection.reason),
+        services={**{s.value: services.get(s.value, 0) for s in ServicePhase}, PENDING: services.get(PENDING, 0)},
+        protection=ProtectionOut(level=level.level, mood=level.mood, reason=level.reason),
         simulation=simulation)
 
 

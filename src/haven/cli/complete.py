@@ -1,4 +1,4 @@
-"""Shell completion of VM and host names, asked of the API.
+"""Shell completion of VM, host and service names, asked of the API.
 
 A completion runs on every Tab press, so it is quick and silent: a short timeout, and on any
 failure (no API, wrong token, bad URL) no candidates at all rather than a message in the prompt.
@@ -6,6 +6,8 @@ failure (no API, wrong token, bad URL) no candidates at all rather than a messag
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -15,17 +17,22 @@ from haven.cli.ops_client import DEFAULT_API, ApiClient
 TIMEOUT_S = 1.0
 
 
-def _names(ctx: click.Context, path: str, incomplete: str) -> list[CompletionItem]:
+def _item_names(answer: Any) -> list[str]:
+    return [str(item["name"]) for item in answer]
+
+
+def _names(ctx: click.Context, path: str, incomplete: str,
+           pick: Callable[[Any], list[str]] = _item_names) -> list[CompletionItem]:
     # --api / --token given on the command line land in ctx.meta (ops.common); else the environment.
     url = ctx.meta.get("haven.api") or os.environ.get("HAVEN_API") or DEFAULT_API
     token = ctx.meta.get("haven.token") or os.environ.get("HAVEN_TOKEN") or None
     try:
         api = ApiClient(url, token, timeout=TIMEOUT_S)
         try:
-            items = api.get(path)
+            answer = api.get(path)
         finally:
             api.close()
-        names = sorted(str(item["name"]) for item in items)
+        names = sorted(pick(answer))
     except Exception:  # noqa: BLE001 - a traceback in the middle of the user's prompt helps nobody
         return []
     return [CompletionItem(name) for name in names if name.startswith(incomplete)]
@@ -37,3 +44,18 @@ def vm_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> lis
 
 def host_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     return _names(ctx, "/api/v1/hosts", incomplete)
+
+
+def service_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return _names(ctx, "/api/v1/services", incomplete)
+
+
+def service_members(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The members of the service named earlier on the command line (`haven service move db --to `)."""
+    # Completing an option's value, click stops parsing at that option: the service name is still
+    # among the unparsed arguments then.
+    name = ctx.params.get("name") or (ctx.args[0] if ctx.args else None)
+    if not name:
+        return []
+    return _names(ctx, f"/api/v1/services/{name}", incomplete,
+                  lambda service: [str(member["name"]) for member in service["members"]])

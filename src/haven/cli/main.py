@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from haven.cli import lab, node, ops, plan, sim
+from haven.cli import lab, node, ops, ops_service, plan, sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,12 +15,12 @@ def cli() -> None:
     host failure and the recovery; `haven sim serve ...` runs a simulated cluster with the API
     and dashboard.
 
-    Shell completion (commands, VM and host names): eval "$(_HAVEN_COMPLETE=bash_source haven)"
+    Shell completion (commands, VM, host and service names): eval "$(_HAVEN_COMPLETE=bash_source haven)"
     in ~/.bashrc; zsh_source for zsh, fish_source for fish (see the README).
     """
 
 
-for module in (ops, sim, plan, node, lab):
+for module in (ops, ops_service, sim, plan, node, lab):
     module.register(cli)
 
 

@@ -84,7 +84,7 @@ def emit(data: Any, text: Callable[[], None]) -> None:
 @click.command("status", epilog=STATUS_EXIT_CODES_HELP)
 @common
 def status() -> None:
-    """The cluster at a glance: protection level, hosts, VMs by state. The exit code is the
+    """The cluster at a glance: protection level, hosts, VMs and services by state. The exit code is the
     protection level, so scripts and monitoring can use it without parsing."""
     api = client()
     summary, hosts = api.get("/api/v1/summary"), api.get("/api/v1/hosts")

@@ -12,7 +12,7 @@ DEFAULT_API = "http://127.0.0.1:8470"
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the API refused in this state (409), the store is down (503), an operation failed
-EXIT_USAGE = 2  # bad arguments, unknown VM or host, invalid spec (click's own usage errors too)
+EXIT_USAGE = 2  # bad arguments, unknown VM, host or service, invalid spec (click's own usage errors too)
 EXIT_UNREACHABLE = 3  # the API could not be reached
 EXIT_AUTH = 4  # no token, or a wrong or read-only token for a change
 
@@ -20,7 +20,7 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
   1  the operation failed or was refused in the cluster's current state
-  2  usage error: bad arguments, unknown VM or host, invalid spec
+  2  usage error: bad arguments, unknown VM, host or service, invalid spec
   3  cannot reach the API (check --api / HAVEN_API)
   4  authentication: missing, wrong or read-only token (--token / HAVEN_TOKEN)"""
 
@@ -32,12 +32,14 @@ EXIT_DOWN = STATUS_EXIT["down"]
 
 STATUS_EXIT_CODES_HELP = """\b
 Exit codes:
-  0  protected: every HA VM runs and the cluster survives its planned host failures
-  1  degraded: every HA VM runs, but a host failure now would leave some down
+  0  protected: every HA VM runs and the cluster survives its planned host failures; every
+     service runs with a healthy standby
+  1  degraded: every HA VM runs, but a host failure now would leave some down, or a service
+     has no healthy standby
   2  usage error: bad arguments
   3  cannot reach the API (check --api / HAVEN_API)
   4  authentication: missing or wrong token (--token / HAVEN_TOKEN)
-  5  down: an HA VM is not running"""
+  5  down: an HA VM or a service is not running"""
 
 
 class CliError(click.ClickException):

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +20,9 @@ FACES = {"content": "(^_^)", "worried": "(o_o;)", "ill": "(x_x)"}
 MOOD_STYLE = {"content": "green", "worried": "yellow", "ill": "red"}
 STATE_STYLE = {"running": "green", "online": "green", "starting": "cyan", "migrating": "magenta",
                "stopping": "yellow", "maintenance": "blue", "recovering": "dark_orange", "lost": "dark_orange",
-               "error": "bold red", "fenced": "red", "stopped": "dim", "offline": "dim", "pending": "dim"}
+               "error": "bold red", "fenced": "red", "stopped": "dim", "offline": "dim", "pending": "dim",
+               "moving": "magenta", "down": "bold red",  # service phases
+               "healthy": "green", "booting": "cyan", "no report": "yellow"}  # member conditions
 
 
 def console() -> Console:
@@ -47,6 +51,8 @@ def status(summary: dict[str, Any], hosts: list[dict[str, Any]]) -> None:
 
     out.print(f"hosts: {counts(summary['hosts'])}")
     out.print(f"VMs:   {counts(summary['vms'])}")
+    if any(summary.get("services", {}).values()):  # absent from an older server's answer
+        out.print(f"services: {counts(summary['services'])}")
     out.print(f"fence devices: {fence_devices(hosts)}")
     hosts_table(hosts)
 
@@ -141,6 +147,62 @@ def vm_detail(v: dict[str, Any], history: list[dict[str, Any]]) -> None:
     if v["request"]:
         r = v["request"]
         out.print(f"  pending:    {r['action']} {r.get('kind', '')} {r.get('target') or ''} ({r['id']})")
+    if history:
+        out.print("  history:")
+        for event in history:
+            out.print(f"    {event['line']}", markup=False)
+
+
+def services_table(services: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("SERVICE", "PHASE", "ACTIVE", "HOST", "STANDBYS", "FLOATING IP", "DESIRED"):
+        table.add_column(column)
+    for s in services:
+        table.add_row(s["name"], styled(s["phase"]), s["active"] or "-", s["active_host"] or "-",
+                      ", ".join(s["standbys"]) or "[yellow]none healthy[/]", s["floating_ip"], s["desired"])
+    console().print(table)
+
+
+def member_role(service: dict[str, Any], member: dict[str, Any]) -> str:
+    if member["active"]:
+        return "[bold]active[/]"
+    return "standby" if member["name"] in service["standbys"] else "-"
+
+
+def member_holds(member: dict[str, Any]) -> str:
+    held = [word for word, on in (("disk", member["holds_disk"]), ("mounted", member["disk_mounted"]),
+                                  ("IP", member["holds_ip"]), ("app", member["app_started"])) if on]
+    return ", ".join(held) or "-"
+
+
+def service_detail(s: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    out = console()
+    spec = s["spec"]
+    where = f" on {s['active']}" + (f" ({s['active_host']})" if s["active_host"] else "") if s["active"] else ""
+    out.print(f"[bold]service {s['name']}[/]: {styled(s['phase'])}{where}")
+    if s["reason"]:
+        out.print(f"  reason:      {s['reason']}", markup=False)
+    out.print(f"  desired:     {s['desired']}   generation {s['generation']}")
+    out.print(f"  floating IP: {s['floating_ip']}")
+    disk = spec.get("data_disk")
+    if disk:
+        out.print(f"  data disk:   pool {disk['pool']}, {disk.get('file') or s['name'] + '-data.qcow2'}, "
+                  f"mounted at {spec['mount_point']}")
+    out.print(f"  standbys:    {', '.join(s['standbys']) or '[yellow]none healthy[/]'}")
+    out.print(f"  check:       every {spec['check_interval_s']:g} s, moves after {spec['failure_threshold']} "
+              "failures in a row")
+    if s["request"]:
+        r = s["request"]
+        out.print(f"  pending:     {r['action']} to {r.get('target') or 'the best other member'} ({r['id']})")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("MEMBER", "ROLE", "HOST", "CONDITION", "QEMU", "GUEST", "HOLDS", "CHECKS", "DETAIL"):
+        table.add_column(column)
+    for m in s["members"]:
+        host = f"{m['host']} ({m['host_state']})" if m["host"] and m["host_state"] != "online" else m["host"] or "-"
+        table.add_row(m["name"], member_role(s, m), host, styled(m["condition"]), "yes" if m["qemu"] else "no",
+                      m["guest"] or "-", member_holds(m), str(m["check_failures"]), escape(m["detail"] or ""))
+    out.print("  members:")
+    out.print(Padding(table, (0, 0, 0, 4), expand=False))
     if history:
         out.print("  history:")
         for event in history:

@@ -314,6 +314,12 @@ class Lab:
     def vm_address(self, vm: str) -> str:
         return self.vm_specs[vm].kernel_args.split("haven.ip=")[1].split("/")[0]
 
+    @property
+    def ha_vms(self) -> list[str]:
+        """The HA VMs, sorted: every VM but the services' members (pinned to their hosts)."""
+        members = {m for spec in self.service_specs.values() for m in spec.members}
+        return sorted(vm for vm in self.vm_specs if vm not in members)
+
     def service_url(self, service: str) -> str:
         """The demo application's address: the service's floating IP."""
         return f"http://{self.service_specs[service].floating_ip.split('/')[0]}:{SERVICE_PORT}/"

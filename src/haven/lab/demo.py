@@ -29,6 +29,8 @@ from typing import Any
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.lab.cluster import DEFAULT_ROOT, Lab, LabError
 from haven.lab.netns import USER_TIMEOUT_S, HttpProbe, IcmpProbe
+from haven.lab.probe import ServiceProbe, mono
+from haven.lab.services import fail_over, kill_qemu, wait_service_ready
 from haven.model.spec import MigrationKind
 from haven.model.state import HostState, RequestAction, VmState
 from haven.runtime import intents
@@ -51,13 +53,6 @@ class DemoError(RuntimeError):
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-WALL_TO_MONO = time.time() - time.monotonic()
-
-
-def mono(wall: float) -> float:
-    return wall - WALL_TO_MONO
-
 
 @contextmanager
 def exclusive_root(name: str) -> Iterator[Path]:
@@ -121,7 +116,8 @@ def wait_healthy(lab: Lab, timeout: float = 180.0) -> None:
 
 def vms_on(lab: Lab, host: str) -> list[str]:
     snap = lab.snapshot()
-    return sorted(vm for vm, p in snap.placements.items() if p.host == host and p.state is VmState.RUNNING)
+    return sorted(vm for vm, p in snap.placements.items()
+                  if p.host == host and p.state is VmState.RUNNING and vm in lab.ha_vms)
 
 
 def accelerator(lab: Lab) -> str:
@@ -142,69 +138,6 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "?"
-
-
-# --- a client that notices the service is back quickly, without flooding a slow guest ------------
-
-_SERVICE_PROBE = r"""
-import json, signal, socket, sys, time
-target, interval, connect_timeout, read_timeout = sys.argv[1], *map(float, sys.argv[2:5])
-host, _, port = target.partition(":")
-stop = False
-def _stop(*_):
-    global stop
-    stop = True
-signal.signal(signal.SIGTERM, _stop)
-while not stop:
-    t0 = time.time()
-    rec = {"t": t0}
-    try:
-        sock = socket.create_connection((host, int(port or 80)), timeout=connect_timeout)
-        try:
-            sock.settimeout(read_timeout)
-            sock.sendall(b"GET / HTTP/1.0\r\nHost: " + target.encode() + b"\r\n\r\n")
-            data = b""
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            sock.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0] + b" ":
-            raise ValueError(head[:40])
-        rec["body"] = json.loads(body)
-    except Exception as exc:
-        rec["error"] = type(exc).__name__
-    rec["dt"] = time.time() - t0
-    sys.stdout.write(json.dumps(rec) + "\n"); sys.stdout.flush()
-    delay = interval - (time.time() - t0)
-    if delay > 0 and not stop:
-        time.sleep(delay)
-"""
-
-
-class ServiceProbe(HttpProbe):
-    """GET http://target/ (`address` or `address:port`) every `interval` s from `namespace`, one
-    request at a time (a TCG guest forks a CGI per request: a flood would slow it down), with a
-    short connect timeout and a long read timeout: while the service is down each attempt fails
-    within `connect_timeout`, and once it is back a slow first answer still counts. Records as
-    HttpProbe's."""
-
-    def __init__(self, namespace: str, target: str, interval: float = 0.05, connect_timeout: float = 0.2,
-                 read_timeout: float = 3.0) -> None:
-        import subprocess
-        import threading
-
-        from haven.lab.netns import popen_in
-
-        self.records = []
-        self.proc = popen_in(namespace, [sys.executable, "-u", "-c", _SERVICE_PROBE, target, str(interval),
-                                         str(connect_timeout), str(read_timeout)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
 
 # --- host crash ---------------------------------------------------------------------------------
@@ -230,8 +163,8 @@ def pick_crash_host(lab: Lab, avoid_manager: bool = True) -> str:
     """The host running the most VMs (a non-manager host on a tie, if `avoid_manager`)."""
     snap = lab.snapshot()
     counts = {h: 0 for h in lab.members if h in snap.alive}
-    for p in snap.placements.values():
-        if p.host in counts and p.state is VmState.RUNNING:
+    for vm, p in snap.placements.items():
+        if p.host in counts and p.state is VmState.RUNNING and vm in lab.ha_vms:
             counts[p.host] += 1
     if not counts:
         raise DemoError("no host is up")
@@ -242,7 +175,8 @@ def measure_crash(lab: Lab, host: str, timeout: float = 180.0) -> list[CrashSamp
     """Power-cut `host`; per VM it ran, time until its service answers again elsewhere."""
     assert lab.net is not None
     snap = lab.snapshot()
-    victims = sorted(vm for vm, p in snap.placements.items() if p.host == host and p.state is VmState.RUNNING)
+    victims = sorted(vm for vm, p in snap.placements.items()
+                     if p.host == host and p.state is VmState.RUNNING and vm in lab.ha_vms)
     if not victims:
         raise DemoError(f"{host} runs no VM")
     was_manager = snap.manager == host
@@ -541,9 +475,10 @@ def run_demo(keep: bool = False, vms: int = 4, hosts: int = 3) -> int:
 
 def _demo(out: Any, root: Path, keep: bool, vms: int, hosts: int) -> int:
     _say(out, f"bringing up the lab: {hosts} hosts (network namespaces), a 3-member etcd, a haven daemon and "
-              f"watchdog per host, {vms} HA VMs of 128 MiB (QEMU, TCG where KVM does not work) ...")
+              f"watchdog per host, {vms} HA VMs of 128 MiB (QEMU, TCG where KVM does not work) and a guest-cluster "
+              "service on two more ...")
     t0 = time.monotonic()
-    with Lab(hosts=hosts, vms=vms, root=root, memory_mib=128) as lab:
+    with Lab(hosts=hosts, vms=vms, root=root, memory_mib=128, services=1) as lab:
         try:
             return _story(out, lab, t0, keep)
         except (DemoError, LabError):
@@ -569,7 +504,7 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
     _say(out, f"a client ({lab.client.namespace}) probes every VM: "
               + ", ".join(f"{vm} http://{lab.vm_address(vm)}/ "
                           f"(boot {lab.wait_answer(vm, 30, request_timeout=1.0)['boot_count']})"
-                          for vm in sorted(lab.vm_specs)))
+                          for vm in lab.ha_vms))
 
     host = pick_crash_host(lab)
     _say(out, f"power cut of {host} (runs {', '.join(vms_on(lab, host))}"
@@ -584,7 +519,7 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
     lab.wait(lambda s: host in s.alive and (r := s.records.get(host)) is not None and r.state is HostState.ONLINE,
              60, f"{host} back online")
 
-    live_vm = sorted(lab.vm_specs)[0]
+    live_vm = lab.ha_vms[0]
     source = lab.placed_host(live_vm)
     target = pick_target(lab, source or "")
     _say(out, f"live migration of {live_vm} {source} -> {target} with an ICMP probe every 10 ms and HTTP "
@@ -594,7 +529,7 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
               f"{live.icmp_sent} probes lost), QEMU downtime {fmt_ms(live.qemu_downtime_ms)}, HTTP "
               f"{live.http_failures} failed of {live.http_requests}")
 
-    quick_vm = next((vm for vm in sorted(lab.vm_specs) if vm != live_vm), live_vm)
+    quick_vm = next((vm for vm in lab.ha_vms if vm != live_vm), live_vm)
     source = lab.placed_host(quick_vm)
     target = pick_target(lab, source or "")
     _say(out, f"quick migration of {quick_vm} {source} -> {target} (stop, save to the shared pool, restore) ...")
@@ -603,9 +538,11 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
               f"handover {fmt_s(quick.handover)}, restore {fmt_s(quick.restore)}, "
               f"guest answers {fmt_s(quick.answer)}); RAM {'kept' if quick.ram_kept else 'NOT kept'}")
 
+    service = _service_failover(out, lab)
+
     out.print()
     out.print(report_table(f"haven lab demo: what happened ({accelerator(lab)} guests, load average {load_average()})",
-                           demo_rows(crash, [live], [quick])))
+                           demo_rows(crash, [live], [quick]) + service))
     out.print("[dim]one run each on a shared 2-core machine; `python3 bench/run.py` repeats them (RTO over "
               ">= 10 crashes) and adds the control-plane cost[/]")
     if keep:
@@ -613,6 +550,23 @@ def _story(out: Any, lab: Lab, t0: float, keep: bool) -> int:
     else:
         _say(out, "tearing down (use --keep to leave the lab up)")
     return 0
+
+
+def _service_failover(out: Any, lab: Lab) -> list[tuple[str, str, str, bool | None, str]]:
+    """The guest cluster: the service's active member QEMU killed, the standby takes over."""
+    name = sorted(lab.service_specs)[0]
+    wait_service_ready(lab, name)
+    spec = lab.service_specs[name]
+    _say(out, f"guest cluster: service {name} ({lab.service_url(name)}, data disk {spec.data_file}) on "
+              f"{' and '.join(spec.members)}; killing the active member's QEMU ...")
+    done = fail_over(lab, name, lambda member: kill_qemu(lab, member))
+    _say(out, f"  {done.new} answers after {done.seconds:.2f} s, its data-disk counter at "
+              f"{done.first_new['disk_counter']} (the last answer from {done.old}: {done.last_old['disk_counter']}); "
+              f"the disk open in two QEMUs in {done.double_opens} of {done.samples} samples; the address on "
+              f"{len(done.arp_macs)} MAC")
+    return [("guest cluster: member killed -> service answers", fmt_s(done.seconds), "<= 1.5 s",
+             done.seconds <= 1.5 and done.kept_acknowledged_writes and not done.double_opens,
+             "no boot: the standby is up; a plain VM restarts and boots")]
 
 
 def demo_rows(crash: list[CrashSample], live: list[LiveSample], quick: list[QuickSample]
@@ -665,7 +619,7 @@ def _keep(out: Any, lab: Lab) -> None:
     out.print()
     out.print(f"the lab stays up until Ctrl-C. API: HAVEN_API=http://{first_host.address}:8470 "
               f"HAVEN_TOKEN=lab-admin-token haven status")
-    out.print(f"probe: ip netns exec {lab.client.namespace} busybox wget -qO- http://{lab.vm_address(sorted(lab.vm_specs)[0])}/")
+    out.print(f"probe: ip netns exec {lab.client.namespace} busybox wget -qO- http://{lab.vm_address(lab.ha_vms[0])}/")
     try:
         while True:
             time.sleep(1.0)

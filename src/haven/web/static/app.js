@@ -1,5 +1,6 @@
 // haven dashboard: plain ES module, no build step. Reads /api/v1/*, follows the SSE stream,
-// and writes intents (migrate, drain, resume, start, stop, acknowledge) with the admin token.
+// and writes intents (migrate, drain, resume, start, stop, acknowledge; a service's move, start,
+// stop) with the admin token.
 
 import { fmtMiB } from "./format.js";
 
@@ -8,8 +9,8 @@ const REFRESH_MS = 1000;
 const VM_STATES = ["running", "starting", "migrating", "stopping", "recovering", "error", "stopped", "pending"];
 const $ = (sel) => document.querySelector(sel);
 
-const state = { summary: null, hosts: [], vms: [], token: null, role: null, roleToken: null, lastEvent: null,
-  streamAbort: null };
+const state = { summary: null, hosts: [], vms: [], services: [], token: null, role: null, roleToken: null,
+  lastEvent: null, streamAbort: null };
 
 // -- DOM helper -----------------------------------------------------------------------------
 function h(tag, attrs = {}, ...children) {
@@ -222,7 +223,9 @@ function fenceBadge(host) {
 function vmActions(vm) {
   const actions = [];
   if (!canWrite()) return actions;
-  if (vm.state === "running") actions.push(h("button", { class: "ghost small", "data-action": "migrate", onclick: () => confirmMigrate(vm) }, "Migrate"));
+  // A service's member is pinned to its host: the service moves between members, the member never does.
+  const member = state.services.some((service) => service.spec.members.includes(vm.name));
+  if (vm.state === "running" && !member) actions.push(h("button", { class: "ghost small", "data-action": "migrate", onclick: () => confirmMigrate(vm) }, "Migrate"));
   if (vm.state === "error") actions.push(h("button", { class: "danger small", "data-action": "acknowledge", onclick: () => confirmSimple(vm, "acknowledge") }, "Acknowledge"));
   if (vm.desired === "running" && vm.state !== "error") actions.push(h("button", { class: "ghost small", "data-action": "stop", onclick: () => confirmSimple(vm, "stop") }, "Stop"));
   if (vm.desired === "stopped") actions.push(h("button", { class: "ghost small", "data-action": "start", onclick: () => confirmSimple(vm, "start") }, "Start"));
@@ -244,6 +247,44 @@ function renderVms() {
   $("#vms tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No VMs declared."))]));
 }
 
+// -- services: each with its members (pinned to their hosts), the active one, the floating IP --------
+// A member's condition is the manager's judgement of it (healthy, booting, QEMU gone, ...); what it
+// holds (disk, IP, application) is its host agent's last report.
+function memberItem(service, m) {
+  const role = m.active ? "active" : service.standbys.includes(m.name) ? "standby" : "out";
+  const holds = [m.holds_disk && "disk", m.holds_ip && "IP", m.app_started && "app"].filter(Boolean);
+  return h("li", { class: `member ${role}`, "data-member": m.name, "data-role": role, "data-condition": m.condition },
+    h("span", { class: "member-name" }, m.active ? h("span", { class: "star", "aria-label": "active", title: "active: runs the service" }, "★") : null, m.name),
+    h("span", { class: "muted" }, ` on ${m.host || "?"}`),
+    h("span", { class: `cond c-${m.condition.replace(/ /g, "-")}`, title: m.detail || m.condition }, m.condition),
+    holds.length ? h("span", { class: "holds", title: "held by this member" }, holds.join(" · ")) : null);
+}
+
+function serviceActions(service) {
+  if (!canWrite()) return [];
+  const actions = [];
+  if (service.phase === "running") actions.push(h("button", { class: "ghost small", "data-action": "move", onclick: () => confirmMove(service) }, "Move"));
+  if (service.desired === "running") actions.push(h("button", { class: "ghost small", "data-action": "stop", onclick: () => confirmService(service, "stop") }, "Stop"));
+  else actions.push(h("button", { class: "ghost small", "data-action": "start", onclick: () => confirmService(service, "start") }, "Start"));
+  return actions;
+}
+
+function renderServices() {
+  $("#services-section").hidden = state.services.length === 0;
+  $("#services").replaceChildren(...state.services.map((service) => {
+    const foot = service.reason || (service.active ? `standby: ${service.standbys.join(", ") || "none healthy"}` : `desired: ${service.desired}`);
+    return h("article", { class: "card service", "data-service": service.name, "data-phase": service.phase },
+      h("div", { class: "host-head" },
+        h("div", { class: "host-name" }, service.name),
+        h("span", { class: `badge phase-${service.phase}`, "data-role": "service-phase" }, service.phase)),
+      h("div", { class: "service-ip" }, "floating IP ", h("strong", { "data-role": "floating-ip" }, service.floating_ip),
+        service.active ? h("span", { class: "muted" }, ` on ${service.active}`) : null),
+      h("ul", { class: "members" }, service.members.map((m) => memberItem(service, m))),
+      h("div", { class: "host-foot" }, h("span", { class: "service-reason", title: foot }, foot),
+        h("span", { class: "service-actions" }, serviceActions(service))));
+  }));
+}
+
 function renderSummary() {
   const s = state.summary;
   if (!s) return;
@@ -254,18 +295,20 @@ function renderSummary() {
   const vmsTotal = Object.values(s.vms).reduce((a, b) => a + b, 0);
   $("#stat-hosts").textContent = `${s.hosts.online} / ${hostsTotal}`;
   $("#stat-vms").textContent = `${s.vms.running + s.vms.migrating} / ${vmsTotal}`;
-  $("#stat-ha").textContent = String(s.vms.error + s.vms.recovering + s.hosts.lost + s.hosts.fenced + s.hosts.offline);
+  const servicesDown = (s.services && s.services.down) || 0;
+  $("#stat-ha").textContent = String(s.vms.error + s.vms.recovering + s.hosts.lost + s.hosts.fenced + s.hosts.offline + servicesDown);
   $("#state-legend").replaceChildren(...VM_STATES.filter((st) => s.vms[st]).map((st) =>
     h("span", {}, h("i", { class: `swatch s-${st}` }), `${st} ${s.vms[st]}`)));
   renderPet(s.protection);
 }
 
-function renderAll() { renderRole(); renderSummary(); renderHosts(); renderVms(); }
+function renderAll() { renderRole(); renderSummary(); renderHosts(); renderServices(); renderVms(); }
 
 async function refresh() {
   try {
-    const [summary, hosts, vms] = await Promise.all([api("summary"), api("hosts"), api("vms"), loadRole()]);
-    Object.assign(state, { summary, hosts, vms });
+    const [summary, hosts, vms, services] = await Promise.all([api("summary"), api("hosts"), api("vms"),
+      api("services"), loadRole()]);
+    Object.assign(state, { summary, hosts, vms, services });
     renderAll();
     trackOperations();
   } catch (error) {
@@ -343,7 +386,7 @@ function handleMessage(block) {
 }
 
 // -- actions, confirmation, progress --------------------------------------------------------
-const operations = { vms: {}, hosts: {} };
+const operations = { vms: {}, hosts: {}, services: {} };
 
 function confirmDialog(title, text, fields = [], { ok = "Confirm", danger = false } = {}) {
   const dialog = $("#confirm");
@@ -429,6 +472,26 @@ async function confirmSimple(vm, action) {
   run(`${action} ${vm.name}`, () => post(`vms/${vm.name}/${action}`));
 }
 
+async function confirmMove(service) {
+  const others = service.members.filter((m) => !m.active);
+  const select = h("select", { id: "move-target" }, h("option", { value: "" }, "best other member (the manager decides)"),
+    others.map((m) => h("option", { value: m.name, disabled: m.condition !== "healthy" }, `${m.name} on ${m.host} — ${m.condition}`)));
+  const fields = [h("label", { for: "move-target" }, "Target"), select,
+    h("div", { class: "hint" }, "The active member stops the application and releases the floating IP and the data disk; then the target takes them.")];
+  if (!(await confirmDialog(`Move ${service.name}`, `${service.name} runs on ${service.active}. Where should it go?`, fields))) return;
+  const target = select.value || null;
+  run(`Moving ${service.name}`, () => post(`services/${service.name}/move`, { target }), (answer, t, start) => {
+    operations.services[service.name] = { id: answer.request_id, from: service.active, ...start, toast: t };
+  });
+}
+
+async function confirmService(service, action) {
+  const text = { stop: `Stop ${service.name}? The application stops and releases ${service.floating_ip}; it no longer fails over. Its member VMs keep running.`,
+    start: `Start ${service.name} on its best healthy member?` }[action];
+  if (!(await confirmDialog(`${action[0].toUpperCase()}${action.slice(1)} ${service.name}`, text))) return;
+  run(`${action} ${service.name}`, () => post(`services/${service.name}/${action}`));
+}
+
 async function confirmDrain(host) {
   const text = `Put ${host.name} in maintenance? Its ${host.vms.length} VM(s) move to other hosts and it takes no new VMs until resumed.`;
   if (!(await confirmDialog(`Drain ${host.name}`, text))) return;
@@ -477,6 +540,22 @@ function trackOperations() {
     } else if (vm.state === "error") {
       op.toast.finish(false, `${name} is in error: ${vm.reason}`);
       delete operations.vms[name];
+    }
+  }
+  for (const [name, op] of Object.entries(operations.services)) {
+    const service = state.services.find((x) => x.name === name);
+    if (!service) { op.toast.finish(false, `${name} disappeared`); delete operations.services[name]; continue; }
+    if (service.request && service.request.id === op.id) { op.toast.progress(null, "waiting for the manager…"); continue; }
+    if (service.phase === "moving") op.toast.progress(null, `moving ${op.from} → ${service.active}…`);
+    else if (service.phase === "running" && service.active !== op.from) {
+      op.toast.finish(true, `${name}: ${op.from} → ${service.active} in ${seconds(op)}`);
+      delete operations.services[name];
+    } else if (service.phase === "running" && service.state && service.state.request_id === op.id) {
+      op.toast.finish(false, `${name} stayed on ${op.from}: the manager did not move it (see its events)`);
+      delete operations.services[name];
+    } else if (service.phase === "down" || service.desired !== "running") {
+      op.toast.finish(false, `${name} is ${service.phase}${service.reason ? `: ${service.reason}` : ""}`);
+      delete operations.services[name];
     }
   }
   for (const [name, op] of Object.entries(operations.hosts)) {
