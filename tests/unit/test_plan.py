@@ -59,3 +59,12 @@ def test_what_if_replays_the_failure_in_the_simulator():
     assert 2.0 < db.recovery_s < 10.0  # lease expiry + grace + boot
     everything = what_if(config, running, [h.name for h in config.hosts])
     assert set(everything.lost) == set(running)
+
+
+def test_guest_clusters_survive_nothing_when_their_members_do_not_all_fit():
+    # Two hosts of room 2 VMs each: three services need six members on distinct hosts of a pair.
+    hosts = [{"name": f"h{i}", "vcpus": 8, "memory_mib": 2048} for i in range(2)]
+    fits = TopologyInput(workloads={"count": 2, "memory_mib": 1024}, memory_reserve_mib=0, hosts=hosts)
+    crowded = TopologyInput(workloads={"count": 3, "memory_mib": 1024}, memory_reserve_mib=0, hosts=hosts)
+    assert compare(fits)[1].host_failures_survived == 1
+    assert compare(crowded)[1].host_failures_survived == 0

@@ -59,9 +59,26 @@ def _licence(data: TopologyInput, instances: int) -> float:
     return data.licensing.price * instances
 
 
+def members_fit(data: TopologyInput) -> bool:
+    """Whether every workload's two members (haven services: always running, each pinned to its
+    own host) fit at once: each pair on the two hosts with the most room left."""
+    room = sorted(((h.memory_mib - data.memory_reserve_mib) // data.workloads.memory_mib for h in data.hosts),
+                  reverse=True)
+    for _ in range(data.workloads.count):
+        if len(room) < 2 or room[1] < 1:
+            return False
+        room[0] -= 1
+        room[1] -= 1
+        room.sort(reverse=True)
+    return True
+
+
 def _failures_survived(data: TopologyInput, vms: int, pairs: bool) -> int:
     """Host failures after which every workload still runs: the smallest surviving hosts must
-    hold all its VMs (a host cluster), or one VM of each pair must survive (guest clusters)."""
+    hold all its VMs (a host cluster), or one VM of each pair must survive (guest clusters, whose
+    members must all fit to begin with)."""
+    if pairs and not members_fit(data):
+        return 0
     hosts = sorted(data.hosts, key=lambda h: h.memory_mib)
     need = data.workloads.memory_mib
     survived = 0
@@ -85,7 +102,7 @@ def compare(data: TopologyInput) -> list[Topology]:
         host_failures_survived=_failures_survived(data, n, pairs=False),
         dissimilar_hosts="yes, via the baseline CPU model" + (" (these mix vendors)" if mixed else ""))
     guest_clusters = Topology(
-        name="B: guest clusters (2 VMs each)",
+        name="B: guest clusters (haven services, 2 members each)",
         os_instances=hosts + 2 * n, clusters=n, licence_cost=_licence(data, hosts + 2 * n),
         host_failures_survived=_failures_survived(data, 2 * n, pairs=True),
         dissimilar_hosts="yes, no VM moves between hosts")
