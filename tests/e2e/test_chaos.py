@@ -19,7 +19,7 @@ import pytest
 
 from haven.lab.cluster import Lab
 from haven.lab.sampler import QemuSampler, qemu_table
-from haven.model.state import HostState, VmState
+from haven.model.state import VmState
 
 MISSING = [b for b in ("qemu-system-x86_64", "etcd", "ip") if shutil.which(b) is None]
 pytestmark = [
@@ -43,8 +43,7 @@ def lab() -> Iterator[Lab]:
 
 def settle(lab: Lab) -> None:
     """Every host online, every VM running and answering."""
-    lab.wait(lambda snap: snap.alive >= set(lab.members)
-             and all(r.state is HostState.ONLINE for r in snap.records.values()), 60, "every host online")
+    lab.wait_all_online(60)
     lab.wait_all_running(ANSWER_BOUND_S)
     for vm in sorted(lab.vm_specs):
         lab.wait_answer(vm, ANSWER_BOUND_S)

@@ -21,7 +21,6 @@ from haven.lab.cluster import Lab
 from haven.lab.services import Failover, host_of, kill_qemu, service_answer, wait_service_ready
 from haven.lab.services import fail_over as fail_over_as_seen
 from haven.model.service import GuestHealth, ServiceRequest
-from haven.model.state import HostState
 
 MISSING = [b for b in ("qemu-system-x86_64", "etcd", "ip", "arping") if shutil.which(b) is None]
 pytestmark = [
@@ -42,12 +41,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture
 def healthy(lab: Lab) -> Lab:
     """Every host up and the service running with a healthy standby, whatever the last test did."""
-    for name, member in lab.members.items():
-        lab.heal(name)
-        if member.daemon is None or member.daemon.poll() is not None:
-            lab.power_on(name)
-    lab.wait(lambda snap: snap.alive >= set(lab.members)
-             and all(r.state is HostState.ONLINE for r in snap.records.values()), 90, "every host online")
+    lab.restore_hosts(90)
     for vm in lab.service_specs[SERVICE].members:
         if lab.qemu_hosts(vm):
             with contextlib.suppress(Exception):  # a QEMU on its way out: nothing to resume
@@ -95,29 +89,13 @@ def test_check_failing(healthy: Lab) -> None:
 
 
 def test_member_host_crashed(healthy: Lab) -> None:
-    crashed: list[str] = []
-
-    def crash(member: str) -> None:
-        host = host_of(healthy, member)
-        healthy.crash(host)
-        crashed.append(host)
-
-    fail_over(healthy, crash)
-    healthy.power_on(crashed[0])
+    fail_over(healthy, lambda member: healthy.crash(host_of(healthy, member)))  # the next `healthy` powers it on
 
 
 def test_member_host_isolated(healthy: Lab) -> None:
     """Alive but cut from the store: the service moves only once that host fenced itself (its
     lease expired and the grace passed), so the disk is never open on both sides."""
-    isolated: list[str] = []
-
-    def isolate(member: str) -> None:
-        host = host_of(healthy, member)
-        healthy.isolate(host)
-        isolated.append(host)
-
-    fail_over(healthy, isolate)
-    healthy.heal(isolated[0])
+    fail_over(healthy, lambda member: healthy.isolate(host_of(healthy, member)))  # the next `healthy` heals it
 
 
 def test_clean_move_keeps_every_write(healthy: Lab) -> None:

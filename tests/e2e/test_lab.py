@@ -17,7 +17,7 @@ import pytest
 from haven.lab.cluster import Lab
 from haven.lab.netns import USER_TIMEOUT_S, HttpProbe
 from haven.model.spec import MigrationKind
-from haven.model.state import HostState, RequestAction, VmState
+from haven.model.state import RequestAction, VmState
 from haven.runtime import intents
 
 MISSING = [b for b in ("qemu-system-x86_64", "etcd", "ip") if shutil.which(b) is None]
@@ -37,12 +37,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture
 def healthy(lab: Lab) -> Lab:
     """Every host up and every VM running and answering, whatever the previous test did."""
-    for name, member in lab.members.items():
-        lab.heal(name)
-        if member.daemon is None or member.daemon.poll() is not None:
-            lab.power_on(name)
-    lab.wait(lambda snap: snap.alive >= set(lab.members)
-             and all(r.state is HostState.ONLINE for r in snap.records.values()), 60, "every host online")
+    lab.restore_hosts(60)
     lab.wait_all_running(120)
     for vm in lab.vm_specs:
         lab.wait_answer(vm, 60)

@@ -12,8 +12,9 @@ from haven.model.service import ServicePhase
 from haven.model.spec import DesiredState
 from haven.model.state import HOLDING_STATES, ClusterView, HostState, VmState
 from haven.ports.store import KeyValue
+from haven.runtime import service_round
 from haven.runtime.layout import Snapshot, decode_event
-from haven.runtime.service_round import liveness, member_hosts
+from haven.runtime.service_round import ServiceInputs, member_hosts, view_liveness
 
 PENDING = "pending"  # a VM spec the manager has not placed yet
 
@@ -64,16 +65,11 @@ def vm_out(snap: Snapshot, name: str) -> VmOut:
 def service_facts(view: ClusterView, snap: Snapshot) -> tuple[Hosts, dict[str, str]]:
     """The host facts and member hosts the manager decides services on (`runtime.service_round`),
     from the store as it is now."""
-    records = {name: host.record for name, host in view.hosts.items()}
-    leases = {name: host.lease if host.alive and host.lease else None for name, host in view.hosts.items()}
-    return liveness(records, leases), member_hosts(snap.specs)
+    return view_liveness(view), member_hosts(snap.specs)
 
 
 def service_view(snap: Snapshot, name: str) -> ServiceView:
-    spec = snap.services[name]
-    return ServiceView(spec, snap.service_states.get(name),
-                       {m: f for m in spec.members if (f := snap.member_facts.get(m)) is not None},
-                       snap.service_requests.get(name))
+    return service_round.service_view(ServiceInputs.of(snap), name)
 
 
 def service_healths(snap: Snapshot, view: ClusterView) -> list[ServiceHealth]:

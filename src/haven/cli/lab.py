@@ -291,15 +291,17 @@ def _qemu_running(run_dir: Path, vm: str) -> bool:
         return False
 
 
-def _fault(cmd: str, host: str) -> None:
+def _fault(cmd: str, target: str, kind: str = "hosts") -> None:
+    """Ask the supervisor to inject `cmd` on `target`, one of the lab's `kind` ("hosts" or "vms")."""
     _need_root()
     from haven.lab.supervisor import send_command
 
-    state = _running_state()
-    if host not in state["hosts"]:
-        raise LabCliError(f"unknown host {host!r} (hosts: {', '.join(state['hosts'])})")
+    known = _running_state().get(kind) or {}
+    if target not in known:
+        noun = "host" if kind == "hosts" else "VM"
+        raise LabCliError(f"unknown {noun} {target!r} ({noun}s: {', '.join(sorted(known))})")
     try:
-        reply = send_command(cmd, host)
+        reply = send_command(cmd, target)
     except OSError as exc:
         raise LabCliError(f"the lab's supervisor does not answer ({exc}); `haven lab down` cleans up") from None
     if not reply.get("ok"):
@@ -322,34 +324,18 @@ _fault_command("cont-agent", "SIGCONT HOST's daemon.")
 _fault_command("power-on", "Boot a crashed HOST again: a fresh daemon and watchdog.")
 
 
-def _guest_fault(cmd: str, vm: str) -> None:
-    _need_root()
-    from haven.lab.supervisor import send_command
-
-    state = _running_state()
-    if vm not in state.get("vms", {}):
-        raise LabCliError(f"unknown VM {vm!r} (VMs: {', '.join(sorted(state.get('vms', {})))})")
-    try:
-        reply = send_command(cmd, vm)
-    except OSError as exc:
-        raise LabCliError(f"the lab's supervisor does not answer ({exc}); `haven lab down` cleans up") from None
-    if not reply.get("ok"):
-        raise LabCliError(reply.get("error", "failed"))
-    click.echo(reply.get("message", "done"))
-
-
 @lab.command("hang-guest")
 @click.argument("vm")
 def hang_guest(vm: str) -> None:
     """Hang VM's guest OS: its vCPUs stop, its QEMU stays (the guest agent goes silent)."""
-    _guest_fault("hang-guest", vm)
+    _fault("hang-guest", vm, "vms")
 
 
 @lab.command("resume-guest")
 @click.argument("vm")
 def resume_guest(vm: str) -> None:
     """Let a hung guest run again."""
-    _guest_fault("resume-guest", vm)
+    _fault("resume-guest", vm, "vms")
 
 
 @lab.command("supervise", hidden=True)

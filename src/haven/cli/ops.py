@@ -63,6 +63,24 @@ def refuse_timeout_with_no_wait(no_wait: bool) -> None:
         raise click.UsageError("--timeout has no effect with --no-wait: use one or the other")
 
 
+def refuse_timeout_without_wait(wait: bool) -> None:
+    """--timeout only bounds --wait, so a timeout without it is a mistake worth telling."""
+    ctx = click.get_current_context()
+    if not wait and ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--timeout only bounds --wait: add --wait or drop --timeout")
+
+
+def post_spec_file(path: Path, url: str) -> dict[str, Any]:
+    """Send a YAML or JSON spec file as it is (the API parses and validates it)."""
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise CliError(f"cannot read {path} ({error.strerror})", EXIT_USAGE) from None
+    kind = "application/json" if path.suffix == ".json" else "application/yaml"
+    answer: dict[str, Any] = client().request("POST", url, content=content, headers={"Content-Type": kind})
+    return answer
+
+
 def client() -> ApiClient:
     meta = click.get_current_context().meta
     return ApiClient(meta["haven.api"], meta.get("haven.token"))
@@ -200,12 +218,7 @@ def vm_create(path: Path) -> None:
         priority: 3
         disks: [{pool: shared, size_mib: 64}]
     """
-    try:
-        content = path.read_bytes()
-    except OSError as error:
-        raise CliError(f"cannot read {path} ({error.strerror})", EXIT_USAGE) from None
-    kind = "application/json" if path.suffix == ".json" else "application/yaml"
-    answer = client().request("POST", "/api/v1/vms", content=content, headers={"Content-Type": kind})
+    answer = post_spec_file(path, "/api/v1/vms")
     emit(answer, lambda: click.echo(answer["message"]))
 
 
@@ -239,9 +252,7 @@ _simple("acknowledge", "Clear the error state of VM NAME so the manager tries ag
 @common
 def vm_stop(name: str, wait: bool, timeout: float) -> None:
     """Stop VM NAME (sets desired: stopped; it is no longer restarted)."""
-    ctx = click.get_current_context()
-    if not wait and ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE:
-        raise click.UsageError("--timeout only bounds --wait: add --wait or drop --timeout")
+    refuse_timeout_without_wait(wait)
     api = client()
     answer = api.post(f"/api/v1/vms/{name}/stop")
     if not wait:

@@ -13,8 +13,15 @@ import click
 
 from haven.cli import ops_render as render
 from haven.cli.complete import service_members, service_names
-from haven.cli.ops import client, common, emit, refuse_timeout_with_no_wait
-from haven.cli.ops_client import EXIT_CODES_HELP, EXIT_FAILED, EXIT_USAGE, ApiClient, CliError
+from haven.cli.ops import (
+    client,
+    common,
+    emit,
+    post_spec_file,
+    refuse_timeout_with_no_wait,
+    refuse_timeout_without_wait,
+)
+from haven.cli.ops_client import EXIT_CODES_HELP, EXIT_FAILED, ApiClient, CliError
 
 SERVICE_NAME = click.argument("name", shell_complete=service_names)
 
@@ -62,12 +69,7 @@ def service_create(path: Path) -> None:
         floating_ip: 10.0.9.10/24
         data_disk: {pool: san}
     """
-    try:
-        content = path.read_bytes()
-    except OSError as error:
-        raise CliError(f"cannot read {path} ({error.strerror})", EXIT_USAGE) from None
-    kind = "application/json" if path.suffix == ".json" else "application/yaml"
-    answer = client().request("POST", "/api/v1/services", content=content, headers={"Content-Type": kind})
+    answer = post_spec_file(path, "/api/v1/services")
     emit(answer, lambda: click.echo(answer["message"]))
 
 
@@ -142,9 +144,7 @@ def _desired(action: str, desired: str, goal: str, doc: str) -> None:
                   help="seconds to wait with --wait")
     @common
     def command(name: str, wait: bool, timeout: float) -> None:
-        ctx = click.get_current_context()
-        if not wait and ctx.get_parameter_source("timeout") is click.core.ParameterSource.COMMANDLINE:
-            raise click.UsageError("--timeout only bounds --wait: add --wait or drop --timeout")
+        refuse_timeout_without_wait(wait)
         api = client()
         answer = api.post(f"/api/v1/services/{name}/{action}")
         if not wait:

@@ -33,7 +33,7 @@ from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
 from haven.model.service import ServicePhase
 from haven.model.spec import Disk, HostSpec, Nic, RestartPolicy, ServiceSpec, Settings, VmSpec
-from haven.model.state import Placement, VmState
+from haven.model.state import HostState, Placement, VmState
 from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
 DEFAULT_ROOT = Path("/var/lib/haven-lab")
@@ -306,6 +306,20 @@ class Lab:
         if placement is None:
             raise LabError(f"{vm} has no placement")
         return placement.host
+
+    def wait_all_online(self, timeout: float) -> None:
+        """Every host holding its lease and online in the manager's records."""
+        self.wait(lambda snap: snap.alive >= set(self.members)
+                  and all(r.state is HostState.ONLINE for r in snap.records.values()), timeout, "every host online")
+
+    def restore_hosts(self, timeout: float) -> None:
+        """Undo every host fault a test may have left (isolation, power cut) and wait until every
+        host is online again."""
+        for name, member in self.members.items():
+            self.heal(name)
+            if member.daemon is None or member.daemon.poll() is not None:
+                self.power_on(name)
+        self.wait_all_online(timeout)
 
     def wait_all_running(self, timeout: float) -> None:
         self.wait(lambda snap: all((p := snap.placements.get(vm)) and p.state is VmState.RUNNING

@@ -107,8 +107,7 @@ def first(events: list[Event], kind: EventKind, about: tuple[SubjectKind, str], 
 
 def wait_healthy(lab: Lab, timeout: float = 180.0) -> None:
     """Every host online with its lease, every VM running and answering."""
-    lab.wait(lambda s: s.alive >= set(lab.members)
-             and all(r.state is HostState.ONLINE for r in s.records.values()), timeout, "every host online")
+    lab.wait_all_online(timeout)
     lab.wait_all_running(timeout)
     for vm in lab.vm_specs:
         lab.wait_answer(vm, timeout, request_timeout=1.0)

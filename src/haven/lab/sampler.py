@@ -37,20 +37,20 @@ def lab_qemus(run_root: Path) -> list[tuple[int, str, str]]:
     return found
 
 
-def qemu_table(run_root: Path) -> dict[str, list[str]]:
-    """VM -> the lab hosts with a QEMU process for it."""
+def qemu_table(run_root: Path, qemus: list[tuple[int, str, str]] | None = None) -> dict[str, list[str]]:
+    """VM -> the lab hosts with a QEMU process for it (from `qemus` if the caller listed them)."""
     table: dict[str, set[str]] = {}
-    for _, host, vm in lab_qemus(run_root):
+    for _, host, vm in lab_qemus(run_root) if qemus is None else qemus:
         table.setdefault(vm, set()).add(host)  # a daemonizing QEMU is two processes a moment
     return {vm: sorted(hosts) for vm, hosts in table.items()}
 
 
-def image_holders(run_root: Path, images: frozenset[str]) -> dict[str, set[str]]:
-    """Image path -> the lab VMs ("vm@host") whose QEMU holds it open now, from /proc/PID/fd: what
-    the kernel says, whatever QEMU or haven would report (a hot-plugged disk is not on the
-    command line)."""
+def image_holders(qemus: list[tuple[int, str, str]], images: frozenset[str]) -> dict[str, set[str]]:
+    """Image path -> the lab VMs ("vm@host") among `qemus` (`lab_qemus`) holding it open now, from
+    /proc/PID/fd: what the kernel says, whatever QEMU or haven would report (a hot-plugged disk
+    is not on the command line)."""
     holders: dict[str, set[str]] = {}
-    for pid, host, vm in lab_qemus(run_root):
+    for pid, host, vm in qemus:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
@@ -94,7 +94,8 @@ class QemuSampler:
         open_overlaps: dict[str, Overlap] = {}
         previous = time.monotonic()
         while not self._stop.wait(self.interval):
-            table = qemu_table(self.run_root)
+            qemus = lab_qemus(self.run_root)  # one /proc scan per sample serves both checks
+            table = qemu_table(self.run_root, qemus)
             now = time.monotonic()
             if now - previous > 3 * self.interval:
                 self.gaps.append(now - previous)
@@ -113,7 +114,7 @@ class QemuSampler:
                 else:
                     open_overlaps.pop(vm, None)
             if self.images:
-                for image, holders in image_holders(self.run_root, self.images).items():
+                for image, holders in image_holders(qemus, self.images).items():
                     if len(holders) > 1:
                         self.double_opens.append((image, sorted(holders)))
 

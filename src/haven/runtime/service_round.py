@@ -46,16 +46,27 @@ def liveness(records: Mapping[str, HostRecord | None], leases: Mapping[str, int 
             for name, record in records.items()}
 
 
+def view_liveness(view: ClusterView, settled: Mapping[str, HostRecord] | None = None) -> dict[str, HostLiveness]:
+    """`liveness` of the cluster's hosts: their records as stored, or as `settled` (this
+    manager iteration's new ones) where it has them; a lease only for a host alive under it."""
+    records = {name: (settled or {}).get(name, host.record) for name, host in view.hosts.items()}
+    leases = {name: host.lease if host.alive and host.lease else None for name, host in view.hosts.items()}
+    return liveness(records, leases)
+
+
+def service_view(inputs: ServiceInputs, name: str) -> ServiceView:
+    """One service as the rule reads it: spec, state, its members' reports, a pending request."""
+    spec = inputs.specs[name]
+    return ServiceView(spec, inputs.states.get(name),
+                       {m: f for m in spec.members if (f := inputs.facts.get(m)) is not None},
+                       inputs.requests.get(name))
+
+
 def decide_round(inputs: ServiceInputs, view: ClusterView, decision: Decision, now: float) -> ServiceDecision:
     """The services' turn, on the host records as this iteration settled them."""
-    records = {name: decision.host_records.get(name, host.record) for name, host in view.hosts.items()}
-    leases = {name: host.lease if host.alive and host.lease else None for name, host in view.hosts.items()}
-    views = {name: ServiceView(spec, inputs.states.get(name),
-                               {m: f for m in spec.members if (f := inputs.facts.get(m)) is not None},
-                               inputs.requests.get(name))
-             for name, spec in inputs.specs.items()}
-    return decide_services(views, liveness(records, leases), member_hosts({n: v.spec for n, v in view.vms.items()}),
-                           now)
+    views = {name: service_view(inputs, name) for name in inputs.specs}
+    return decide_services(views, view_liveness(view, decision.host_records),
+                           member_hosts({n: v.spec for n, v in view.vms.items()}), now)
 
 
 def as_event(event: ServiceEvent) -> Event:
