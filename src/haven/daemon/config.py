@@ -4,7 +4,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from haven.drivers.qemu_boot import DirectBoot
 from haven.drivers.qemu_config import QemuHostConfig
@@ -47,7 +47,10 @@ class NodeConfig(BaseModel):
     host: HostSpec
     pools: dict[str, Path] = Field(description="storage pool name -> directory (shared storage)")
     run_dir: Path = Path("/run/haven")
-    watchdog_file: Path | None = Field(default=None, description="deadline file the watchdog process reads")
+    watchdog_file: Path | None = Field(default=None, description="deadline file the watchdog process reads "
+                                       "(`haven node watchdog`, the lab's)")
+    watchdog_device: Path | None = Field(default=None, description="a Linux watchdog device (/dev/watchdog) "
+                                         "this daemon holds: the host resets when the agent stops renewing")
     vm_bridge: str | None = Field(default=None, description="bridge for VM NIC taps (created on demand)")
     guest: GuestConfig | None = None
     accel: str = Field(default="auto", pattern="^(auto|kvm|tcg)$")
@@ -61,6 +64,13 @@ class NodeConfig(BaseModel):
                                 "that a fencing bug shows as a double run instead of a lock error")
     fencing: FencingConfig | None = Field(default=None, description="power-fence devices this node's manager "
                                           "may use, per host (checked at load: agent installed, secrets private)")
+
+    @model_validator(mode="after")
+    def _one_watchdog(self) -> NodeConfig:
+        if self.watchdog_file is not None and self.watchdog_device is not None:
+            raise ValueError("give watchdog_file (the watchdog process's deadline file) or watchdog_device "
+                             "(a Linux watchdog device such as /dev/watchdog), not both")
+        return self
 
 
 def qemu_host_config(config: NodeConfig, settings: Settings) -> QemuHostConfig:

@@ -1,12 +1,15 @@
 """`haven node run`: the composition root of one real host. Wiring only: the threads are
 `daemon.host_threads`, the handover and signals `daemon.takeover`, the lease file
-`daemon.lease_file`, what becomes of the VMs `daemon.shutdown`."""
+`daemon.lease_file`, what becomes of the VMs `daemon.shutdown`, the watchdog `daemon.watchdog` (the
+lab's process) or `drivers.hw_watchdog` (a Linux watchdog device)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 
+from haven.core.agent import DEAD
 from haven.daemon.config import NodeConfig, ShutdownPolicy, qemu_host_config
 from haven.daemon.events import EventLog
 from haven.daemon.host_threads import HostThreads
@@ -16,13 +19,41 @@ from haven.daemon.takeover import StopSignals, take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.fence_agent import FenceAgentFencer
+from haven.drivers.hw_watchdog import DeviceWatchdog, WatchdogDeviceError
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
 from haven.drivers.qemu_guest import QemuGuest
+from haven.model.spec import Settings
+from haven.ports.fencer import Watchdog
+from haven.ports.hypervisor import Hypervisor, HypervisorError
 from haven.runtime.agent_loop import AgentLoop
 from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import Layout, read_settings
 from haven.runtime.lease import LeaseKeeper
 from haven.runtime.manager_loop import ManagerLoop
+
+log = logging.getLogger("haven.node")
+
+
+def make_watchdog(config: NodeConfig, settings: Settings) -> Watchdog | None:
+    """The watchdog the config names (the config allows one at most). Opens no device: a
+    DeviceWatchdog is opened once the previous daemon, which held it, is gone."""
+    if config.watchdog_device is not None:
+        return DeviceWatchdog(config.watchdog_device, settings)
+    if config.watchdog_file is not None:
+        return FileWatchdog(config.watchdog_file)
+    return None
+
+
+def refuse_without_watchdog(error: WatchdogDeviceError, hypervisor: Hypervisor) -> None:
+    """The device cannot be had: stop here. VMs taken over from a previous run die first: with no
+    daemon renewing its lease they would be restarted elsewhere while still running here."""
+    log.error("%s", error)
+    live = [name for name, vm in hypervisor.list().items() if vm.state not in DEAD]
+    for name in live:
+        with contextlib.suppress(HypervisorError):  # one that fails must not spare the others
+            hypervisor.kill(name)
+    if live:
+        log.error("killed %d VM(s) this daemon cannot protect without its watchdog: %s", len(live), ", ".join(live))
 
 
 def run_node(config: NodeConfig) -> int:
@@ -35,7 +66,7 @@ def run_node(config: NodeConfig) -> int:
     events = EventLog(store, layout)
     hypervisor = QemuHypervisor(qemu_host_config(config, settings), clock=clock,
                                 on_change=lambda: threads.wake_agent.set())
-    watchdog = FileWatchdog(config.watchdog_file) if config.watchdog_file else None
+    watchdog = make_watchdog(config, settings)
     keeper = LeaseKeeper(config.host, store, hypervisor, clock, layout, settings, events.emit, watchdog)
     fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
     manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer)
@@ -43,6 +74,13 @@ def run_node(config: NodeConfig) -> int:
     threads = HostThreads(keeper, AgentLoop(keeper, guest=QemuGuest(hypervisor)), manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
     take_over(config.run_dir / "daemon.pid")
+    if isinstance(watchdog, DeviceWatchdog):
+        try:
+            watchdog.open()  # before the first renewal pets it
+        except WatchdogDeviceError as error:
+            refuse_without_watchdog(error, hypervisor)
+            hypervisor.close()
+            return 1
     saved = lease_file.load()
     if saved is not None:
         keeper.take_over(saved.lease, saved.last_renewal_sent)
