@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from haven.core.events import EventKind
 from haven.core.manager import decide
 from haven.model.spec import MigrationKind, RestartPolicy, Settings, VmSpec
@@ -64,6 +66,50 @@ def test_crashes_restart_in_place_until_the_limit_then_error():
                          statuses=[crashed2]), now=9.0)
     assert second.placements["web"].state is VmState.ERROR
     assert "restart limit" in second.placements["web"].reason
+
+
+MEMBER = VmSpec(name="db1", priority=2, preferred_hosts=("h2",), restricted=True,
+                restart=RestartPolicy(max_restarts=1, window_s=60))
+
+
+def _member_ends(end: LocalState, ordered: bool, times: int, placement_state: VmState = VmState.RUNNING):
+    """`times` ends of the service member db1's QEMU in a row (each generation's), either killed on
+    its service's order or not: the placements the manager writes, and the last decision."""
+    placement = running("db1", "h2")
+    placements, decision = [], None
+    for i in range(times):
+        generation = placement.generation
+        status = VmStatus(vm="db1", host="h2", generation=generation, state=end)
+        kills = frozenset({("db1", generation)}) if ordered else frozenset({("db1", generation - 1)})
+        cluster = replace(view(HOSTS, [MEMBER], {"db1": placement.model_copy(update={"state": placement_state})},
+                               statuses=[status]), ordered_kills=kills)
+        decision = decide(cluster, now=10.0 + i)
+        placement = decision.placements["db1"]
+        placements.append(placement)
+    return placements, decision
+
+
+def test_a_service_members_ordered_kills_restart_it_in_place_but_cost_no_restart_budget():
+    # max_restarts + 2 kills within the window, each one haven's own (the member's fencing).
+    placements, decision = _member_ends(LocalState.STOPPED, ordered=True, times=3)
+    assert [(p.state, p.host, p.generation, p.restarts) for p in placements] == [
+        (VmState.STARTING, "h2", 2, ()), (VmState.STARTING, "h2", 3, ()), (VmState.STARTING, "h2", 4, ())]
+    assert decision is not None
+    assert [e.message for e in decision.events] == [
+        ("running -> starting on h2 (generation 4, priority 2, stopped on h2, "
+         "killed on its service's order: restart not counted)")]
+    # Killed while it was still booting: the same.
+    booting, _ = _member_ends(LocalState.STOPPED, ordered=True, times=3, placement_state=VmState.STARTING)
+    assert [(p.state, p.generation, p.restarts) for p in booting] == [
+        (VmState.STARTING, 2, ()), (VmState.STARTING, 3, ()), (VmState.STARTING, 4, ())]
+
+
+@pytest.mark.parametrize("end", [LocalState.CRASHED, LocalState.STOPPED])
+def test_a_service_members_own_crashes_count_against_its_restart_budget(end: LocalState):
+    # The same ends, not ordered (only the generation before each was): the limit, then error.
+    placements, _ = _member_ends(end, ordered=False, times=2)
+    assert (placements[0].state, placements[0].generation, placements[0].restarts) == (VmState.STARTING, 2, (10.0,))
+    assert placements[1].state is VmState.ERROR and "restart limit" in placements[1].reason
 
 
 def test_drain_live_migrates_migratable_vms_and_quick_migrates_the_rest():

@@ -18,6 +18,7 @@ from haven.core.service import (
     HostLiveness,
     ServiceView,
     decide_services,
+    move_refusal,
     why_not_released,
 )
 from haven.core.service_agent import (
@@ -36,6 +37,7 @@ from haven.core.service_agent import (
     Unmount,
     plan_member,
 )
+from haven.core.service_events import ServiceEventKind
 from haven.model.service import (
     FenceOrder,
     GuestHealth,
@@ -45,6 +47,7 @@ from haven.model.service import (
     ServiceRequest,
     ServiceSpec,
     ServiceState,
+    ordered_kills,
 )
 from haven.model.spec import DesiredState, Disk
 from haven.model.state import HostState
@@ -229,6 +232,22 @@ def test_a_member_that_does_not_release_in_time_is_killed():
     assert decide(killed, [facts("db1", 4, boot=2), facts("db2", 4)], now=NOW + 11).states["db"].fence == ()
 
 
+def test_a_done_kill_order_stays_on_record_for_the_vm_layer_the_latest_per_member():
+    order = FenceOrder(member="db1", boot=1, reason="db1 did not release within 10 s")
+    moving = ServiceState(service="db", phase=ServicePhase.MOVING, active="db2", generation=4, since=NOW,
+                          fence=(order,))
+    done = decide(moving, [gone("db1", 4), facts("db2", 4), facts("db3", 4)]).states["db"]
+    # Its QEMU is gone: no longer pending, but the VM layer must still see that haven ended it.
+    assert (done.fence, done.killed) == ((), (order,))
+    assert ordered_kills([moving]) == ordered_kills([done]) == {("db1", 1)}
+    # The next order for that member, once done, replaces it; another member's stays.
+    db3 = FenceOrder(member="db3", boot=4, reason="r")
+    again = done.model_copy(update={"fence": (FenceOrder(member="db1", boot=2, reason="r2"),), "killed": (order, db3)})
+    later = decide(again, [facts("db1", 4, boot=3), facts("db2", 4), facts("db3", 4, boot=5)]).states["db"]
+    assert later.fence == () and later.killed == (db3, FenceOrder(member="db1", boot=2, reason="r2"))
+    assert ordered_kills([later]) == {("db1", 2), ("db3", 4)}
+
+
 def test_a_member_that_does_not_come_up_in_time_is_left():
     starting = ServiceState(service="db", phase=ServicePhase.STARTING, active="db1", generation=1, since=NOW)
     reports = [holding("db1", 1, started=False), facts("db2", 1), facts("db3", 1)]
@@ -262,6 +281,46 @@ def test_a_move_that_cannot_be_done_is_refused_and_said_so(state, target, report
     assert d.done_requests == ["db"] and d.states["db"].request_id == "r1"
     assert d.states["db"].active == state.active
     assert any(e.message == f"move refused: {why}" for e in d.events)
+    reports = {f.member: f for f in [holding(state.active, state.generation), *reports]}
+    assert move_refusal(SPEC, state, reports, hosts(), HOST_OF, target, NOW) == why
+
+
+MOVES = [
+    (running_on("db1", 3), None, [facts("db2", 3), facts("db3", 3)], {}),
+    (running_on("db1", 3), "db3", [facts("db2", 3), facts("db3", 3)], {}),
+    (running_on("db1", 3), None, [facts("db2", 3, guest=GuestHealth.BOOTING), gone("db3", 3)], {}),
+    (running_on("db1", 3), "db2", [facts("db2", 3)], {"h2": HostState.LOST}),
+    (running_on("db1", 3), None, [facts("db2", 3), facts("db3", 3)], {"h2": HostState.FENCED, "h3": HostState.LOST}),
+    # db2 is ordered killed (this boot): healthy as it looks, it is no target.
+    (running_on("db1", 3, fence=(FenceOrder(member="db2", boot=1, reason="r"),)), None,
+     [facts("db2", 3), gone("db3", 3)], {}),
+    (running_on("db1", 3, fence=(FenceOrder(member="db2", boot=1, reason="r"),)), "db2",
+     [facts("db2", 3, boot=2), gone("db3", 3)], {}),
+    (ServiceState(service="db", phase=ServicePhase.STARTING, active="db1", generation=1), None, [], {}),
+    (None, "db2", [], {}),
+]
+
+
+@pytest.mark.parametrize(("state", "target", "reports", "host_states"), MOVES)
+def test_move_refusal_is_the_rule_the_manager_applies_to_a_request(state, target, reports, host_states):
+    """The API asks `move_refusal`; the manager applies it to a request: one rule, one answer."""
+    reports = [holding(state.active, state.generation), *reports] if state and state.active else reports
+    refusal = move_refusal(SPEC, state, {f.member: f for f in reports}, hosts(**host_states), HOST_OF, target, NOW)
+    d = decide(state, reports, request=ServiceRequest(id="r1", target=target), **host_states)
+    refused = [e.reason for e in d.events if e.kind is ServiceEventKind.MOVE_REFUSED]
+    moved = [e for e in d.events if e.reason == "operator request"]
+    assert refused == ([] if refusal is None else [refusal])
+    assert len(moved) == (refusal is None)
+
+
+def test_move_refusal_names_why_and_the_target_when_there_is_one():
+    reports = {f.member: f for f in [holding("db1", 3), facts("db2", 3, guest=GuestHealth.BOOTING), gone("db3", 3)]}
+    assert move_refusal(SPEC, running_on("db1", 3), reports, hosts(), HOST_OF, None, NOW) == \
+        "no other healthy member (db1 healthy, db2 booting, db3 QEMU gone)"
+    assert move_refusal(SPEC, running_on("db1", 3), reports, hosts(), HOST_OF, "db3", NOW) == "db3 is QEMU gone"
+    reports["db2"] = facts("db2", 3)
+    assert move_refusal(SPEC, running_on("db1", 3), reports, hosts(), HOST_OF, None, NOW) is None
+    assert move_refusal(SPEC, None, reports, hosts(), HOST_OF, "db2", NOW) == "the service is stopped, not running"
 
 
 # --- the release rule ---

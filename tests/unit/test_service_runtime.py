@@ -8,8 +8,9 @@ import re
 import pytest
 
 from haven.model.load import ConfigError, validate
-from haven.model.service import MemberFacts, ServicePhase, ServiceState
+from haven.model.service import FenceOrder, MemberFacts, ServicePhase, ServiceState
 from haven.model.spec import ClusterConfig
+from haven.model.state import Placement, VmState
 from haven.ports.store import KeyValue
 from haven.runtime.layout import KeyKind, Layout, decode
 from haven.sim.cluster import SimCluster
@@ -58,6 +59,15 @@ def test_service_keys_are_parsed_and_decoded_into_the_snapshot():
     snap = decode(layout, [KeyValue(layout.service_state("db"), ServiceState(service="db").model_dump_json(), 3),
                            KeyValue(layout.member_facts("h1", "db1"), facts.model_dump_json(), 4, lease=7)])
     assert snap.service_states["db"].phase is ServicePhase.STOPPED and snap.member_facts["db1"] == facts
+
+
+def test_the_managers_view_carries_every_kill_order_pending_or_done():
+    layout = Layout("c")
+    orders = ServiceState(service="db", fence=(FenceOrder(member="db1", boot=3, reason="hung"),),
+                          killed=(FenceOrder(member="db2", boot=1, reason="check failing"),))
+    snap = decode(layout, [KeyValue(layout.service_state("db"), orders.model_dump_json(), 3)])
+    assert snap.view().ordered_kills == {("db1", 3), ("db2", 1)}
+    assert decode(layout, []).view().ordered_kills == frozenset()
 
 
 def test_a_service_starts_on_its_preferred_member_and_holds_disk_and_ip_there():
@@ -132,6 +142,48 @@ def test_a_check_failing_below_the_threshold_does_not_move_the_service():
     apply_fault(cluster, "fail check db on db1")
     cluster.advance_to(16)
     assert state(cluster).active == "db2"
+
+
+def placement(cluster: SimCluster, vm: str) -> Placement:
+    kv = cluster.operator.get(cluster.layout.placement(vm))
+    assert kv is not None
+    return Placement.model_validate_json(kv.value)
+
+
+def one_restart_allowed() -> ClusterConfig:
+    vms = [{**vm, "restart": {"max_restarts": 1, "window_s": 600}} for vm in VMS]
+    return validate(ClusterConfig, {"name": "t", "hosts": HOSTS, "vms": vms,
+                                    "services": [{**SERVICE, "failed_hold_s": 0}]})
+
+
+def test_members_fenced_on_the_services_order_again_and_again_keep_their_restart_budget():
+    """Every failover kills the member it leaves (its fencing); that is not a crash of the member's
+    VM, so four failovers with a budget of one restart leave both members standing."""
+    cluster = SimCluster(one_restart_allowed())
+    cluster.advance_to(5)
+    t = 5.0
+    for _ in range(4):
+        active = state(cluster).active
+        apply_fault(cluster, f"hang guest {active}")
+        cluster.advance_to(t := t + 5)
+        apply_fault(cluster, f"unhang guest {active}")
+        cluster.advance_to(t := t + 10)
+        assert state(cluster).phase is ServicePhase.RUNNING and state(cluster).active != active
+    assert {(p.state, p.generation, p.restarts) for p in (placement(cluster, "db1"), placement(cluster, "db2"))} \
+        == {(VmState.RUNNING, 3, ())}
+    assert sum("killed on its service's order: restart not counted" in line for line in cluster.log_lines()) == 4
+    assert not cluster.world.monitor.violations
+
+
+def test_a_members_own_crashes_still_count_against_its_restart_budget():
+    cluster = SimCluster(one_restart_allowed())
+    cluster.advance_to(5)
+    apply_fault(cluster, "crash vm db2")  # the standby: no failover, no kill order
+    cluster.advance_to(15)
+    assert (placement(cluster, "db2").state, placement(cluster, "db2").restarts) == (VmState.RUNNING, (5.0,))
+    apply_fault(cluster, "crash vm db2")
+    cluster.advance_to(20)
+    assert placement(cluster, "db2").state is VmState.ERROR
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -4,9 +4,9 @@
 - start / stop: the spec's `desired`; move: a `ServiceRequest` (`runtime.intents`, which scenarios
   use too). The manager acts on them in its next iteration.
 
-A move is refused here when the manager would refuse it: the API asks the core's own decision
-(`core.service.decide_services`) what it would do with the request on the cluster as it is now,
-so the rules are written once.
+A move is refused here when the manager would refuse it: the API asks the core's own rule
+(`core.service.move_refusal`, which `decide_services` applies to a request) on the cluster as it
+is now, so the rule is written once.
 """
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ from haven.api.schemas import (
     ServiceMoveIn,
 )
 from haven.api.spec_checks import service_problems
-from haven.core.service import ServiceView, decide_services
-from haven.core.service_events import ServiceEventKind
-from haven.model.service import ServicePhase, ServiceRequest, ServiceSpec
+from haven.core.service import move_refusal
+from haven.model.service import ServicePhase, ServiceSpec
 from haven.model.spec import DesiredState
 from haven.ports.store import Compare, Delete, Put
 from haven.runtime import intents
@@ -40,9 +39,6 @@ from haven.runtime.layout import Snapshot
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_admin)],
                    responses={**ERRORS, **INVALID})
-
-DRY_RUN_ID = "api-precheck"  # never a stored request's id (those are hex)
-
 
 def _require(snap: Snapshot, name: str) -> ServiceSpec:
     if name not in snap.services:
@@ -164,12 +160,9 @@ def _check_move(ctx: ApiContext, snap: Snapshot, name: str, target: str | None) 
     # The rest (a healthy member to go to) is the manager's rule: ask it.
     service = views.service_view(snap, name)
     hosts, host_of = views.service_facts(snap.view(), snap)
-    request = ServiceRequest(id=DRY_RUN_ID, target=target)
-    decision = decide_services({name: ServiceView(service.spec, service.state, service.facts, request)},
-                               hosts, host_of, ctx.clock())
-    refused = [e for e in decision.events if e.kind is ServiceEventKind.MOVE_REFUSED]
-    if refused:
-        raise conflict(f"service {name} cannot move now: {refused[0].reason}")
+    refusal = move_refusal(service.spec, service.state, service.facts, hosts, host_of, target, ctx.clock())
+    if refusal is not None:
+        raise conflict(f"service {name} cannot move now: {refusal}")
 
 
 @router.post("/services/{name}/move", status_code=202, response_model=Accepted,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from haven.core import replica
 from haven.core.protection import host_state
 from haven.core.scheduler import FILTERS, Capacity, HostLoad, build_loads, filter_memory
 from haven.model.spec import DesiredState, VmSpec
@@ -123,7 +124,7 @@ def drain_refusal(view: ClusterView, host: str) -> DrainRefusal | None:
     usable = [name for name, s in states.items() if s is HostState.ONLINE and name != host]
     placements = [vm.placement for vm in view.vms.values() if vm.placement is not None]
     capacity = Capacity(build_loads({n: h.spec for n, h in view.hosts.items()}, usable, specs, placements),
-                        view.settings)
+                        view.settings, confine=replica.confine(view))
     blocking: list[str] = []
     problems: list[str] = []
     for move in _moves(view, host):

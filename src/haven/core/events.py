@@ -44,6 +44,7 @@ class EventKind(StrEnum):
     KILLED = "killed"  # one VM killed (self-fence, stale copy, stale generation, ...)
     RETIRED = "retired"  # the paused source copy of a finished live migration ended: routine
     START_HELD_BACK = "start_held_back"  # the start rule's guard refused a launch
+    REPLICA = "replica"  # a copy of a VM's disk (`count` = disk index) on `to_host` is now `new`
     ACTION_FAILED = "action_failed"  # the hypervisor refused or failed an action
     SHUTTING_DOWN = "shutting_down"
     # Elsewhere.
@@ -188,6 +189,8 @@ def render(e: Event) -> str:
             return f"killed: {e.reason}"
         case k.RETIRED:
             return f"retired the source copy after migration to {e.to_host}"
+        case k.REPLICA:  # "disk 0 copy on h2: stale (its host does not answer)"
+            return f"disk {e.count or 0} copy on {e.to_host}: {e.new}" + (f" ({e.reason})" if e.reason else "")
         case k.START_HELD_BACK:
             return "start held back: its placement or this host's lease changed since they were read; reading again"
         case k.ACTION_FAILED:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from haven.core import affinity, departure
+from haven.core import affinity, departure, replica
 from haven.core.decision import Decision, Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex
 from haven.core.migration import MigrationSteps
@@ -55,6 +55,7 @@ def decide(view: ClusterView, now: float, index: ClusterIndex | None = None) -> 
     if view.settings.balance:
         _balance(round_)
     _retire_fenced_hosts(round_)
+    replica.record_primaries(view, decision, now)
     return decision
 
 
@@ -207,6 +208,9 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
                             state=VmState.STOPPED, host=None,
                             restarts=(), failed_on=(), last_host=None, reason="")
             return
+        if request.action is RequestAction.PROMOTE:
+            self.promote(request.target)
+            return
         refusal = (affinity.move_refusal(self.r, self.spec, self.p, request.kind, request.target)
                    if self.spec.affinity_group else self.migration_refusal(request.kind, request.target))
         if refusal:
@@ -218,6 +222,18 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
         target = request.target or affinity.move_target(self.r, moving, self.p.host).host
         assert target is not None
         self.move_together(moving, target, "operator request", request.kind)
+
+    def promote(self, target: str | None) -> None:
+        """The operator's override for a lost primary: start on `target` from its copy, accepting
+        the loss of what it lacks (replicated pools)."""
+        refusal = replica.promote_refusal(self.r.view, self.spec, self.p, target, self.r.capacity)
+        if refusal:
+            self.note(f"promote refused: {refusal}")
+            return
+        assert target is not None
+        self.start_on(target, self.p.state.value, "promoted by the operator: writes its copy lacks are lost")
+        self.r.decision.replicas[self.spec.name] = replica.promoted(self.r.view, self.spec.name, target,
+                                                                    self.p.generation, self.r.now)
 
     def on_stopped(self) -> None:
         if self.spec.desired is not DesiredState.RUNNING:
@@ -290,9 +306,12 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
 
     def restart(self, why: str, failed_host: str, prefer_same: bool) -> None:
         window = self.spec.restart.window_s
-        recent = (*(t for t in self.p.restarts if self.r.now - t < window), self.r.now)
+        # A service member's QEMU that haven itself killed (its fencing, on the service manager's
+        # order) did not crash: it starts again on its host, but costs none of its restart budget.
+        charged = (self.spec.name, self.p.generation) not in self.r.view.ordered_kills
+        recent = (*(t for t in self.p.restarts if self.r.now - t < window), *((self.r.now,) if charged else ()))
         before = self.p.state.value
-        if len(recent) > self.spec.restart.max_restarts:
+        if charged and len(recent) > self.spec.restart.max_restarts:
             self.change(self.moved(before, VmState.ERROR.value, reason=f"{why}; restart limit "
                                    f"{self.spec.restart.max_restarts} in {window:g} s reached"),
                         state=VmState.ERROR, host=None, migration=None,
@@ -302,11 +321,11 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
             self.change(self.moved(before, VmState.STOPPED.value, reason=why), state=VmState.STOPPED, host=None,
                         migration=None, restore_from=None, restarts=recent)
             return
-        failed_on = (*self.p.failed_on, failed_host) if failed_host else self.p.failed_on
+        failed_on = (*self.p.failed_on, failed_host) if failed_host and charged else self.p.failed_on
         # Retries in place only on the first host it failed on: once moved, a host that failed it
         # is not tried again while another is free.
         in_place = set(failed_on) == {failed_host} and len(failed_on) <= self.spec.restart.same_host_retries
-        if prefer_same or in_place:
+        if prefer_same or in_place or not charged:
             choice = self.select(prefer=failed_host)
         else:
             # Only hosts not tried yet: excluding just the last one can bounce the VM between two
@@ -321,8 +340,9 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
                         restarts=recent, failed_on=failed_on, reason=choice.reason)
             return
         assert choice.host is not None
-        self.start_on(choice.host, before, f"{why}, restart {len(recent)} of "
-                      f"{self.spec.restart.max_restarts}", restarts=recent)
+        count = (f"restart {len(recent)} of {self.spec.restart.max_restarts}" if charged
+                 else "killed on its service's order: restart not counted")
+        self.start_on(choice.host, before, f"{why}, {count}", restarts=recent)
         self.change(failed_on=failed_on)
 
     def on_starting(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from haven.core import replica
 from haven.core.decision import Decision
 from haven.core.index import ClusterIndex
 from haven.core.scheduler import Capacity, occupied_hosts
@@ -51,7 +52,7 @@ class Round:
         if self._capacity is None:
             usable = [name for name, record in self.records.items() if record.state is HostState.ONLINE
                       and self.now >= record.since + settle_s(record, self.settings)]
-            self._capacity = Capacity(self.index.loads, self.settings, usable)
+            self._capacity = Capacity(self.index.loads, self.settings, usable, replica.confine(self.view))
             for name, new in self.current.items():  # changes made before it was needed
                 old = self.view.vms[name].placement
                 spec = self.view.vms[name].spec

@@ -81,6 +81,8 @@ def build_loads(hosts: Mapping[str, HostSpec], usable: Iterable[str], specs: Map
 
 # --- filters: each returns None when the host can take the VM, else the reason it cannot ---
 
+Confine = Callable[[VmSpec, str], str | None]  # a reason of the round's own (VM, host name)
+
 Filter = Callable[[VmSpec, HostLoad, Settings], str | None]
 
 
@@ -155,9 +157,11 @@ class Capacity:
     """
 
     def __init__(self, loads: Mapping[str, HostLoad], settings: Settings,
-                 usable: Iterable[str] | None = None) -> None:
+                 usable: Iterable[str] | None = None, confine: Confine | None = None) -> None:
         """`loads` is not modified: a host's load is copied the first time this round changes it.
-        `usable` overrides each load's own flag."""
+        `usable` overrides each load's own flag. `confine` adds a reason of its own per VM and
+        host (core.replica: a copy that lacks writes)."""
+        self.confine = confine
         usable_set = None if usable is None else set(usable)
         self.loads = {name: HostLoad(load.spec, load.usable if usable_set is None else name in usable_set,
                                      load.memory_used, load.vcpus_used, load.groups, load.vms)
@@ -195,14 +199,14 @@ class Capacity:
         load = self.loads.get(host)
         if load is None:
             return f"unknown host {host}"
-        reason = why_not(vm, load, self.settings)
+        reason = why_not(vm, load, self.settings) or (self.confine(vm, host) if self.confine else None)
         if reason or not mates:
             return reason
         scratch = HostLoad(load.spec, load.usable, load.memory_used, load.vcpus_used, Counter(load.groups),
                            set(load.vms))
         scratch.add(vm)
         for mate in mates:
-            reason = why_not(mate, scratch, self.settings)
+            reason = why_not(mate, scratch, self.settings) or (self.confine(mate, host) if self.confine else None)
             if reason:
                 return f"together with {mate.name}: {reason}"
             scratch.add(mate)

@@ -176,6 +176,12 @@ def decide_services(views: Mapping[str, ServiceView], hosts: Hosts, host_of: Map
     return out
 
 
+def move_refusal(spec: ServiceSpec, state: ServiceState | None, facts: Mapping[str, MemberFacts], hosts: Hosts,
+                 host_of: Mapping[str, str], target: str | None, now: float) -> str | None:
+    """Why an operator's move of the service to `target` (None: the best other healthy member)
+    is refused now, or None if the manager would start it. The one owner of that rule:
+    `decide_services` applies it to a request, the API asks it before writing one."""
+    return _Step(ServiceView(spec, state, facts), hosts, host_of, now, ServiceDecision()).move(target)[1]
 
 
 class _Step:
@@ -258,8 +264,10 @@ class _Step:
         return min(healthy, key=lambda m: (self.recently_failed(m), order.index(m)), default=None)
 
     def nobody(self) -> str:
-        states = ", ".join(f"{m} {self.describe(m)}" for m in self.spec.members)
-        return f"no healthy member ({states})"
+        return f"no healthy member ({self.members_said()})"
+
+    def members_said(self) -> str:
+        return ", ".join(f"{m} {self.describe(m)}" for m in self.spec.members)
 
     def describe(self, member: str) -> str:
         cond = self.conditions[member]
@@ -294,7 +302,11 @@ class _Step:
             return report is None or (report.qemu and report.boot == order.boot)
         kept = tuple(o for o in self.st.fence if pending(o))
         if kept != self.st.fence:
-            self.change(fence=kept)
+            done = [o for o in self.st.fence if o not in kept]
+            # The latest done order per member stays on record for the VM layer (`ordered_kills`).
+            killed = (*(k for k in self.st.killed if all(o.member != k.member for o in done)),
+                      *{o.member: o for o in done}.values())
+            self.change(fence=kept, killed=killed)
 
     def fence_silent_standbys(self) -> None:
         """A standby whose guest hung is no standby: kill it, its agent boots it again."""
@@ -303,25 +315,32 @@ class _Step:
             if member != self.st.active and self.conditions[member] is Condition.GUEST_SILENT and report:
                 self.order_kill(member, report.boot, f"{member}: guest agent silent (standby)")
 
+    def move(self, requested: str | None) -> tuple[str | None, str | None]:
+        """An operator's move to `requested` (None: the best other member): the member it goes
+        to, and why it is refused (None: it is not)."""
+        active = self.st.active
+        target = requested or self.choose(exclude=(active or "",))
+        if self.st.phase is not ServicePhase.RUNNING or active is None:
+            return target, f"the service is {self.st.phase.value}, not running"
+        if target is None:
+            return None, f"no other healthy member ({self.members_said()})"
+        if target not in self.spec.members:
+            return target, f"{target} is not a member"
+        if target == active:
+            return target, f"already on {target}"
+        if self.conditions[target] is not Condition.HEALTHY:
+            return target, f"{target} is {self.describe(target)}"
+        return target, None
+
     def handle_request(self, request: ServiceRequest) -> None:
         self.out.done_requests.append(self.spec.name)
         self.change(request_id=request.id)
-        active = self.st.active
-        target = request.target or self.choose(exclude=(active or "",))
-        if self.st.phase is not ServicePhase.RUNNING or active is None:
-            refusal = f"the service is {self.st.phase.value}, not running"
-        elif target is None:
-            refusal = f"no other healthy member ({self.nobody()})"
-        elif target not in self.spec.members:
-            refusal = f"{target} is not a member"
-        elif target == active:
-            refusal = f"already on {target}"
-        elif self.conditions[target] is not Condition.HEALTHY:
-            refusal = f"{target} is {self.describe(target)}"
-        else:
-            self.enter(ServicePhase.MOVING, target, "operator request", from_member=active)
+        target, refusal = self.move(request.target)
+        if refusal is not None:
+            self.out.events.append(self.said(ServiceEventKind.MOVE_REFUSED, reason=refusal))
             return
-        self.out.events.append(self.said(ServiceEventKind.MOVE_REFUSED, reason=refusal))
+        assert target is not None
+        self.enter(ServicePhase.MOVING, target, "operator request", from_member=self.st.active)
 
     def start(self) -> None:
         """Stopped, stopping or down, wanted running: take the best healthy member."""

@@ -119,9 +119,10 @@ class HostThreads:
     def agent_loop(self) -> None:
         while not self.stopping.is_set():
             deadline = self.keeper.deadline() - self.clock.now()
-            # Service members' pings and checks fall due with time, more often than the VMs' tick.
-            tick = min(self.settings.agent_tick_s, SERVICE_TICK_S) if self.agent.services.has_members \
-                else self.settings.agent_tick_s
+            # Service members' pings and checks fall due with time, more often than the VMs' tick;
+            # so does a lost replica, which holds its primary's guest writes until it is noticed.
+            fast = self.agent.services.has_members or self.agent.replicas.active
+            tick = min(self.settings.agent_tick_s, SERVICE_TICK_S) if fast else self.settings.agent_tick_s
             self.wake_agent.wait(max(0.001, min(tick, deadline + 0.001)))
             self.wake_agent.clear()
             try:

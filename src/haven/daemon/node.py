@@ -22,6 +22,7 @@ from haven.drivers.fence_agent import FenceAgentFencer
 from haven.drivers.hw_watchdog import DeviceWatchdog, WatchdogDeviceError
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
 from haven.drivers.qemu_guest import QemuGuest
+from haven.drivers.qemu_replication import QemuReplication
 from haven.model.spec import Settings
 from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor, HypervisorError
@@ -71,7 +72,8 @@ def run_node(config: NodeConfig) -> int:
     fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
     manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer)
     lease_file = LeaseFile(config.run_dir / "lease.json")
-    threads = HostThreads(keeper, AgentLoop(keeper, guest=QemuGuest(hypervisor)), manager, settings, clock, layout.root,
+    agent = AgentLoop(keeper, guest=QemuGuest(hypervisor), replication=QemuReplication(hypervisor))
+    threads = HostThreads(keeper, agent, manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
     take_over(config.run_dir / "daemon.pid")
     if isinstance(watchdog, DeviceWatchdog):

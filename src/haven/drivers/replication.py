@@ -19,22 +19,18 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from haven.drivers.qemu_monitor import Monitor
 from haven.drivers.qemu_process import alive, proc_stat, read_pidfile, sigkill, wait_dead
 from haven.drivers.qmp import QmpClient, QmpError
+from haven.ports.replication import MirrorPhase, MirrorState, ReplicationError
 
 # Long enough that no outage ends it by itself: the job is only ever released by the agent, after
 # the stale mark is durable.
 NBD_RECONNECT_DELAY_S = 3600
 START_TIMEOUT_S = 10.0
-
-
-class ReplicationError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -101,20 +97,6 @@ class ReplicaExport:
                 sigkill(*process)
                 wait_dead(*process, 5.0)
         self.pidfile.unlink(missing_ok=True)
-
-
-class MirrorPhase(StrEnum):
-    ABSENT = "absent"  # no replication job
-    SYNCING = "syncing"  # copying the disk; not yet a failover target
-    IN_SYNC = "in-sync"  # every acknowledged write is on the replica
-    BROKEN = "broken"  # the job reported an error: the replica may lack writes
-
-
-@dataclass(frozen=True)
-class MirrorState:
-    phase: MirrorPhase
-    done: int = 0  # bytes copied
-    total: int = 0
 
 
 def job_id(disk: int) -> str:

@@ -7,7 +7,9 @@ Every member runs in its own session (process group); stop(), kill_member(), the
 and, as a last resort, atexit kill the whole group. On Linux members also get PR_SET_PDEATHSIG so
 they die with the Python thread that started them (start the cluster from a long-lived thread).
 `netns` runs the members under `ip netns exec <netns>` (root needed); `host` is the address they
-bind, e.g. a lab bridge address.
+bind, e.g. a lab bridge address. `sites` places each member in a namespace of its own, at an
+address of its own (the pair lab: one member per host and one on the witness), so that cutting a
+host's network really takes its vote away.
 """
 from __future__ import annotations
 
@@ -55,12 +57,25 @@ class EtcdError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where one member runs: its address, and the namespace that holds it (None: this one)."""
+
+    address: str
+    netns: str | None = None
+
+
+SITE_CLIENT_PORT, SITE_PEER_PORT = 2379, 2380  # etcd's own: one member per address
+
+
 @dataclass
 class _Member:
     name: str
     client_port: int
     peer_port: int
     data_dir: Path
+    host: str
+    netns: str | None
     proc: subprocess.Popen[bytes] | None = None
 
 
@@ -68,9 +83,11 @@ class EtcdCluster:
     def __init__(self, data_dir: str | os.PathLike[str], members: int = 1, host: str = "127.0.0.1",
                  netns: str | None = None, etcd_bin: str | None = None,
                  heartbeat_ms: int = 100, election_ms: int = 1000,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), sites: tuple[Site, ...] = ()) -> None:
         """`heartbeat_ms`/`election_ms` are etcd's defaults: they give a minimum lease TTL of
         about 1.5 s, so TTL-2 leases work (expiry seen 2.1-2.4 s after the last refresh)."""
+        if sites:
+            members = len(sites)
         if members not in (1, 3, 5):
             raise ValueError(f"members must be 1, 3 or 5, not {members}")
         binary = etcd_bin or shutil.which("etcd")
@@ -85,7 +102,10 @@ class EtcdCluster:
         self.extra_args = extra_args
         self.token = f"haven-{os.getpid()}-{id(self):x}"
         self._members = [
-            _Member(f"m{i}", _free_port(host), _free_port(host), self.data_dir / f"m{i}")
+            _Member(f"m{i}", SITE_CLIENT_PORT, SITE_PEER_PORT, self.data_dir / f"m{i}", site.address, site.netns)
+            for i, site in enumerate(sites)
+        ] or [
+            _Member(f"m{i}", _free_port(host), _free_port(host), self.data_dir / f"m{i}", host, netns)
             for i in range(members)
         ]
 
@@ -97,10 +117,10 @@ class EtcdCluster:
         return [self._client_url(m) for m in self._members]
 
     def _client_url(self, m: _Member) -> str:
-        return f"http://{self.host}:{m.client_port}"
+        return f"http://{m.host}:{m.client_port}"
 
     def _peer_url(self, m: _Member) -> str:
-        return f"http://{self.host}:{m.peer_port}"
+        return f"http://{m.host}:{m.peer_port}"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -221,8 +241,8 @@ class EtcdCluster:
             "--experimental-watch-progress-notify-interval", "1s",
             *self.extra_args,
         ]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]  # exec: same pid, same group
+        if m.netns:
+            cmd = ["ip", "netns", "exec", m.netns, *cmd]  # exec: same pid, same group
         with open(self._log(m), "ab") as log:
             m.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       start_new_session=True, preexec_fn=_die_with_parent)

@@ -16,6 +16,7 @@ Who writes what (docs/DESIGN.md section 6 gains `/haven/<cluster>/services/<name
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from pydantic import Field, model_validator
@@ -88,7 +89,11 @@ class ServiceState(Frozen):
     generation: int = Field(default=0, ge=0)
     since: float = 0.0  # when phase, active or generation last changed (manager's clock)
     reason: str = ""
-    fence: tuple[FenceOrder, ...] = ()
+    fence: tuple[FenceOrder, ...] = ()  # kill orders pending: that QEMU may still run
+    # Kill orders no longer pending (that QEMU is gone, or its host), the latest one per member.
+    # Kept so the VM layer can tell the end of a member's QEMU that haven ordered (its fencing)
+    # from a crash: only a crash counts against the member's restart budget (`ordered_kills`).
+    killed: tuple[FenceOrder, ...] = ()
     exits: tuple[MemberExit, ...] = ()  # the latest one per member
     request_id: str = ""  # the last operator request handled
 
@@ -98,6 +103,13 @@ class ServiceState(Frozen):
             raise ValueError(f"a {self.phase.value} service "
                              f"{'needs' if self.phase in ACTIVE_PHASES else 'has no'} active member")
         return self
+
+
+def ordered_kills(states: Iterable[ServiceState]) -> frozenset[tuple[str, int]]:
+    """(member VM, boot) of every QEMU the service manager ordered killed, pending or done. A
+    member's boot is its VM generation, so this is what the VM layer sees through
+    `ClusterView.ordered_kills`."""
+    return frozenset((o.member, o.boot) for state in states for o in (*state.fence, *state.killed))
 
 
 class MemberFacts(Frozen):

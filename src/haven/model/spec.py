@@ -57,6 +57,37 @@ class HostSpec(Frozen):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class PoolKind(StrEnum):
+    SHARED = "shared"  # one directory every host reaching the pool sees (NFS, a SAN)
+    REPLICATED = "replicated"  # each of two hosts keeps a copy on its own disks
+
+
+class PoolSpec(Frozen):
+    """A storage pool the operator declares. Hosts name the pools they reach; a pool not declared
+    is a shared one."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: PoolKind = PoolKind.SHARED
+    hosts: tuple[str, ...] = Field(default=(), description="replicated: the two hosts holding a copy")
+
+    @model_validator(mode="after")
+    def _pair(self) -> PoolSpec:
+        if self.kind is PoolKind.REPLICATED:
+            if len(self.hosts) != 2 or self.hosts[0] == self.hosts[1]:
+                raise ValueError(f"replicated pool {self.name!r} needs two different hosts "
+                                 f"(got {', '.join(self.hosts) or 'none'})")
+        elif self.hosts:
+            raise ValueError(f"pool {self.name!r}: hosts are named for a replicated pool only "
+                             "(a shared pool is reached by the hosts that list it)")
+        return self
+
+    def peer(self, host: str) -> str | None:
+        """The other host of a replicated pool (None for a host outside it)."""
+        if host not in self.hosts:
+            return None
+        return self.hosts[1] if host == self.hosts[0] else self.hosts[0]
+
+
 class Disk(Frozen):
     pool: str = Field(min_length=1)
     size_mib: int = Field(default=64, gt=0)
@@ -111,6 +142,11 @@ class VmSpec(Frozen):
     migratable: bool = Field(default=True, description="false: never live-migrate (quick migration only)")
     desired: DesiredState = DesiredState.RUNNING
     kernel_args: str = Field(default="", description="extra guest kernel arguments (lab guests)")
+    # Availability over safety, for a VM on a replicated pool: when its replica is lost and the
+    # store cannot be told, keep acknowledging writes on the primary alone (a failover may then
+    # lose them) instead of holding the guest's writes until the store answers.
+    write_without_replica: bool = Field(default=False, description="replicated pool: when neither the "
+                                        "replica nor the store answers, keep writing on this host alone")
 
     @field_validator("preferred_hosts", mode="before")
     @classmethod
@@ -401,6 +437,7 @@ class ClusterConfig(Frozen):
     hosts: tuple[HostSpec, ...] = ()
     vms: tuple[VmSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()  # guest clusters over member VMs (model.service)
+    pools: tuple[PoolSpec, ...] = ()  # only the replicated ones need declaring (model.replica)
 
     @model_validator(mode="after")
     def _references(self) -> ClusterConfig:
@@ -422,6 +459,7 @@ class ClusterConfig(Frozen):
                     problems.append(f"vm {vm.name}: MAC {nic.mac} is already used by vm {macs[nic.mac]}")
                 macs[nic.mac] = vm.name
         problems += affinity_problems(self.vms)
+        problems += pool_problems(self.pools, self.hosts, self.vms)
         problems += check_services(self.services, self.vms, self.hosts)
         if problems:
             raise ValueError("; ".join(problems))
@@ -463,4 +501,35 @@ def affinity_problems(vms: Iterable[VmSpec]) -> list[str]:
                 names = ", ".join(sorted(vm.name for vm in restricted))
                 problems.append(f"keep-together group {group!r}: vms {names} are restricted to hosts "
                                 "they do not share")
+    return problems
+
+
+def pool_problems(pools: Iterable[PoolSpec], hosts: Iterable[HostSpec], vms: Iterable[VmSpec]) -> list[str]:
+    """A replicated pool's two hosts are declared and list it, and no other host does; a disk on
+    one is a raw image (docs/LAB-NOTES.md: a qcow2 replica behind a writeback cache lost writes)."""
+    hosts, vms = list(hosts), list(vms)
+    problems: list[str] = []
+    seen: set[str] = set()
+    for pool in pools:
+        if pool.name in seen:
+            problems.append(f"pool name {pool.name!r} is used twice")
+        seen.add(pool.name)
+        if pool.kind is not PoolKind.REPLICATED:
+            continue
+        declared = {h.name for h in hosts}
+        for name in pool.hosts:
+            if name not in declared:
+                problems.append(f"replicated pool {pool.name}: host {name!r} is not a declared host")
+        for host in hosts:
+            listed = pool.name in host.pools
+            if host.name in pool.hosts and not listed:
+                problems.append(f"host {host.name} holds a copy of replicated pool {pool.name}: add it to its pools")
+            elif host.name not in pool.hosts and listed:
+                problems.append(f"host {host.name} lists replicated pool {pool.name}, which lives on "
+                                f"{' and '.join(pool.hosts)} only")
+        for vm in vms:
+            for n, disk in enumerate(vm.disks):
+                if disk.pool == pool.name and not (disk.file or "").endswith(".raw"):
+                    problems.append(f"vm {vm.name}: disk {n} is on replicated pool {pool.name}: give it a raw "
+                                    f"image (file: {vm.name}-{n}.raw)")
     return problems

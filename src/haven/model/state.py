@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from haven.model.replica import PoolSpec, ReplicaRecord
 from haven.model.spec import HostShutdownPolicy, HostSpec, MigrationKind, Settings, VmSpec
 
 
@@ -164,6 +165,7 @@ class HostAdmin(Record):
 class RequestAction(StrEnum):
     MIGRATE = "migrate"
     ACKNOWLEDGE = "acknowledge"  # clear an error and try again
+    PROMOTE = "promote"  # start from the copy on `target` although it lacks writes (replicated pools)
 
 
 class VmRequest(Record):
@@ -209,3 +211,9 @@ class ClusterView:
     hosts: dict[str, HostView]
     vms: dict[str, VmView]
     manager_since: float = 0.0  # when the current manager took office (its clock)
+    pools: dict[str, PoolSpec] = field(default_factory=dict)  # declared pools (the replicated ones)
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)  # by VM: its replicated disks' copies
+    # (VM, generation) of every QEMU haven killed or will kill on a service manager's order: a
+    # member's fencing (`model.service.ordered_kills`). Its end is restarted like a crash but not
+    # charged to the VM's restart budget.
+    ordered_kills: frozenset[tuple[str, int]] = frozenset()

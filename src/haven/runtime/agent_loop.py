@@ -47,9 +47,11 @@ from haven.model.spec import HostSpec, VmSpec
 from haven.model.state import BROKEN_LOCAL_STATES, DEAD_LOCAL_STATES, Placement, VmStatus
 from haven.ports.guest import Guest
 from haven.ports.hypervisor import HypervisorError, LocalVm
+from haven.ports.replication import Replication
 from haven.ports.store import Compare, EventType, KeyValue, Lease, StoreError, WatchEvent
 from haven.runtime.layout import DecodeCache, KeyKind
 from haven.runtime.lease import LeaseKeeper
+from haven.runtime.replica_loop import ReplicaRunner
 from haven.runtime.service_loop import ServiceRunner
 
 EventSink = Callable[[Event], None]
@@ -59,7 +61,8 @@ FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch even
 
 
 class AgentLoop:
-    def __init__(self, keeper: LeaseKeeper, decoded: DecodeCache | None = None, guest: Guest | None = None) -> None:
+    def __init__(self, keeper: LeaseKeeper, decoded: DecodeCache | None = None, guest: Guest | None = None,
+                 replication: Replication | None = None) -> None:
         self.keeper = keeper
         self.host: HostSpec = keeper.host
         self.store = keeper.store
@@ -85,6 +88,7 @@ class AgentLoop:
         self.was_lease_ok = False
         self.closed = False  # the host is leaving for good: launch nothing any more
         self.services = ServiceRunner(self, guest)  # guest-cluster members on this host (none without a guest port)
+        self.replicas = ReplicaRunner(self, replication)  # replicated disks: copies served and mirrored here
 
     def event(self, kind: EventKind, vm: str | None = None, **facts: Any) -> None:
         """An event from this agent, about `vm` or else about this host."""
@@ -100,11 +104,13 @@ class AgentLoop:
         root = self.layout.root
         lease = self.keeper.lease_id  # the read counts for this lease only: it began after the grant
         try:
-            items = [kv for prefix in ("vms/", "status/", "hosts/") for kv in self.store.get_prefix(root + prefix)]
+            items = [kv for prefix in ("vms/", "status/", "hosts/", "replicas/", "pools/")
+                     for kv in self.store.get_prefix(root + prefix)]
         except StoreError:
             self.stale = True
             return
         self.placements, self.placement_revs, self.specs, self.peers, self.addresses = {}, {}, {}, {}, {}
+        self.replicas.forget_all()
         for kv in items:
             self._apply(kv.key, kv)
         self.view_lease = lease
@@ -152,6 +158,10 @@ class AgentLoop:
             self.addresses.pop(parsed.host, None)
             if kv is not None:
                 self.addresses[parsed.host] = decoded(HostSpec, kv).address
+        elif parsed.kind is KeyKind.REPLICA:
+            return self.replicas.apply_record(parsed.vm, kv)
+        elif parsed.kind is KeyKind.POOL:
+            self.replicas.apply_pool(parsed.pool, kv)
         elif parsed.kind in SERVICE_KINDS:
             return self.services.on_store_change(parsed.kind)
         elif parsed.kind is KeyKind.HOST_STATE:  # a host fenced may free a data disk for our member
@@ -214,6 +224,8 @@ class AgentLoop:
         # Level-triggered: pings and checks fall due with time. A round may have killed a member.
         if lease_ok and self.services.step(local):
             local = self.hypervisor.list()
+        if lease_ok:
+            self.replicas.step()  # before reconcile: a copy served here is released before its VM starts here
         if not self.changed and local == self.known and lease_ok == self.was_lease_ok:
             return  # same inputs as last time, which asked for nothing: the answer is the same
         self.changed, self.was_lease_ok = False, lease_ok
@@ -261,7 +273,7 @@ class AgentLoop:
         return current
 
     def _execute(self, action: Action) -> None:
-        if isinstance(action, LAUNCHES) and not self._claim(action.vm):
+        if isinstance(action, LAUNCHES) and not (self._claim(action.vm) and self.replicas.before_launch(action.vm)):
             return
         with self.local_lock:
             if isinstance(action, LAUNCHES) and (self.closed or not self.keeper.lease_ok()):

@@ -18,6 +18,8 @@ One prefix per cluster:
     /haven/<cluster>/services/<svc>/state    ServiceState (manager)
     /haven/<cluster>/services/<svc>/request  ServiceRequest (API), deleted by the manager once handled
     /haven/<cluster>/members/<host>/<vm>     MemberFacts (agent), bound to the host's lease
+    /haven/<cluster>/pools/<pool>            PoolSpec (operator: the replicated pools)
+    /haven/<cluster>/replicas/<vm>           ReplicaRecord (manager: primary; primary's agent: copies)
 
 Statuses live under the host rather than the VM so that one host's reports vanish with its lease
 and an agent reads its own in one prefix get.
@@ -36,7 +38,8 @@ from pydantic import BaseModel
 from haven.core.decision import Decision
 from haven.core.events import Event, from_dict, to_dict
 from haven.model.fencing import FenceCheck
-from haven.model.service import MemberFacts, ServiceRequest, ServiceSpec, ServiceState
+from haven.model.replica import PoolSpec, ReplicaRecord
+from haven.model.service import MemberFacts, ServiceRequest, ServiceSpec, ServiceState, ordered_kills
 from haven.model.spec import HostSpec, Settings, VmSpec
 from haven.model.state import (
     Alive,
@@ -71,6 +74,8 @@ class KeyKind(StrEnum):
     SERVICE_STATE = "service state"
     SERVICE_REQUEST = "service request"
     MEMBER_FACTS = "member facts"
+    POOL = "pools"
+    REPLICA = "replicas"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class StoreKey:
     host: str = ""  # hosts/, hostadmin/, hoststate/, alive/ and status/ keys
     vm: str = ""  # vms/, status/ and members/ keys
     service: str = ""  # services/ keys
+    pool: str = ""  # pools/ keys
 
 
 _SINGLE_KEYS = {"config": KeyKind.CONFIG, "manager": KeyKind.MANAGER}  # <root>config
@@ -133,6 +139,10 @@ class Layout:
                 return StoreKey(host_kind, host=parts[1])
             if head == "events":
                 return StoreKey(KeyKind.EVENT)
+            if head == "replicas":
+                return StoreKey(KeyKind.REPLICA, vm=parts[1])
+            if head == "pools":
+                return StoreKey(KeyKind.POOL, pool=parts[1])
         elif n == 1 and head in _SINGLE_KEYS:
             return StoreKey(_SINGLE_KEYS[head])
         return None
@@ -204,6 +214,12 @@ class Layout:
     def member_facts(self, host: str, vm: str) -> str:
         return self.member_facts_prefix(host) + vm
 
+    def pool(self, pool: str) -> str:
+        return f"{self.root}pools/{pool}"
+
+    def replica(self, vm: str) -> str:
+        return f"{self.root}replicas/{vm}"
+
     def event(self, event: Event, seq: int) -> str:
         # Sortable by time; the source and a sequence keep keys from different writers apart.
         source = event.source.replace(" ", "-")
@@ -251,6 +267,8 @@ class Snapshot:
     service_states: dict[str, ServiceState] = field(default_factory=dict)
     service_requests: dict[str, ServiceRequest] = field(default_factory=dict)
     member_facts: dict[str, MemberFacts] = field(default_factory=dict)  # by member VM
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)  # by VM
 
     def view(self, manager_since: float = 0.0, fence_confirmed: Iterable[str] = ()) -> ClusterView:
         confirmed = set(fence_confirmed)
@@ -272,7 +290,8 @@ class Snapshot:
             for name, spec in sorted(self.specs.items())
         }
         return ClusterView(settings=self.settings, hosts=hosts, vms=vms,
-                                           manager_since=manager_since)
+                                           manager_since=manager_since, pools=self.pools, replicas=self.replicas,
+                                           ordered_kills=ordered_kills(self.service_states.values()))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -349,6 +368,10 @@ def decode(layout: Layout, items: Iterable[KeyValue],
                 snap.service_requests[key.service] = cache(ServiceRequest, kv)
             case KeyKind.MEMBER_FACTS:
                 snap.member_facts[key.vm] = cache(MemberFacts, kv)
+            case KeyKind.POOL:
+                snap.pools[key.pool] = cache(PoolSpec, kv)
+            case KeyKind.REPLICA:
+                snap.replicas[key.vm] = cache(ReplicaRecord, kv)
     # A status written under an earlier lease of a host alive under another: its new run has not
     # reported yet (its first report rewrites or deletes every status of the earlier one).
     for _vm, host, lease in status_leases:
@@ -359,7 +382,7 @@ def decode(layout: Layout, items: Iterable[KeyValue],
 
 
 STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/",
-                  "services/", "members/")
+                  "services/", "members/", "pools/", "replicas/")
 
 
 def read_snapshot(store: Store, layout: Layout, with_events: bool = True,
@@ -399,6 +422,8 @@ def decision_ops(layout: Layout, decision: Decision, seq_start: int = 0) -> list
         ops.append(Put(layout.host_state(host), record.model_dump_json()))
     for vm, placement in sorted(decision.placements.items()):
         ops.append(Put(layout.placement(vm), placement.model_dump_json()))
+    for vm, replica in sorted(decision.replicas.items()):
+        ops.append(Put(layout.replica(vm), replica.model_dump_json()))
     for vm in sorted(decision.done_requests):
         ops.append(Delete(layout.request(vm)))
     for i, event in enumerate(decision.events):

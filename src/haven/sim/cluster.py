@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from haven.core.departure import resolve
 from haven.core.events import Event, EventKind, SubjectKind
+from haven.model.replica import ReplicaRecord
 from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import Departure, Placement, VmState
 from haven.ports.store import WatchEvent
@@ -135,7 +136,7 @@ class SimHost:
         c = self.cluster
         self.keeper = LeaseKeeper(self.spec, self.client, self.hv, self.clock, c.layout, self.settings, c.log,
                                   self.watchdog)
-        self.agent = AgentLoop(self.keeper, c.decoded, guest=self.guest)
+        self.agent = AgentLoop(self.keeper, c.decoded, guest=self.guest, replication=self.hv.replication)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
                                    fencer=c.fencer, decoded=c.decoded)
         manager = self.manager
@@ -332,6 +333,8 @@ class SimCluster:
         self.decoded = DecodeCache()  # one for every host's loops: each record is parsed once
         self.world = World(lambda: self.loop.now)
         self.world.monitor.placement_of = self._placement_in_store
+        self.world.monitor.replica_of = self._replica_in_store
+        self.world.pools = {pool.name: pool for pool in config.pools}
         self.events: list[Event] = []
         self._requests = 0
         self.fencer = SimFencer(self, fence_devices)
@@ -342,6 +345,8 @@ class SimCluster:
             self.operator.put(self.layout.vm_spec(spec.name), spec.model_dump_json())
         for service in config.services:
             self.operator.put(self.layout.service_spec(service.name), service.model_dump_json())
+        for pool in config.pools:
+            self.operator.put(self.layout.pool(pool.name), pool.model_dump_json())
         self.hosts = {spec.name: SimHost(self, spec, i) for i, spec in enumerate(config.hosts)}
         specs = {vm.name: vm for vm in config.vms}
         for vm, host in sorted((running or {}).items()):
@@ -358,6 +363,10 @@ class SimCluster:
     def _placement_in_store(self, vm: str) -> Placement | None:
         kv = self.store.peek(self.layout.placement(vm))
         return self.decoded(Placement, kv) if kv else None
+
+    def _replica_in_store(self, vm: str) -> ReplicaRecord | None:
+        kv = self.store.peek(self.layout.replica(vm))
+        return self.decoded(ReplicaRecord, kv) if kv else None
 
     def next_request_id(self) -> str:
         self._requests += 1

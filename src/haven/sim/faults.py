@@ -4,6 +4,8 @@
     shutdown H | reboot H [S]             a clean shutdown / reboot (back S seconds after it went,
                                           default 10) under the cluster's shutdown_policy
     cut H from store | cut H from H2      lose the store, or one peer (migration traffic)
+    cut-link H H2 | heal-link H H2        the two hosts' direct link (a replicated pair's) goes / comes
+                                          back; each keeps its path to the store (the witness)
     partition H1 H2 | H3 store            split the network into groups ("store" is a member)
     heal H | heal all                     undo cuts and partitions (H rejoins the store's side)
     store down | store up                 the whole store is out (etcd renews leases on return)
@@ -18,6 +20,7 @@
     fail check S on VM | pass check S on VM   service S's check command fails / succeeds in VM
     start VM | stop VM | acknowledge VM   operator: desired state, clear an error
     migrate VM live|quick|cold [to H]     operator: move it (default: the best host)
+    promote VM to H                       operator: start VM from its copy on H, accepting lost writes
     drain H | resume H                    operator: maintenance on / off
     start service S | stop service S      operator: a service's desired state
     move service S [to VM]                operator: move a service (default: the best other member)
@@ -113,6 +116,19 @@ def _cut(cluster: SimCluster, args: list[str]) -> None:
         net.cut_from_store.add(host)
     else:
         net.cut_pairs.add(frozenset((host, _host(cluster, args[2]).name)))
+
+
+def _link(cut: bool) -> Callable[[SimCluster, list[str]], None]:
+    """`cut-link A B` is `cut A from B`; `heal-link A B` undoes that cut alone (`heal A` undoes
+    all of A's)."""
+    def handler(cluster: SimCluster, args: list[str]) -> None:
+        _expect(args, 2, f"{'cut' if cut else 'heal'}-link HOST HOST")
+        pair = frozenset((_host(cluster, args[0]).name, _host(cluster, args[1]).name))
+        if len(pair) != 2:
+            raise FaultError(f"usage: {'cut' if cut else 'heal'}-link HOST HOST (two different hosts)")
+        pairs = cluster.world.network.cut_pairs
+        (pairs.add if cut else pairs.discard)(pair)
+    return handler
 
 
 def _partition(cluster: SimCluster, args: list[str]) -> None:
@@ -268,6 +284,13 @@ def _migrate(cluster: SimCluster, args: list[str]) -> None:
                     target, request_id=cluster.next_request_id())
 
 
+def _promote(cluster: SimCluster, args: list[str]) -> None:
+    if len(args) != 3 or args[1] != "to":
+        raise FaultError("usage: promote VM to HOST")
+    intents.request(cluster.operator, cluster.layout, _vm(cluster, args[0]), RequestAction.PROMOTE,
+                    target=_host(cluster, args[2]).name, request_id=cluster.next_request_id())
+
+
 def _move(cluster: SimCluster, args: list[str]) -> None:
     usage = "move service SERVICE [to VM]"
     if len(args) not in (2, 4) or args[0] != "service" or (len(args) == 4 and args[2] != "to"):
@@ -288,8 +311,9 @@ def _maintenance(on: bool) -> Callable[[SimCluster, list[str]], None]:
 _HANDLERS: dict[str, Callable[[SimCluster, list[str]], None]] = {
     "power": _power, "shutdown": _shutdown, "reboot": _reboot,
     "cut": _cut, "partition": _partition, "heal": _heal, "store": _store,
+    "cut-link": _link(True), "heal-link": _link(False),
     "hang": _hang(True), "unhang": _hang(False), "restart": _restart, "slow": _renew, "normal": _normal, "skew": _skew,
-    "crash": _crash, "fail": _fail, "pass": _check(False), "fence": _fence, "move": _move,
+    "crash": _crash, "fail": _fail, "pass": _check(False), "fence": _fence, "move": _move, "promote": _promote,
     "start": _desired(DesiredState.RUNNING), "stop": _desired(DesiredState.STOPPED),
     "acknowledge": _acknowledge, "migrate": _migrate, "drain": _maintenance(True),
     "resume": _maintenance(False),

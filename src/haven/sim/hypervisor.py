@@ -2,7 +2,8 @@
 
 Boots take `boot_s`, live migration `0.2 + memory / bandwidth`, saves and restores likewise; a VM
 can crash or fail to start on command. Each VM carries a `ram_epoch`, kept across live and quick
-migration and new on a cold boot, so scenarios can tell what survived.
+migration and new on a cold boot, so scenarios can tell what survived. Disks on a replicated pool
+are written by the guest and mirrored by `replication` (sim.replication, the replication port).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from haven.model.state import ACTIVE_LOCAL_STATES, DEAD_LOCAL_STATES, LocalState
 from haven.ports.hypervisor import HypervisorError, LocalVm
 from haven.sim.guest import GuestState
 from haven.sim.loop import EventLoop, HostClock
+from haven.sim.replication import FakeReplication
 
 if TYPE_CHECKING:
     from haven.sim.world import World
@@ -35,6 +37,8 @@ class SimTimings:
     watch_reconnect_s: float = 0.5
     hotplug_s: float = 0.2  # a disk hot-plug or unplug, until QEMU confirms it
     fence_monitor_s: float = 60.0  # the leading manager checks every fence device this often
+    sync_mib_s: float = 200.0  # a replicated disk's full copy to its replica (sim.replication)
+    write_interval_s: float = 0.1  # a running guest writes to each replicated disk this often
 
 
 @dataclass
@@ -65,6 +69,10 @@ class FakeHypervisor:
     vms: dict[str, SimVm] = field(default_factory=dict)
     on_change: Callable[[], None] = lambda: None
     _listed: dict[str, LocalVm] | None = None
+    replication: FakeReplication = field(init=False)  # this host's replication port
+
+    def __post_init__(self) -> None:
+        self.replication = FakeReplication(self)
 
     # --- port ---
 
@@ -129,11 +137,15 @@ class FakeHypervisor:
         def finish() -> None:
             if vm.instance != instance or vm.state is not LocalState.MIGRATING_OUT:
                 return
+            if self.replication.blocked(name):
+                self._fail_migration(vm, attempt, "migration failed: a disk write waits for a lost replica")
+                return
             target = self.world.hypervisor(target_host)
             incoming = target.vms.get(name) if target else None
             if target and incoming and incoming.state is LocalState.INCOMING and \
                     self.world.network.hosts_connected(self.host, target_host):
                 incoming.ram_epoch = vm.ram_epoch
+                self.world.monitor.handed_over(target_host, name, incoming.generation)
                 vm.downtime_ms = 0.0  # reported as QEMU does; the world switches over at once
                 self._transition(vm, LocalState.MIGRATED)
                 target._transition(incoming, LocalState.RUNNING)
@@ -155,6 +167,9 @@ class FakeHypervisor:
 
         def finish() -> None:
             if vm.instance != instance or vm.state is not LocalState.SAVING:
+                return
+            if self.replication.blocked(name):
+                self._fail_migration(vm, attempt, "save failed: a disk write waits for a lost replica")
                 return
             self.world.state_files[path] = vm.ram_epoch
             self._transition(vm, LocalState.SAVED, path)
@@ -184,6 +199,7 @@ class FakeHypervisor:
         return True
 
     def power_off(self) -> None:
+        self.replication.power_off()
         self.vms.clear()
         self._changed()
 
@@ -204,6 +220,7 @@ class FakeHypervisor:
     def _set(self, spec: VmSpec, generation: int, state: LocalState, epoch: int) -> SimVm:
         vm = SimVm(spec, generation, state, self.clock.now(), next(_instances), epoch)
         self.vms[spec.name] = vm
+        self.replication.vm_changed(spec.name)
         self._changed()
         return vm
 
@@ -213,6 +230,7 @@ class FakeHypervisor:
             vm.downtime_ms = None
         if state not in (LocalState.RUNNING, LocalState.MIGRATING_OUT):
             vm.instance = next(_instances)  # pending completions of the old phase are void
+        self.replication.vm_changed(vm.spec.name)
         self._changed()
 
     def changed(self) -> None:

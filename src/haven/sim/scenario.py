@@ -48,6 +48,8 @@ class SimOptions(BaseModel):
     bandwidth_mib_s: float = Field(default=1000.0, gt=0)
     hotplug_s: float = Field(default=0.2, gt=0)
     fence_monitor_s: float = Field(default=60.0, gt=0)
+    sync_mib_s: float = Field(default=200.0, gt=0)
+    write_interval_s: float = Field(default=0.1, gt=0)
 
 
 class Scenario(BaseModel):
@@ -59,13 +61,15 @@ class Scenario(BaseModel):
     fence_devices: list[str] = []  # hosts the manager can power off (and so recover without the grace)
     vms: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []  # guest clusters over member VMs (model.service)
+    pools: list[dict[str, Any]] = []  # the replicated pools (model.replica)
     timeline: list[Step] = []
     until: float = Field(default=30.0, gt=0)
 
     def cluster_config(self) -> ClusterConfig:
         hosts = [{"address": f"10.0.0.{i + 1}", **host} for i, host in enumerate(self.hosts)]
         return validate(ClusterConfig, {"name": "sim", "settings": self.settings, "hosts": hosts,
-                                        "vms": self.vms, "services": self.services}, f"scenario {self.name}")
+                                        "vms": self.vms, "services": self.services, "pools": self.pools},
+                        f"scenario {self.name}")
 
 
 def load_scenario(path: str | Path) -> Scenario:

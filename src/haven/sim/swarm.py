@@ -10,7 +10,9 @@ lease expires; these come from a stream of their own, so the other faults of a s
 With `services`, each seed also gets guest-cluster services (members pinned to their hosts) and
 their faults (member crashes, hung guests, failing checks, operator moves), again from a stream of
 their own; liveness then also asks every service to run on a member again, and the data-disk and
-floating-IP invariants are counted (`disk_double_attach`, `ip_double_raise`: must be 0).
+floating-IP invariants are counted (`disk_double_attach`, `ip_double_raise`: must be 0). A launch on
+a replicated disk's copy that lacks an acknowledged write is counted too (`acknowledged_writes_lost`:
+must be 0).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class SwarmRun:
     disk_double_attach: int = 0
     ip_double_raise: int = 0
     services: bool = False  # run with random_services
+    acknowledged_writes_lost: int = 0
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -253,7 +256,8 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False) -> Swarm
     monitor = cluster.world.monitor
     return SwarmRun(seed, list(monitor.violations), liveness, recovery, timeline,
                     cluster.log_lines() + monitor.violations if keep_log else [], devices,
-                    monitor.disk_double_attach, monitor.ip_double_raise, services)
+                    monitor.disk_double_attach, monitor.ip_double_raise, services,
+                    acknowledged_writes_lost=monitor.acknowledged_writes_lost)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
@@ -305,6 +309,7 @@ def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
         "worst_recovery_s": max(recoveries, default=0.0),
         "disk_double_attach": sum(r.disk_double_attach for r in runs),
         "ip_double_raise": sum(r.ip_double_raise for r in runs),
+        "acknowledged_writes_lost": sum(r.acknowledged_writes_lost for r in runs),
         "failing_seeds": failing[:20],
         "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''} --verbose"
                    for r in failing_runs[:5]],

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from haven.model.replica import PoolSpec, ReplicaRecord
 from haven.model.state import ACTIVE_LOCAL_STATES, LocalState, Placement
+from haven.sim.replication import DiskData
 
 if TYPE_CHECKING:
     from haven.sim.hypervisor import FakeHypervisor
@@ -61,10 +63,17 @@ class SafetyMonitor:
     dirty: bool = True  # a hypervisor changed since the last check
     # The store's current placement of a VM, as the store holds it (not as any host cached it).
     placement_of: Callable[[str], Placement | None] = lambda vm: None
+    # The store's replica record of a VM (model.replica), likewise.
+    replica_of: Callable[[str], ReplicaRecord | None] = lambda vm: None
     # Guest-cluster invariants: incidents (a new set of holders of one disk or address) counted.
     disk_double_attach: int = 0
     ip_double_raise: int = 0
+    # Replicated disks: QEMUs launched on a copy lacking an acknowledged write (a violation), and
+    # those an operator's promotion excused (`haven vm promote --accept-data-loss`). One per launch.
+    acknowledged_writes_lost: int = 0
+    promoted_losses: int = 0
     _doubles: set[tuple[str, str, tuple[str, ...]]] = field(default_factory=set)
+    _losses: set[tuple[str, str, int]] = field(default_factory=set)  # (vm, host, generation) counted
 
     def violation(self, text: str) -> None:
         line = f"t={self.world.now():.3f} SAFETY: {text}"
@@ -101,6 +110,31 @@ class SafetyMonitor:
                         else "")) if p else "not placed"
             self.violation(f"stale start: QEMU launched for vm {vm} on {host} at generation {generation} "
                            f"while the store has it {where}")
+        self.check_copies(host, vm, generation, "launched")
+
+    def handed_over(self, host: str, vm: str, generation: int) -> None:
+        """A live migration hands the guest over to `host`: from now on it runs on that host's
+        copies, which must hold every acknowledged write as at a launch (a replica released while
+        the migration ran lacks some)."""
+        self.check_copies(host, vm, generation, "handed over by a live migration")
+
+    def check_copies(self, host: str, vm: str, generation: int, how: str) -> None:
+        """Each replicated disk's copy on `host` holds every write acknowledged to the guest,
+        unless the operator promoted that copy knowing it lacks writes."""
+        behind = [(disk, data) for (name, disk), data in sorted(self.world.disks.items())
+                  if name == vm and not data.holds_acknowledged(host)]
+        if not behind or (vm, host, generation) in self._losses:
+            return
+        self._losses.add((vm, host, generation))
+        record = self.replica_of(vm)
+        if record is not None and record.promoted_at is not None and record.primary == host:
+            self.promoted_losses += 1
+            return
+        self.acknowledged_writes_lost += 1
+        lacks = "; ".join(f"disk {disk} holds writes up to {data.copies.get(host, 0)}, {data.acked} acknowledged"
+                          for disk, data in behind)
+        self.violation(f"acknowledged writes lost: vm {vm} {how} on {host} at generation {generation} "
+                       f"on a copy that lacks them ({lacks})")
 
     def check(self) -> None:
         if not self.dirty:
@@ -152,6 +186,8 @@ class World:
     start_failures: Counter[str] = field(default_factory=Counter)
     hung_guests: set[str] = field(default_factory=set)  # VMs whose guest agent does not answer
     failing_checks: set[tuple[str, str]] = field(default_factory=set)  # (service, VM): its check fails
+    pools: dict[str, PoolSpec] = field(default_factory=dict)  # the declared pools (replicated ones)
+    disks: dict[tuple[str, int], DiskData] = field(default_factory=dict)  # (VM, disk index): replicated
     monitor: SafetyMonitor = field(init=False)
     _epochs: itertools.count = field(default_factory=lambda: itertools.count(1))
 
@@ -166,6 +202,10 @@ class World:
 
     def hypervisor(self, host: str) -> FakeHypervisor | None:
         return self.hypervisors.get(host)
+
+    def disk(self, vm: str, index: int) -> DiskData:
+        """The replicated disk's copies and writes (sim.replication)."""
+        return self.disks.setdefault((vm, index), DiskData())
 
     def take_start_failure(self, vm: str) -> bool:
         if self.start_failures[vm] > 0:

@@ -1,0 +1,167 @@
+"""The agent's replication runner: `core.replica_agent.plan_replication` -> the replication port
+-> the copies' states in the store. Called from `AgentLoop.step` (daemon and simulator alike)
+after the lease check, before the VM reconcile, so that a copy this host served is released
+before the VM it belongs to starts here.
+
+Every record write is a transaction guarded by the record's mod revision as read and this host's
+alive key as written under its current lease: a host whose lease is gone writes nothing, and a
+record the manager changed meanwhile (a new primary) is read again before anything is decided on
+it. A release that needs a stale mark first happens only if that write succeeded, unless the VM
+chose availability over safety (`write_without_replica`) and the store is what failed.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from haven.core.events import EventKind
+from haven.core.replica_agent import (
+    DiskKey,
+    Mirror,
+    Record,
+    Release,
+    ReplicaAction,
+    ReplicaInput,
+    Serve,
+    Unserve,
+    before_launch,
+    mirrored_disks,
+    plan_replication,
+)
+from haven.model.replica import DiskCopy, PoolSpec, ReplicaRecord
+from haven.ports.replication import MirrorState, Replication, ReplicationError
+from haven.ports.store import Compare, KeyValue, Put, StoreError
+
+if TYPE_CHECKING:
+    from haven.runtime.agent_loop import AgentLoop
+
+
+class ReplicaRunner:
+    def __init__(self, agent: AgentLoop, port: Replication | None) -> None:
+        self.agent = agent
+        self.port = port
+        self.host = agent.host.name
+        self.records: dict[str, ReplicaRecord] = {}
+        self.revs: dict[str, int] = {}  # mod revision of each record read
+        self.pools: dict[str, PoolSpec] = {}
+
+    @property
+    def active(self) -> bool:
+        """Does this host mirror or serve anything (the daemon then ticks faster)?"""
+        return self.port is not None and any(
+            record.primary == self.host or any(c.host == self.host for c in record.copies)
+            for record in self.records.values())
+
+    # --- what we know of the store (the agent's reads and watch feed it) ---
+
+    def forget_all(self) -> None:
+        self.records, self.revs, self.pools = {}, {}, {}
+
+    def apply_record(self, vm: str, kv: KeyValue | None) -> bool:
+        """A record changed; True if it concerns this host."""
+        old = self.records.pop(vm, None)
+        self.revs.pop(vm, None)
+        if kv is not None:
+            self.records[vm] = self.agent.decoded(ReplicaRecord, kv)
+            self.revs[vm] = kv.mod_revision
+        return any(r is not None and (r.primary == self.host or any(c.host == self.host for c in r.copies))
+                   for r in (old, self.records.get(vm)))
+
+    def apply_pool(self, name: str, kv: KeyValue | None) -> None:
+        self.pools.pop(name, None)
+        if kv is not None:
+            self.pools[name] = self.agent.decoded(PoolSpec, kv)
+
+    # --- one round ---
+
+    def step(self) -> None:
+        port = self.port
+        if port is None or not self.records:
+            return
+        agent = self.agent
+        local = agent.hypervisor.list()
+        disks = mirrored_disks(self.host, self.records, agent.placements, local)
+        mirrors: dict[DiskKey, MirrorState] = {}
+        answers: dict[DiskKey, bool] = {}
+        for (vm, disk), copy in disks:
+            address = agent.addresses.get(copy.host, "")
+            try:
+                mirrors[(vm, disk)] = port.mirror(vm, disk)
+                answers[(vm, disk)] = bool(address) and port.replica_answers(vm, disk, copy.host, address)
+            except ReplicationError:
+                answers[(vm, disk)] = False
+        actions = plan_replication(ReplicaInput(
+            host=self.host, now=agent.clock.now(), records=self.records, placements=agent.placements,
+            local=local, addresses=agent.addresses, exports=frozenset(port.exports()), mirrors=mirrors,
+            answers=answers))
+        for action in actions:
+            self._execute(port, action)
+
+    def before_launch(self, vm: str) -> bool:
+        """Called right before a QEMU for `vm` is launched here: False holds the launch back (the
+        record that must come first could not be written)."""
+        if self.port is None:
+            return True
+        new = before_launch(self.records.get(vm), self.host, self.agent.clock.now())
+        return new is None or self._write(new)
+
+    def _execute(self, port: Replication, action: ReplicaAction) -> None:
+        agent = self.agent
+        try:
+            match action:
+                case Serve(vm, disk):
+                    spec = agent.specs.get(vm)
+                    if spec is not None:
+                        port.start_export(spec, disk)
+                case Unserve(vm, disk):
+                    port.stop_export(vm, disk)
+                case Mirror(vm, disk, peer, address):
+                    port.start_mirror(vm, disk, peer, address)
+                case Record(vm, copy):
+                    self._write_copy(vm, copy)
+                case Release(vm, disk, first):
+                    if first is not None and not self._write_copy(vm, first) and not self._may_write_alone(vm):
+                        return  # the guest's writes keep waiting: nothing is acknowledged without the replica
+                    port.release_mirror(vm, disk)
+        except ReplicationError as error:
+            agent.event(EventKind.ACTION_FAILED, action.vm, action=type(action).__name__.lower(), reason=str(error))
+
+    def _may_write_alone(self, vm: str) -> bool:
+        spec = self.agent.specs.get(vm)
+        if spec is None or not spec.write_without_replica:
+            return False
+        self.agent.event(EventKind.REPLICA, vm, new="released unrecorded",
+                         reason="the store did not answer; the VM prefers availability (write_without_replica)")
+        return True
+
+    def _write_copy(self, vm: str, copy: DiskCopy) -> bool:
+        record = self.records.get(vm)
+        return record is not None and self._write(record.with_copy(copy))
+
+    def _write(self, new: ReplicaRecord) -> bool:
+        """Write `new` if the record is still the one read and our alive key the one written
+        under our current lease. On success the cache holds it (the watch confirms it later)."""
+        agent = self.agent
+        state = agent.keeper.state
+        rev = self.revs.get(new.vm)
+        if state.lease is None or not state.alive_rev or rev is None:
+            return False
+        key = agent.layout.replica(new.vm)
+        value = new.model_dump_json()
+        old = self.records.get(new.vm)  # before the write: the watch may deliver it at once
+        try:
+            result = agent.store.txn(
+                [Compare(key, mod_revision=rev), Compare(agent.layout.alive(self.host), mod_revision=state.alive_rev)],
+                [Put(key, value)])
+        except StoreError:
+            return False
+        if not result.succeeded:
+            agent.stale = agent.changed = True  # read again before deciding on it
+            return False
+        self.records[new.vm] = new
+        self.revs[new.vm] = result.revision
+        for copy in new.copies:  # an event for each copy whose state changed
+            was = old.copy_of(copy.disk) if old else None
+            if was is None or was.state is not copy.state:
+                agent.event(EventKind.REPLICA, new.vm, new=copy.state.value, to_host=copy.host, count=copy.disk,
+                            reason=copy.reason)
+        return True
