@@ -7,6 +7,7 @@ import pytest
 from haven.core.decision import Decision
 from haven.core.index import ClusterIndex
 from haven.core.manager import decide
+from haven.core.replica import record_primaries
 from haven.core.replica_agent import (
     Mirror,
     Record,
@@ -19,8 +20,8 @@ from haven.core.replica_agent import (
 )
 from haven.core.round import Round
 from haven.model.replica import CopyState, DiskCopy, PoolKind, PoolSpec, ReplicaRecord
-from haven.model.spec import ClusterConfig, Disk, VmSpec
-from haven.model.state import HostState, LocalState, Placement, VmState
+from haven.model.spec import ClusterConfig, Disk, MigrationKind, VmSpec
+from haven.model.state import HostState, LocalState, Migration, Placement, VmState
 from haven.ports.hypervisor import LocalVm
 from haven.ports.replication import MirrorPhase, MirrorState
 
@@ -159,8 +160,8 @@ def test_an_operator_may_promote_a_stale_copy_of_a_vm_that_runs_nowhere_and_the_
     stopped = Placement(vm="db", state=VmState.RECOVERING, host=None, generation=3)
     states = {"h1": HostState.OFFLINE, "h2": HostState.ONLINE, "h3": HostState.ONLINE}
 
-    def ask(target, placement=stopped, rec=record(CopyState.STALE)):
-        v = pair_view(placement, rec, alive={"h2", "h3"}, records=states)
+    def ask(target, placement=stopped, rec=None):
+        v = pair_view(placement, rec or record(CopyState.STALE), alive={"h2", "h3"}, records=states)
         request = VmRequest(id="r1", action=RequestAction.PROMOTE, target=target)
         v.vms["db"] = replace(v.vms["db"], request=request)
         return decide(v, now=20.0)
@@ -177,3 +178,25 @@ def test_an_operator_may_promote_a_stale_copy_of_a_vm_that_runs_nowhere_and_the_
     assert "promote refused: name the host whose copy to start from (h2)" in said(ask("h3"))
     assert "promote only a VM that runs nowhere" in said(ask("h2", running("db", "h1")))
     assert "promote refused: the copy on h2 lacks nothing" in said(ask("h2", rec=record(CopyState.IN_SYNC)))
+
+
+def test_a_migration_to_the_replica_makes_it_the_only_safe_host_until_it_ends():
+    """After the switchover the target writes alone before any record can say so: from the
+    migration's start, the record names it `incoming`, and only it may take the VM."""
+    migrating = Placement(vm="db", state=VmState.MIGRATING, host="h1", generation=1,
+                          migration=Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2,
+                                              started=1.0))
+    rec = record(CopyState.IN_SYNC)
+    v = pair_view(running("db", "h1"), rec)
+    decision = Decision(placements={"db": migrating})
+    record_primaries(v, decision, 2.0)
+    incoming = decision.replicas["db"]
+    assert incoming.incoming == "h2" and incoming.primary == "h1"
+    assert incoming.holds_everything("h2") and not incoming.holds_everything("h1")
+    aborted = Decision(placements={"db": running("db", "h1")})
+    record_primaries(replace(v, replicas={"db": incoming}), aborted, 3.0)
+    assert aborted.replicas["db"].incoming is None and aborted.replicas["db"].holds_everything("h1")
+    done = Decision(placements={"db": running("db", "h2", generation=2)})
+    record_primaries(replace(v, replicas={"db": incoming}), done, 3.0)
+    assert done.replicas["db"].primary == "h2" and done.replicas["db"].incoming is None
+    assert done.replicas["db"].copies[0].host == "h1" and done.replicas["db"].copies[0].state is CopyState.STALE

@@ -74,8 +74,8 @@ def demo(output: str) -> None:
         sys.exit(1)
 
 
-def _runs(seeds: range, jobs: int, services: bool = False) -> list[SwarmRun]:
-    run = functools.partial(run_seed, services=services)
+def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False) -> list[SwarmRun]:
+    run = functools.partial(run_seed, services=services, pairs=pairs)
     if jobs <= 1:
         return [run(seed) for seed in seeds]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -89,25 +89,27 @@ def _runs(seeds: range, jobs: int, services: bool = False) -> list[SwarmRun]:
 @click.option("--verbose", is_flag=True, help="With --seed: print the whole timeline.")
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, help="Worker processes.")
 @click.option("--services", is_flag=True, help="Give every seed guest-cluster services and faults aimed at them.")
+@click.option("--pairs", is_flag=True, help="Give every seed a replicated pair of hosts, VMs on it and faults "
+              "aimed at it.")
 @click.option("--json", "json_flag", is_flag=True, hidden=True, help="The same as -o json (kept for scripts).")
 @OUTPUT
-def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, services: bool, json_flag: bool,
-          output: str) -> None:
+def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, services: bool, pairs: bool,
+          json_flag: bool, output: str) -> None:
     """Run random fault schedules; report safety and liveness violations and the worst recovery.
 
     JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, disk_double_attach,
-    ip_double_raise, failing_seeds, replay, seconds}."""
+    ip_double_raise, acknowledged_writes_lost, failing_seeds, replay, seconds}."""
     as_json = json_flag or output == "json"
     if as_json and verbose:
         raise click.UsageError("--verbose prints a timeline: it does not mix with -o json")
     started = time.perf_counter()
     if seed is not None:
-        runs = [run_seed(seed, keep_log=verbose, services=services)]
+        runs = [run_seed(seed, keep_log=verbose, services=services, pairs=pairs)]
         if verbose:
             click.echo("faults: " + "; ".join(f"t={t:g} {line}" for t, line in runs[0].timeline))
             click.echo("\n".join(runs[0].lines))
     else:
-        runs = _runs(range(first, first + seeds), jobs, services)
+        runs = _runs(range(first, first + seeds), jobs, services, pairs)
     summary = summarize(runs)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:
@@ -121,7 +123,8 @@ def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, se
                 click.echo(f"seed {run_.seed}: {line}")
         for command in summary["replay"]:
             click.echo(f"replay: {command}")
-    if summary["safety_violations"] or summary["liveness_violations"] or summary["disk_double_attach"]:
+    if (summary["safety_violations"] or summary["liveness_violations"] or summary["disk_double_attach"]
+            or summary["acknowledged_writes_lost"]):
         sys.exit(1)
 
 

@@ -442,5 +442,5 @@ def _balance(r: Round) -> None:
                and specs[p.vm].migratable and specs[p.vm].ha and not specs[p.vm].affinity_group
                and _may_balance(specs[p.vm], p.host, r.settings.failback)]
     loads = {name: copy.deepcopy(load) for name, load in r.capacity.loads.items()}  # planning only
-    for move in plan_balance(loads, specs, movable, r.settings):
+    for move in plan_balance(loads, specs, movable, r.settings, replica.confine(r.view)):
         _VmStep(r, r.view.vms[move.vm]).begin_migration(MigrationKind.LIVE, move.target, "balancing")

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from haven.core.events import Event, EventKind
+from haven.core.replica import copy_refusal
 from haven.model.spec import MigrationKind, VmSpec
 from haven.model.state import (
     BROKEN_LOCAL_STATES,
@@ -156,6 +157,8 @@ class MigrationSteps:
                             state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
         elif self.host_trouble():
             return
+        elif refusal := copy_refusal(self.r.view.replicas.get(self.spec.name), m.target):
+            self.abort_migration(m, refusal)  # its agent marked it stale since: the source stays
         elif target_state not in UP:
             self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
         elif target and target.state in BROKEN_LOCAL_STATES:
@@ -191,10 +194,12 @@ class MigrationSteps:
         source = self.status(m.source, self.p.generation)
         if source and source.state is LocalState.SAVED:
             target = m.target
-            if self.r.host_state(target) not in UP:
+            # Its copy may have gone stale while the source saved (the replica lost): not there.
+            behind = copy_refusal(self.r.view.replicas.get(self.spec.name), target)
+            if behind or self.r.host_state(target) not in UP:
                 choice = self.select(exclude=(m.source, target))
                 if not choice:
-                    self.restart(f"saved on {m.source} but no target: {choice.reason}", m.source, True)
+                    self.restart(f"saved on {m.source} but no target: {behind or choice.reason}", m.source, True)
                     return
                 assert choice.host is not None
                 target = choice.host
@@ -214,7 +219,8 @@ class MigrationSteps:
             return
         source = self.status(m.source, self.p.generation)
         if source is None or source.state in ENDED_LOCAL_STATES:
-            target = m.target if self.r.host_state(m.target) in UP else None
+            behind = copy_refusal(self.r.view.replicas.get(self.spec.name), m.target)
+            target = m.target if self.r.host_state(m.target) in UP and not behind else None
             target = target or self.select(exclude=(m.source,)).host or m.source
             self.start_on(target, "migrating", f"cold migration from {m.source}", kind=EventKind.MIGRATED,
                           migration=m.kind, from_host=m.source, to_host=target)

@@ -40,20 +40,30 @@ def confine(view: ClusterView) -> Confine | None:
 
 def record_primaries(view: ClusterView, decision: Decision, now: float) -> None:
     """For each VM this decision starts (or finds running) on a host that is not its recorded
-    primary, record that host as the primary, in the same transaction as the placement."""
+    primary, record that host as the primary, in the same transaction as the placement; for one
+    it starts migrating, record the target as `incoming` (before its switchover can happen)."""
     if not view.pools:
         return
     for name, placement in sorted(decision.placements.items()):
         host = placement.host
-        if placement.state not in STARTED_STATES or host is None or name in decision.replicas:
+        record = view.replicas.get(name)
+        if name in decision.replicas or host is None:
+            continue
+        if record is not None and placement.state is VmState.MIGRATING and placement.migration is not None:
+            target = placement.migration.target
+            if target != record.primary and record.incoming != target:
+                decision.replicas[name] = record.model_copy(update={"incoming": target})
+            continue
+        if placement.state not in STARTED_STATES:
             continue
         spec = view.vms[name].spec
-        record = view.replicas.get(name)
         if record is None:
             new = first_record(spec, view.pools, host, placement.generation, now)
         elif record.primary != host:
             why = f"{host} took over at generation {placement.generation}"
             new = moved_record(record, host, placement.generation, now, why)
+        elif record.incoming is not None:  # a migration that did not happen: the primary kept it
+            new = record.model_copy(update={"incoming": None})
         else:
             continue
         if new is not None:

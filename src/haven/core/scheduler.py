@@ -336,9 +336,10 @@ class Move:
 
 
 def plan_balance(loads: Mapping[str, HostLoad], specs: Mapping[str, VmSpec], movable: Iterable[str],
-                 settings: Settings) -> list[Move]:
+                 settings: Settings, confine: Confine | None = None) -> list[Move]:
     """Live migrations that bring the most loaded hosts back toward the mean memory load.
-    `movable` names the running, migratable VMs that may move this round."""
+    `movable` names the running, migratable VMs that may move this round; `confine` as for
+    `Capacity`."""
     usable = {name: load for name, load in loads.items() if load.usable}
     if len(usable) < 2:
         return []
@@ -352,7 +353,7 @@ def plan_balance(loads: Mapping[str, HostLoad], specs: Mapping[str, VmSpec], mov
         best: tuple[float, str, str] | None = None
         for vm_name in sorted(hot.vms & movable_set):
             vm = specs[vm_name]
-            choice = Capacity(usable, settings).select(vm, exclude=(hot.spec.name,))
+            choice = Capacity(usable, settings, confine=confine).select(vm, exclude=(hot.spec.name,))
             if not choice.host:
                 continue
             target = usable[choice.host]

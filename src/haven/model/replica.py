@@ -52,6 +52,11 @@ class ReplicaRecord(Frozen):
     # The operator started the VM from a copy known to lack writes (`haven vm promote`): the
     # writes it lacked are lost by their decision, not by a failover haven made.
     promoted_at: float | None = None
+    # A migration to this host (which holds an in-sync copy) is under way: from its switchover on,
+    # the guest writes there alone before any record can say so, so this host is the one place
+    # sure to hold every write until the move ends (the manager clears it), or the primary's agent,
+    # having cancelled the move, records that copy stale.
+    incoming: str | None = None
 
     def copy_of(self, disk: int) -> DiskCopy | None:
         return next((c for c in self.copies if c.disk == disk), None)
@@ -62,7 +67,9 @@ class ReplicaRecord(Frozen):
 
     def holds_everything(self, host: str) -> bool:
         """May the VM start on `host` without losing an acknowledged write? On its primary, or
-        where every disk's replica is in sync."""
+        where every disk's replica is in sync; during a migration only on its target."""
+        if self.incoming is not None:
+            return host == self.incoming
         return host == self.primary or (bool(self.copies) and all(
             c.host == host and c.state is CopyState.IN_SYNC for c in self.copies))
 

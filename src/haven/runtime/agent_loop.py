@@ -275,6 +275,9 @@ class AgentLoop:
     def _execute(self, action: Action) -> None:
         if isinstance(action, LAUNCHES) and not (self._claim(action.vm) and self.replicas.before_launch(action.vm)):
             return
+        if isinstance(action, MigrateLive) and not self.replicas.may_send(action.vm, action.target):
+            self.changed = True  # the manager aborts it once it reads the stale copy; until then, ask again
+            return
         with self.local_lock:
             if isinstance(action, LAUNCHES) and (self.closed or not self.keeper.lease_ok()):
                 return  # the deadline passed since the claim (the self-fence owns this host now), or it leaves

@@ -27,7 +27,9 @@ from haven.core.replica_agent import (
     mirrored_disks,
     plan_replication,
 )
-from haven.model.replica import DiskCopy, PoolSpec, ReplicaRecord
+from haven.model.replica import CopyState, DiskCopy, PoolSpec, ReplicaRecord
+from haven.model.state import LocalState
+from haven.ports.hypervisor import HypervisorError
 from haven.ports.replication import MirrorState, Replication, ReplicationError
 from haven.ports.store import Compare, KeyValue, Put, StoreError
 
@@ -97,12 +99,21 @@ class ReplicaRunner:
             self._execute(port, action)
 
     def before_launch(self, vm: str) -> bool:
-        """Called right before a QEMU for `vm` is launched here: False holds the launch back (the
-        record that must come first could not be written)."""
-        if self.port is None:
+        """Called right before a QEMU for `vm` is launched here: False holds the launch back. On
+        its primary, its in-sync copies become syncing first. Anywhere else (a migration's
+        target) the copy here must hold every acknowledged write, as the record says at the store."""
+        record = self.records.get(vm)
+        if self.port is None or record is None:
             return True
-        new = before_launch(self.records.get(vm), self.host, self.agent.clock.now())
+        if record.primary != self.host:
+            return record.holds_everything(self.host) and self._unchanged(vm)
+        new = before_launch(record, self.host, self.agent.clock.now())
         return new is None or self._write(new)
+
+    def may_send(self, vm: str, target: str) -> bool:
+        """May the VM migrate to `target` now? Only while its copy there holds every write."""
+        record = self.records.get(vm)
+        return self.port is None or record is None or record.holds_everything(target)
 
     def _execute(self, port: Replication, action: ReplicaAction) -> None:
         agent = self.agent
@@ -119,11 +130,24 @@ class ReplicaRunner:
                 case Record(vm, copy):
                     self._write_copy(vm, copy)
                 case Release(vm, disk, first):
+                    if not self._stay(vm):
+                        return
                     if first is not None and not self._write_copy(vm, first) and not self._may_write_alone(vm):
                         return  # the guest's writes keep waiting: nothing is acknowledged without the replica
                     port.release_mirror(vm, disk)
-        except ReplicationError as error:
+        except (ReplicationError, HypervisorError) as error:
             agent.event(EventKind.ACTION_FAILED, action.vm, action=type(action).__name__.lower(), reason=str(error))
+
+    def _stay(self, vm: str) -> bool:
+        """Before a replica is given up: a live migration of the VM under way (most likely to that
+        very host) is cancelled first. False if it had already switched over: the VM lives on the
+        target now, and the writes waiting here are never acknowledged."""
+        hv = self.agent.hypervisor
+        local = hv.list().get(vm)
+        if local is not None and local.state is LocalState.MIGRATING_OUT:
+            hv.cancel_migration(vm)
+            local = hv.list().get(vm)
+        return local is None or local.state is not LocalState.MIGRATED
 
     def _may_write_alone(self, vm: str) -> bool:
         spec = self.agent.specs.get(vm)
@@ -135,7 +159,30 @@ class ReplicaRunner:
 
     def _write_copy(self, vm: str, copy: DiskCopy) -> bool:
         record = self.records.get(vm)
-        return record is not None and self._write(record.with_copy(copy))
+        if record is None:
+            return False
+        new = record.with_copy(copy)
+        if record.incoming == copy.host and copy.state is not CopyState.IN_SYNC:
+            new = new.model_copy(update={"incoming": None})  # the move to it is cancelled (`_stay`)
+        return self._write(new)
+
+    def _unchanged(self, vm: str) -> bool:
+        """The record is still the one read, and our alive key the one written under our lease
+        (a write-free transaction, as the start rule's)."""
+        agent = self.agent
+        state = agent.keeper.state
+        rev = self.revs.get(vm)
+        if state.lease is None or not state.alive_rev or rev is None:
+            return False
+        try:
+            current = agent.store.txn([Compare(agent.layout.replica(vm), mod_revision=rev),
+                                       Compare(agent.layout.alive(self.host), mod_revision=state.alive_rev)],
+                                      []).succeeded
+        except StoreError:
+            return False
+        if not current:
+            agent.stale = agent.changed = True
+        return current
 
     def _write(self, new: ReplicaRecord) -> bool:
         """Write `new` if the record is still the one read and our alive key the one written

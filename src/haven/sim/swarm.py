@@ -12,7 +12,8 @@ their faults (member crashes, hung guests, failing checks, operator moves), agai
 their own; liveness then also asks every service to run on a member again, and the data-disk and
 floating-IP invariants are counted (`disk_double_attach`, `ip_double_raise`: must be 0). A launch on
 a replicated disk's copy that lacks an acknowledged write is counted too (`acknowledged_writes_lost`:
-must be 0).
+must be 0). With `pairs`, two hosts of each seed also hold a replicated pool with one to three HA
+VMs on it, and faults aimed at the pair (its link cut, either host lost, moves between them).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from haven.model.replica import PoolKind, PoolSpec
 from haven.model.service import ServicePhase
 from haven.model.spec import (
     ClusterConfig,
@@ -59,6 +61,7 @@ class SwarmRun:
     ip_double_raise: int = 0
     services: bool = False  # run with random_services
     acknowledged_writes_lost: int = 0
+    pairs: bool = False  # run with random_pair
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -209,6 +212,40 @@ def random_services(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, li
     return config.model_copy(update={"vms": tuple(vms), "services": tuple(services)}), steps
 
 
+def random_pair(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[tuple[float, str]]]:
+    """A replicated pool on two of the hosts, one to three HA VMs on it (some with a disk big
+    enough that a resync takes seconds), and faults aimed at the pair."""
+    rng = random.Random(f"pair {seed}")
+    pair = rng.sample([h.name for h in config.hosts], 2)
+    hosts = tuple(h.model_copy(update={"pools": (*h.pools, "pair")}) if h.name in pair else h for h in config.hosts)
+    vms = list(config.vms)
+    names = []
+    for i in range(rng.randint(1, 3)):
+        name = f"db{i + 1}"
+        size = rng.choice((64, 64, 512, 2048))
+        vms.append(VmSpec(name=name, memory_mib=rng.choice((256, 512)), priority=rng.choice((2, 3)),
+                          preferred_hosts=(rng.choice(pair),) if rng.random() < 0.5 else (),
+                          migratable=rng.random() < 0.8,
+                          disks=(Disk(pool="pair", size_mib=size, file=f"{name}-0.raw"),),
+                          nics=(Nic(mac=f"52:54:00:02:00:{i:02x}"),)))
+        names.append(name)
+    steps: list[tuple[float, str]] = []
+    for _ in range(rng.randint(1, 4)):
+        t, host = round(rng.uniform(*FAULT_WINDOW), 3), rng.choice(pair)
+        length = round(rng.uniform(0.5, 12.0), 3)
+        kind = rng.choice(("link", "link", "power", "power", "migrate", "drain"))
+        if kind == "link":
+            steps += [(t, f"cut-link {pair[0]} {pair[1]}"), (t + length, f"heal-link {pair[0]} {pair[1]}")]
+        elif kind == "power":
+            steps += [(t, f"power off {host}"), (t + length, f"power on {host}")]
+        elif kind == "migrate":
+            steps.append((t, f"migrate {rng.choice(names)} {rng.choice(('live', 'quick', 'cold'))}"))
+        else:
+            steps += [(t, f"drain {host}"), (t + length, f"resume {host}")]
+    pool = PoolSpec(name="pair", kind=PoolKind.REPLICATED, hosts=(pair[0], pair[1]))
+    return config.model_copy(update={"hosts": hosts, "vms": tuple(vms), "pools": (pool,)}), steps
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
     for service in config.services:
@@ -220,7 +257,7 @@ def heal_everything(config: ClusterConfig) -> list[str]:
     return lines
 
 
-def run_seed(seed: int, keep_log: bool = False, services: bool = False) -> SwarmRun:
+def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: bool = False) -> SwarmRun:
     rng = random.Random(seed)
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
@@ -229,6 +266,9 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False) -> Swarm
     if services:
         config, service_faults = random_services(seed, config)
         departures = departures + service_faults
+    if pairs:
+        config, pair_faults = random_pair(seed, config)
+        departures = departures + pair_faults
     timeline = [(0.0, f"fence fails {host}") for host in failing] + sorted(timeline + departures, key=lambda s: s[0])
     cluster = SimCluster(config, fence_devices=devices)
     for at, line in timeline:
@@ -257,7 +297,7 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False) -> Swarm
     return SwarmRun(seed, list(monitor.violations), liveness, recovery, timeline,
                     cluster.log_lines() + monitor.violations if keep_log else [], devices,
                     monitor.disk_double_attach, monitor.ip_double_raise, services,
-                    acknowledged_writes_lost=monitor.acknowledged_writes_lost)
+                    acknowledged_writes_lost=monitor.acknowledged_writes_lost, pairs=pairs)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
@@ -311,6 +351,7 @@ def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
         "ip_double_raise": sum(r.ip_double_raise for r in runs),
         "acknowledged_writes_lost": sum(r.acknowledged_writes_lost for r in runs),
         "failing_seeds": failing[:20],
-        "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''} --verbose"
+        "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''}"
+                   f"{' --pairs' if r.pairs else ''} --verbose"
                    for r in failing_runs[:5]],
     }
