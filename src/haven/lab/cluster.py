@@ -28,6 +28,7 @@ from haven.daemon.config import ApiConfig, GuestConfig, NodeConfig, ShutdownPoli
 from haven.daemon.watchdog import BOOT_ID_ENV, qemu_pids
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.qmp import QmpClient
+from haven.lab import pair
 from haven.lab.etcd import EtcdCluster
 from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
@@ -72,6 +73,7 @@ class Lab:
     services: int = 0  # two-member guest-cluster services of the demo application (`add_service`)
     # Every VM's; a benchmark that kills them every few seconds raises it.
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    pair: bool = False  # two hosts, a replicated pool and a witness instead of shared storage (lab.pair)
 
     def __post_init__(self) -> None:
         self.net: LabNetwork | None = None
@@ -106,11 +108,17 @@ class Lab:
         guest = build_guest()
         self.net = LabNetwork()
         self.client = self.net.add_client()
-        self.etcd = EtcdCluster(self.root / "run" / "etcd", members=3, host=self.net.mgmt_gateway)
+        if self.pair:
+            self.hosts = len(pair.PAIR_HOSTS)
+            self.etcd = EtcdCluster(self.root / "run" / "etcd", sites=pair.etcd_sites(self.net))
+        else:
+            self.etcd = EtcdCluster(self.root / "run" / "etcd", members=3, host=self.net.mgmt_gateway)
         self.etcd.start()
         self.store = EtcdStore(self.etcd.endpoints, timeout=1.0)
         settings = Settings(**self.settings)
         self.store.put(self.layout.config(), settings.model_dump_json())
+        if self.pair:
+            self.store.put(self.layout.pool(pair.POOL.name), pair.POOL.model_dump_json())
         for i in range(self.hosts):
             self._add_host(f"h{i + 1}", guest)
         for name in self.members:
@@ -131,11 +139,12 @@ class Lab:
         host_net = self.net.add_host(name)
         run_dir = self.root / "run" / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        spec = HostSpec(name=name, address=host_net.mgmt_address, vcpus=2, memory_mib=2048,
-                        pools=("shared",))
+        pool = pair.POOL.name if self.pair else "shared"
+        spec = HostSpec(name=name, address=host_net.mgmt_address, vcpus=2, memory_mib=2048, pools=(pool,))
         index = len(self.members)
         config = NodeConfig(
-            cluster=CLUSTER, etcd=self.etcd.endpoints, host=spec, pools={"shared": self.root / "shared"},
+            cluster=CLUSTER, etcd=self.etcd.endpoints, host=spec,
+            pools={pool: run_dir / "pool" if self.pair else self.root / "shared"},
             run_dir=run_dir, watchdog_file=run_dir / "watchdog.deadline", vm_bridge=host_net.bridge,
             guest=GuestConfig(kernel=Path(guest.kernel), initrd=Path(guest.initrd), ready_marker=guest.ready_marker,
                               disk_filesystem=guest.disk_filesystem), accel="auto", shutdown=self.shutdown,
@@ -153,7 +162,8 @@ class Lab:
         pinned: dict[str, Any] = {"preferred_hosts": (preferred,), "restricted": True} if preferred else {}
         spec = VmSpec(name=name, vcpus=1, memory_mib=memory_mib or self.memory_mib, priority=priority, **pinned,
                       restart=self.restart,
-                      disks=(Disk(pool="shared", size_mib=64),),
+                      disks=(Disk(pool=pair.POOL.name, size_mib=64, file=f"{name}-0.raw") if self.pair
+                             else Disk(pool="shared", size_mib=64),),
                       nics=(Nic(mac=f"52:54:00:4c:{self.net.slot:02x}:{k + 1:02x}"),),
                       kernel_args=f"haven.ip={self.net.vm_cidr(k)} haven.name={name}")
         self.store.put(self.layout.vm_spec(name), spec.model_dump_json())
@@ -231,10 +241,39 @@ class Lab:
         member.watchdog = None
         for ram in ("lease.json", "watchdog.deadline"):  # /run on a real host: gone after a power cut
             (member.run_dir / ram).unlink(missing_ok=True)
+        if self.pair:  # its etcd member and the copies it served go too
+            pair.kill_replica_servers(member.run_dir)
+            assert self.etcd is not None
+            self.etcd.kill_member(pair.member_index(host))
 
     def power_on(self, host: str) -> None:
         """Boot a crashed host again: a fresh daemon and watchdog (it takes a new lease)."""
+        if self.pair:
+            assert self.etcd is not None
+            self.etcd.restart_member(pair.member_index(host), wait=False)
         self.start_daemon(host)
+
+    def cut_link(self, a: str, b: str) -> None:
+        """The pair's direct link goes; both hosts keep their path to the witness."""
+        assert self.net is not None
+        pair.set_link(self.net, a, b, up=False)
+
+    def heal_link(self, a: str, b: str) -> None:
+        assert self.net is not None
+        pair.set_link(self.net, a, b, up=True)
+
+    def copy_image(self, vm: str, host: str) -> Path:
+        """The pair lab: `host`'s copy of the VM's disk."""
+        return self.members[host].run_dir / "pool" / f"{vm}-0.raw"
+
+    def witness(self, up: bool) -> None:
+        """Stop or restart the witness's etcd member (the pair lab's third vote)."""
+        assert self.etcd is not None and self.pair
+        index = pair.member_index(pair.WITNESS)
+        if up:
+            self.etcd.restart_member(index)
+        else:
+            self.etcd.kill_member(index)
 
     def isolate(self, host: str) -> None:
         assert self.net is not None
@@ -315,6 +354,11 @@ class Lab:
     def restore_hosts(self, timeout: float) -> None:
         """Undo every host fault a test may have left (isolation, power cut) and wait until every
         host is online again."""
+        if self.pair:
+            assert self.etcd is not None
+            self.heal_link(*pair.PAIR_HOSTS)
+            if not self.etcd.alive(pair.member_index(pair.WITNESS)):
+                self.witness(up=True)
         for name, member in self.members.items():
             self.heal(name)
             if member.daemon is None or member.daemon.poll() is not None:
