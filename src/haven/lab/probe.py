@@ -6,10 +6,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+from haven.lab.cluster import Lab, LabError
 from haven.lab.netns import HttpProbe, popen_in
 
 WALL_TO_MONO = time.time() - time.monotonic()
+FAILOVER_PROBES = 3  # requests in flight at most: one stuck on the dead member must not hide the new one
 
 
 def mono(wall: float) -> float:
@@ -80,3 +83,24 @@ class ServiceProbe(HttpProbe):
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+
+def vm_back(lab: Lab, vm: str, fault: Callable[[], object], timeout: float = 180.0) -> float:
+    """Seconds from `fault()` until the VM's HTTP answers from a new boot (its disk's boot count),
+    seen by the same client as the service's failovers."""
+    assert lab.net is not None
+    before = lab.wait_answer(vm, 30, request_timeout=1.0)
+    probe = ServiceProbe(lab.client.namespace, lab.vm_address(vm), concurrency=FAILOVER_PROBES)
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        fault()
+        while time.monotonic() - t0 < timeout:
+            time.sleep(0.05)
+            for record in list(probe.records):
+                body = record.get("body")
+                if body and body.get("boot_count", 0) > before.get("boot_count", 0) and mono(record["t"]) > t0:
+                    return round(mono(record["t"] + record["dt"]) - t0, 3)
+    finally:
+        probe.stop()
+    raise LabError(f"{vm} did not answer from a new boot within {timeout:g} s")

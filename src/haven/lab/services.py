@@ -17,7 +17,7 @@ from typing import Any
 
 from haven.lab.cluster import Lab, LabError
 from haven.lab.guest import SERVICE_PORT
-from haven.lab.probe import ServiceProbe, mono
+from haven.lab.probe import FAILOVER_PROBES, ServiceProbe, mono
 from haven.lab.sampler import QemuSampler
 from haven.model.service import GuestHealth, ServicePhase
 
@@ -68,7 +68,6 @@ def kill_qemu(lab: Lab, vm: str) -> None:
     os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
-FAILOVER_PROBES = 3  # requests in flight at most: one stuck on the dead member must not hide the new one
 
 
 @dataclass
