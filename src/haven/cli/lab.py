@@ -68,8 +68,10 @@ def lab() -> None:
 @click.option("--vms", type=click.IntRange(0, 20), default=3, show_default=True, help="number of HA VMs (128 MiB)")
 @click.option("--services", type=click.IntRange(0, 8), default=0, show_default=True,
               help="guest-cluster services of the demo application, two members (128 MiB each) on two hosts")
+@click.option("--pair", is_flag=True, help="two hosts and a witness, no shared storage: the VMs' disks are "
+              "replicated between the hosts (--hosts is then 2)")
 @OUTPUT
-def up(hosts: int, vms: int, services: int, output: str) -> None:
+def up(hosts: int, vms: int, services: int, pair: bool, output: str) -> None:
     """Bring the lab up and leave it running (a detached supervisor keeps it).
 
     JSON: {state_file, hosts: {name: {address, namespace}}, vms: {name: {address, mac}}, api: {url,
@@ -88,10 +90,12 @@ def up(hosts: int, vms: int, services: int, output: str) -> None:
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "haven.cli.main", "lab", "supervise", "--hosts", str(hosts),
-                                 "--vms", str(vms), "--services", str(services)],
+                                 "--vms", str(vms), "--services", str(services), *(["--pair"] if pair else [])],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd="/")
     with_services = f", {services} services" if services else ""
+    if pair:
+        hosts, with_services = 2, with_services + ", replicated disks and a witness"
     click.echo(f"bringing up {hosts} hosts, {vms} VMs{with_services} (supervisor {proc.pid}, log {log_path}) ...",
                err=output == "json")
     try:
@@ -161,6 +165,8 @@ def _summary(state: dict[str, Any]) -> None:
               f"http://{next(iter(state['vms'].values()))['address'] if state['vms'] else '<vm>'}/")
     out.print("faults: haven lab crash|isolate|heal|stop-agent|cont-agent|power-on HOST;  "
               "haven lab hang-guest|resume-guest VM;  haven lab status;  haven lab down")
+    if state.get("pair"):
+        out.print("the pair: haven lab cut-link|heal-link h1 h2;  haven lab witness down|up")
 
 
 @lab.command("down")
@@ -338,16 +344,44 @@ def resume_guest(vm: str) -> None:
     _fault("resume-guest", vm, "vms")
 
 
+def _link_command(cmd: str, help_text: str) -> None:
+    @lab.command(cmd, help=help_text)
+    @click.argument("host_a")
+    @click.argument("host_b")
+    def command(host_a: str, host_b: str) -> None:
+        state = _running_state()
+        if not state.get("pair"):
+            raise LabCliError(f"{cmd} needs a pair lab (`haven lab up --pair`)")
+        if sorted((host_a, host_b)) != sorted(state.get("hosts") or {}):
+            raise LabCliError(f"the pair is {' and '.join(sorted(state.get('hosts') or {}))}: "
+                              f"haven lab {cmd} {' '.join(sorted(state.get('hosts') or {}))}")
+        _fault(cmd, host_a)
+
+
+_link_command("cut-link", "Cut the pair's direct link (HOST_A HOST_B); both keep their path to the witness.")
+_link_command("heal-link", "Bring the pair's direct link back.")
+
+
+@lab.command("witness")
+@click.argument("state", type=click.Choice(["down", "up"]))
+def witness(state: str) -> None:
+    """Stop or restart the pair lab's witness (its etcd member: the third vote)."""
+    if not _running_state().get("pair"):
+        raise LabCliError("witness needs a pair lab (`haven lab up --pair`)")
+    _fault(f"witness-{state}", next(iter(_running_state().get("hosts") or {"h1": None})))
+
+
 @lab.command("supervise", hidden=True)
 @click.option("--hosts", type=click.IntRange(2, 8), default=3)
 @click.option("--vms", type=click.IntRange(0, 20), default=3)
 @click.option("--services", type=click.IntRange(0, 8), default=0)
-def supervise(hosts: int, vms: int, services: int) -> None:
+@click.option("--pair", is_flag=True)
+def supervise(hosts: int, vms: int, services: int, pair: bool) -> None:
     """Keep a lab running (started detached by `haven lab up`)."""
     _need_root()
     from haven.lab.supervisor import Supervisor
 
-    raise SystemExit(Supervisor(hosts, vms, services=services).run())
+    raise SystemExit(Supervisor(hosts, vms, services=services, pair=pair).run())
 
 
 @lab.command("demo")

@@ -38,6 +38,7 @@ ROOT = DEFAULT_ROOT / "up"
 LOG_NAME = "supervisor.log"
 COMMANDS = ("crash", "isolate", "heal", "stop-agent", "cont-agent", "power-on", "ping")
 GUEST_COMMANDS = ("hang-guest", "resume-guest")  # these name a VM, not a host
+PAIR_COMMANDS = ("cut-link", "heal-link", "witness-down", "witness-up")  # a pair lab's (`up --pair`)
 REPLY_TIMEOUT_S = 90.0
 
 
@@ -112,6 +113,7 @@ def lab_state(lab: Lab, status: str, started: float, isolated: set[str], error: 
                 for vm, spec in lab.vm_specs.items()},
         "services": {name: {"url": lab.service_url(name), "members": list(spec.members)}
                      for name, spec in lab.service_specs.items()},
+        "pair": lab.pair,
     }
 
 
@@ -122,8 +124,9 @@ class _Abort(BaseException):
 
 
 class Supervisor:
-    def __init__(self, hosts: int, vms: int, root: Path = ROOT, memory_mib: int = 128, services: int = 0) -> None:
-        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib, services=services)
+    def __init__(self, hosts: int, vms: int, root: Path = ROOT, memory_mib: int = 128, services: int = 0,
+                 pair: bool = False) -> None:
+        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib, services=services, pair=pair)
         self.started = time.time()
         self.stop = threading.Event()
         self.commands: queue.Queue[tuple[dict[str, Any], queue.Queue[dict[str, Any]]]] = queue.Queue()
@@ -206,6 +209,8 @@ class Supervisor:
             return {"ok": True}
         if cmd in GUEST_COMMANDS:
             return self._guest_command(str(cmd), str(host))
+        if cmd in PAIR_COMMANDS:
+            return self._pair_command(str(cmd))
         if cmd not in COMMANDS:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         if host not in self.lab.members:
@@ -258,6 +263,26 @@ class Supervisor:
                 message = f"{vm}'s guest resumed on {self.lab.resume_guest(vm)}"
         except (LabError, OSError, QmpError) as exc:
             return {"ok": False, "error": f"{cmd} {vm} failed: {exc}"}
+        print(f"supervisor: {message}", flush=True)
+        return {"ok": True, "message": message}
+
+    def _pair_command(self, cmd: str) -> dict[str, Any]:
+        lab = self.lab
+        if not lab.pair:
+            return {"ok": False, "error": f"{cmd} needs a pair lab (`haven lab up --pair`)"}
+        a, b = sorted(lab.members)
+        try:
+            if cmd in ("cut-link", "heal-link"):
+                (lab.cut_link if cmd == "cut-link" else lab.heal_link)(a, b)
+                message = (f"the link between {a} and {b} is cut (both still reach the witness)" if cmd == "cut-link"
+                           else f"the link between {a} and {b} is back")
+            else:
+                lab.witness(up=cmd == "witness-up")
+                message = "the witness's etcd member " + ("is back" if cmd == "witness-up" else "stopped")
+        except (LabError, OSError, RuntimeError) as exc:
+            return {"ok": False, "error": f"{cmd} failed: {exc}"}
+        finally:
+            self.save()
         print(f"supervisor: {message}", flush=True)
         return {"ok": True, "message": message}
 
