@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from haven.cli import lab, node, ops, ops_service, plan, sim
+from haven.cli import lab, node, ops, ops_service, plan, sim, witness
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def cli() -> None:
     """
 
 
-for module in (ops, ops_service, sim, plan, node, lab):
+for module in (ops, ops_service, sim, plan, node, lab, witness):
     module.register(cli)
 
 
