@@ -59,11 +59,12 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
           checks.positive_data_acceptance, checks.negative_data_rejection,
           checks.unsupported_method]  # 405 with an Allow header naming the path's methods
 # Where a schema-valid request may still be refused with 422: what it names must exist in the
-# cluster (a host, free MACs, a pool, a CPU model some host offers) or follow rules across fields
+# cluster (a host, free MACs, a pool, a CPU model some host offers, a VM's copy) or follow rules across fields
 # or a grammar (a fault line), which no JSON schema states. Elsewhere a valid request is accepted.
 CLUSTER_CHECKED = {("POST", "/api/v1/vms"), ("PUT", "/api/v1/vms/{name}"), ("POST", "/api/v1/vms/{name}/migrate"),
                    ("POST", "/api/v1/services"), ("PUT", "/api/v1/services/{name}"),
                    ("POST", "/api/v1/services/{name}/move"),
+                   ("PUT", "/api/v1/pools/{name}"), ("POST", "/api/v1/vms/{name}/promote"),
                    ("GET", "/api/v1/plan/what-if"), ("POST", "/api/v1/sim/fault")}
 
 

@@ -19,6 +19,7 @@ SCENARIO = str(ROOT / "tests" / "scenarios" / "host-power-off")
 WITHOUT_OUTPUT = {
     "node run", "node watchdog", "lab down", "lab crash", "lab isolate", "lab heal", "lab stop-agent",
     "lab cont-agent", "lab power-on", "lab hang-guest", "lab resume-guest", "lab demo",
+    "lab cut-link", "lab heal-link", "lab witness", "witness",
 }
 
 

@@ -451,3 +451,41 @@ def test_services_read_only_and_on_a_phone(service_server: str, browser: object)
     screenshot(page, "dashboard-service-phone.png")
     assert errors == [], f"JavaScript errors in the page: {errors}"
     page.close()
+
+
+PAIR = Path(__file__).with_name("pair-scenario.yaml")  # db on replicated pool pair (h1, h2)
+
+
+@pytest.fixture(scope="module")
+def pair_server() -> Iterator[str]:
+    with serving(PAIR) as url:
+        yield url
+
+
+def test_a_vm_on_a_replicated_pool_shows_its_copy_and_worries_the_pet(pair_server: str, browser: object) -> None:
+    """db's copy on h2 is in sync; h2 powered off: the badge says stale and for how long, the pet is
+    worried and says which pair; h2 back: resynced, in sync again. It fits a phone as well."""
+    page = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    expect = playwright_api.expect
+    page.goto(f"{pair_server}/?token={READ}")
+    badge = page.locator('#vms tr[data-vm="db"] [data-role="replica"]')
+    expect(badge).to_have_text("h2: in sync", timeout=20_000)
+    expect(page.locator('#vms tr[data-vm="web"] [data-role="replica"]')).to_have_count(0)
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "content", timeout=10_000)
+
+    api(pair_server, "POST", "/api/v1/sim/fault", json={"line": "power off h2"})
+    expect(badge).to_have_attribute("data-state", "stale", timeout=15_000)
+    expect(badge).to_have_text(re.compile(r"^h2: stale for \d+ (s|min)$"))
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "worried", timeout=10_000)
+    expect(page.locator("#pet-reason")).to_contain_text("vm db on h1 has no in-sync replica (disk 0 on h2 stale")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    assert_reachable(badge)
+    screenshot(page, "dashboard-replica-phone.png")
+
+    api(pair_server, "POST", "/api/v1/sim/fault", json={"line": "power on h2"})
+    expect(badge).to_have_text("h2: in sync", timeout=30_000)
+    expect(page.locator("#pet")).to_have_attribute("data-mood", "content", timeout=10_000)
+    assert errors == [], f"JavaScript errors in the page: {errors}"
+    page.close()

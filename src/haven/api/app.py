@@ -19,6 +19,7 @@ from haven.api import (
     health,
     metrics,
     routes_plan,
+    routes_pools,
     routes_read,
     routes_services,
     routes_session,
@@ -29,23 +30,25 @@ from haven.api import (
 from haven.api.context import ApiContext, ApiProblem, SimControl, first_line
 from haven.api.docs import install_docs
 from haven.api.schemas import (
+    POOL_SPEC_UPDATE,
     SERVICE_SPEC_UPDATE,
     SPEC_UPDATE,
     DrainIn,
     FaultIn,
     MigrateIn,
     Problem,
+    PromoteIn,
     ServiceMoveIn,
     TopologyIn,
 )
 from haven.model.service import ServiceSpec
-from haven.model.spec import VmSpec
+from haven.model.spec import PoolSpec, VmSpec
 from haven.ports.store import Store, StoreError
 from haven.runtime.layout import Layout
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
 BODY_MODELS = (VmSpec, ServiceSpec, MigrateIn, ServiceMoveIn, FaultIn, DrainIn,
-               TopologyIn)  # bodies read by api.bodies, documented by hand
+               TopologyIn, PoolSpec, PromoteIn)  # bodies read by api.bodies, documented by hand
 
 
 def _problem(status: int, detail: str, problems: list[str] | None = None,
@@ -147,6 +150,7 @@ def _install_openapi(app: FastAPI) -> None:
             schema.setdefault("components", {}).setdefault("securitySchemes", {})
             components[SPEC_UPDATE] = _spec_update(components["VmSpec"], SPEC_UPDATE)
             components[SERVICE_SPEC_UPDATE] = _spec_update(components["ServiceSpec"], SERVICE_SPEC_UPDATE)
+            components[POOL_SPEC_UPDATE] = _spec_update(components["PoolSpec"], POOL_SPEC_UPDATE)
             _declare_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -172,7 +176,8 @@ def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: st
     app.state.haven = ctx
     app.state.registry = metrics.make_registry(ctx)
     _install_error_handlers(app, ctx)
-    for module in (health, routes_read, routes_stream, routes_write, routes_services, routes_plan, metrics):
+    for module in (health, routes_read, routes_stream, routes_write, routes_services, routes_pools, routes_plan,
+                   metrics):
         app.include_router(module.router)
     app.include_router(routes_session.router)
     if sim_control is not None:

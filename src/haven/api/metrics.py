@@ -8,6 +8,10 @@ no `source="cluster"` series: it could never move).
 Per-host capacity and use are the numbers the dashboard and `haven host list` show (a migrating VM
 counts on its source and its target). The protection level is exposed twice: as a number to alert
 on (`haven_protection_level`) and as one series per level, 1 on the current one, to graph by name.
+
+Replicated pools: one series per copy of a VM's disk (`disk` is its index in the VM's disks, `host`
+the copy's host), `haven_replica_in_sync` 1 while it holds every acknowledged write and
+`haven_replica_sync_progress_ratio` the share of the disk copied (1 in sync, 0 stale).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from haven.api.context import ApiContext, context
 from haven.api.event_stats import EventStats, Histogram
 from haven.api.schemas import ERRORS
 from haven.core.protection import host_state
+from haven.model.replica import CopyState
 from haven.model.service import ServicePhase
 from haven.model.state import HostState, VmState
 from haven.ports.store import StoreError
@@ -79,6 +84,7 @@ class HavenCollector(Collector):
         if snap is not None:
             yield from self._gauges(snap)
             yield from self._hosts(snap)
+            yield from self._replicas(snap)
         yield from self._derived()
 
     def _gauges(self, snap: Snapshot) -> Iterator[Metric]:
@@ -140,6 +146,29 @@ class HavenCollector(Collector):
             families["vcpus_capacity"].add_metric([name], host.vcpus.total)
             families["vcpus_used"].add_metric([name], host.vcpus.used)
         yield from families.values()
+
+    def _replicas(self, snap: Snapshot) -> Iterator[Metric]:
+        labels = ["vm", "disk", "host"]
+        in_sync = GaugeMetricFamily("haven_replica_in_sync", "1 if the copy of the VM's disk on the host "
+                                    "holds every acknowledged write (the VM may fail over to it), else 0",
+                                    labels=labels)
+        progress = GaugeMetricFamily("haven_replica_sync_progress_ratio", "share of the disk copied to the "
+                                     "replica: done / total while syncing, 1 in sync, 0 stale", labels=labels)
+        for vm, record in sorted(snap.replicas.items()):
+            if vm not in snap.specs:
+                continue
+            for copy in record.copies:
+                values = [vm, str(copy.disk), copy.host]
+                in_sync.add_metric(values, 1 if copy.state is CopyState.IN_SYNC else 0)
+                if copy.state is CopyState.IN_SYNC:
+                    ratio = 1.0
+                elif copy.state is CopyState.SYNCING and copy.total:
+                    ratio = min(1.0, copy.done / copy.total)
+                else:
+                    ratio = 0.0
+                progress.add_metric(values, ratio)
+        yield in_sync
+        yield progress
 
     def _derived(self) -> Iterator[Metric]:
         s = self.stats

@@ -42,7 +42,8 @@ def get_host(name: str, ctx: ApiContext = Depends(context)) -> HostOut:
 def list_vms(ctx: ApiContext = Depends(context)) -> list[VmOut]:
     """Every VM: spec, placement, the agents' reports, a pending request."""
     snap = ctx.snapshot()
-    return [views.vm_out(snap, name) for name in sorted(snap.specs)]
+    now = ctx.clock()
+    return [views.vm_out(snap, name, now) for name in sorted(snap.specs)]
 
 
 @router.get("/vms/{name}", response_model=VmOut, responses=NOT_FOUND, tags=["read"])
@@ -50,7 +51,7 @@ def get_vm(name: str, ctx: ApiContext = Depends(context)) -> VmOut:
     snap = ctx.snapshot()
     if name not in snap.specs:
         raise not_found("VM", name)
-    return views.vm_out(snap, name)
+    return views.vm_out(snap, name, ctx.clock())
 
 
 @router.get("/vms/{name}/history", response_model=EventPage, responses=NOT_FOUND, tags=["read"])

@@ -24,17 +24,22 @@ from haven.api.schemas import (
     ERRORS,
     INVALID,
     NOT_FOUND,
+    PROMOTE_REFUSED,
     SPEC_UPDATE,
     Accepted,
     DrainIn,
     MigrateIn,
+    PromoteIn,
+    PromoteOut,
 )
 from haven.api.spec_checks import cluster_problems
 from haven.core.drain import drain_refusal
 from haven.core.migration import Obstacle, migration_precondition
 from haven.core.protection import host_state
+from haven.core.replica import promote_refusal
+from haven.core.scheduler import Capacity, build_loads
 from haven.model.spec import DesiredState, VmSpec
-from haven.model.state import RequestAction, VmState
+from haven.model.state import HostState, RequestAction, VmState
 from haven.ports.store import Compare, Delete, Put
 from haven.runtime import intents
 from haven.runtime.intents import IntentConflict, IntentError, revision_of
@@ -83,7 +88,7 @@ def _vm_spec(ctx: ApiContext, snap: Snapshot, data: Any, name: str | None) -> Vm
 
 def _accepted_vm(ctx: ApiContext, name: str, message: str, request_id: str | None = None) -> Accepted:
     snap = ctx.snapshot()
-    vm = views.vm_out(snap, name) if name in snap.specs else None
+    vm = views.vm_out(snap, name, ctx.clock()) if name in snap.specs else None
     return Accepted(message=message, request_id=request_id, vm=vm)
 
 
@@ -255,3 +260,53 @@ def drain_host(name: str, ctx: ApiContext = Depends(context),
 def resume_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     """End maintenance: the host takes VMs again."""
     return _set_maintenance(ctx, name, False)
+
+
+def _promote_capacity(snap: Snapshot) -> Capacity:
+    """The hosts' loads as the manager would see them now: online hosts take VMs."""
+    view = snap.view()
+    usable = [name for name, h in view.hosts.items() if host_state(h) is HostState.ONLINE]
+    placements = [p for name, p in snap.placements.items() if name in snap.specs]
+    return Capacity(build_loads(snap.hosts, usable, snap.specs, placements), snap.settings)
+
+
+@router.post("/vms/{name}/promote", status_code=202, response_model=PromoteOut,
+             responses={**NOT_FOUND, **PROMOTE_REFUSED}, tags=["write"], openapi_extra=documented(PromoteIn))
+def promote_vm(name: str, ctx: ApiContext = Depends(context),
+               body: PromoteIn = Depends(model_body(PromoteIn, "promote request"))) -> PromoteOut:
+    """Start a VM that runs nowhere from its copy on `target` although that copy lacks writes (a
+    replicated pool whose primary's disk is gone): the writes it lacks are lost, so the request
+    needs `accept_data_loss: true`. The manager's own rule (`core.replica.promote_refusal`) is
+    asked first: 422 when the VM has no copy there, 409 when it runs, when the copy lacks nothing
+    (no promotion needed) or when the target cannot take it. The answer says how stale the copy is."""
+    snap = ctx.snapshot()
+    spec = _require_vm(snap, name)
+    record, placement = snap.replicas.get(name), snap.placements.get(name)
+    hosts = sorted({c.host for c in record.copies}) if record is not None else []
+    if record is None or not hosts:
+        raise invalid(f"VM {name} has no copy on a replicated pool: there is nothing to promote",
+                      [f"target: VM {name} has no replica"])
+    if body.target not in hosts:
+        raise invalid(f"VM {name} has no copy on {body.target}",
+                      [f"target: name the host whose copy to start from ({', '.join(hosts)})"])
+    if placement is None:
+        raise conflict(f"VM {name} was never placed: the manager starts it where its copies are current")
+    refusal = promote_refusal(snap.view(), spec, placement, body.target, _promote_capacity(snap))
+    if refusal is not None:
+        raise conflict(refusal)
+    copy = record.behind(body.target)
+    assert copy is not None  # promote_refusal refuses a target whose copies lack nothing
+    now = ctx.clock()
+    stale_s = views.age(copy.since, now)
+    staleness = f"{copy.state.value} for {stale_s:.0f} s" + (f" ({copy.reason})" if copy.reason else "")
+    if not body.accept_data_loss:
+        raise invalid(f"starting VM {name} from its copy on {body.target} loses every write that copy lacks: "
+                      f"it is {staleness}; send accept_data_loss: true to do it anyway",
+                      ["accept_data_loss: must be true"])
+    request = run_intent(ctx, lambda: intents.request(ctx.store, ctx.layout, name, RequestAction.PROMOTE,
+                                                   target=body.target))
+    snap = ctx.snapshot()
+    return PromoteOut(message=f"promotion of VM {name} to {body.target} requested: its copy there is {staleness}; "
+                      "the writes it lacks are lost", request_id=request.id, target=body.target,
+                      state=copy.state.value, since=copy.since, stale_s=stale_s, reason=copy.reason,
+                      vm=views.vm_out(snap, name, now))

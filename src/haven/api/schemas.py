@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from haven.core.events import EventKind, SubjectKind
 from haven.model.fencing import FenceCheck
 from haven.model.service import GuestHealth, MemberFacts, ServiceRequest, ServiceSpec, ServiceState
-from haven.model.spec import NAME_PATTERN, HostSpec, MigrationKind, VmSpec
+from haven.model.spec import NAME_PATTERN, HostSpec, MigrationKind, PoolSpec, VmSpec
 from haven.model.state import Placement, VmRequest, VmStatus
 from haven.plan.topology import Licensing, TopologyInput, Workloads
 
@@ -44,6 +44,32 @@ class HostOut(BaseModel):
                                             "configured (or not checked yet)")
 
 
+class CopyOut(BaseModel):
+    """The replica of one of a VM's disks on a replicated pool, as the primary's agent last recorded it."""
+
+    disk: int = Field(description="index in the VM's disks")
+    host: str = Field(description="the host holding this copy")
+    state: str = Field(description="syncing, in-sync or stale")
+    since: float = Field(description="when it entered this state (the writer's clock)")
+    age_s: float | None = Field(description="seconds from `since` to now on the API's clock (null: not computed)")
+    done: int = Field(description="syncing: bytes copied")
+    total: int = Field(description="syncing: bytes to copy (0: not known yet)")
+    progress: float | None = Field(description="done / total, 0..1 (null: total not known)")
+    reason: str
+
+
+class ReplicasOut(BaseModel):
+    """A VM's copies on a replicated pool (null on a VM without one)."""
+
+    primary: str = Field(description="the host whose copies hold every acknowledged write")
+    protected: bool = Field(description="every copy is in sync: the VM may fail over to its peer")
+    copies: list[CopyOut]
+    incoming: str | None = Field(description="a migration to this host is under way")
+    promoted_at: float | None = Field(description="the operator started it from a copy that lacked writes")
+    write_without_replica: bool = Field(description="the VM keeps writing on its primary alone when "
+                                        "neither its replica nor the store answers (availability over safety)")
+
+
 class VmOut(BaseModel):
     name: str
     state: str = Field(description="the placement's state; 'pending' before the manager placed it")
@@ -55,6 +81,38 @@ class VmOut(BaseModel):
     placement: Placement | None
     statuses: list[VmStatus]
     request: VmRequest | None
+    replicas: ReplicasOut | None = Field(default=None, description="its copies on a replicated pool")
+
+
+class PoolOut(BaseModel):
+    name: str
+    kind: str = Field(description="shared or replicated")
+    declared: bool = Field(description="declared in the store; false: a shared pool hosts list")
+    hosts: list[str] = Field(description="replicated: the two hosts holding a copy; shared: the hosts "
+                             "that list it")
+    vms: list[str] = Field(description="VMs with a disk on it")
+    spec: PoolSpec
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(pattern=NAME_PATTERN, description="the host whose copy to start the VM from")
+    accept_data_loss: bool = Field(default=False, description="must be true: the writes that copy lacks "
+                                   "are lost")
+
+
+class PromoteOut(BaseModel):
+    """How stale the copy a promotion starts from is, when it was asked for."""
+
+    message: str
+    request_id: str
+    target: str
+    state: str = Field(description="the copy's state: syncing or stale")
+    since: float = Field(description="when it entered that state (the writer's clock)")
+    stale_s: float = Field(description="seconds from `since` to now on the API's clock")
+    reason: str
+    vm: VmOut
 
 
 class MemberOut(BaseModel):
@@ -199,6 +257,7 @@ class Accepted(BaseModel):
     vm: VmOut | None = None
     host: HostOut | None = None
     service: ServiceOut | None = None
+    pool: PoolOut | None = None
 
 
 class FaultIn(BaseModel):
@@ -209,6 +268,7 @@ class FaultIn(BaseModel):
 
 SPEC_UPDATE = "VmSpecUpdate"  # VmSpec as PUT reads it: the name is the URL's (made by api.app)
 SERVICE_SPEC_UPDATE = "ServiceSpecUpdate"  # the same for ServiceSpec
+POOL_SPEC_UPDATE = "PoolSpecUpdate"  # the same for PoolSpec (PUT /pools/{name})
 
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` (extra OpenAPI answers)
 
@@ -216,6 +276,8 @@ ERRORS: Responses = {code: {"model": Problem, "description": text} for code, tex
     (401, "no, malformed or wrong token"), (403, "a read-only token for a change"), (503, "the store is unreachable"))}
 READ_ERRORS: Responses = {code: answer for code, answer in ERRORS.items() if code != 403}  # any token may read
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM, host or service"}}
+PROMOTE_REFUSED: Responses = {409: {"model": Problem, "description": "the promotion is not possible now: the VM "
+                                     "runs, its copy lacks nothing, or the target cannot take it"}}
 CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
 DRAIN_REFUSED: Responses = {409: {"model": Problem, "description": "the drain cannot finish (one problem line per "
                                    "VM that cannot move) or the host is down; send force to drain anyway"}}

@@ -4,12 +4,25 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from haven.api.schemas import EventOut, HostOut, MemberOut, ProtectionOut, ServiceOut, SummaryOut, Usage, VmOut
+from haven.api.schemas import (
+    CopyOut,
+    EventOut,
+    HostOut,
+    MemberOut,
+    PoolOut,
+    ProtectionOut,
+    ReplicasOut,
+    ServiceOut,
+    SummaryOut,
+    Usage,
+    VmOut,
+)
 from haven.core.events import Event
 from haven.core.protection import Protection, ServiceHealth, assess, host_state, service_health
 from haven.core.service import Hosts, ServiceView
+from haven.model.replica import CopyState, DiskCopy, ReplicaRecord
 from haven.model.service import ServicePhase
-from haven.model.spec import DesiredState
+from haven.model.spec import DesiredState, PoolKind, PoolSpec
 from haven.model.state import HOLDING_STATES, ClusterView, HostState, VmState
 from haven.ports.store import KeyValue
 from haven.runtime import service_round
@@ -51,13 +64,49 @@ def host_out(snap: Snapshot, view: ClusterView, name: str) -> HostOut:
         vms=placed, spec=spec, fence_device=snap.fence_checks.get(name))
 
 
-def vm_out(snap: Snapshot, name: str) -> VmOut:
+def vm_out(snap: Snapshot, name: str, now: float | None = None) -> VmOut:
+    """The VM as the API shows it; `now` (the API's clock) gives its copies' ages."""
     spec = snap.specs[name]
     placement = snap.placements.get(name)
     statuses = sorted(snap.statuses.get(name, {}).values(), key=lambda s: s.host)
+    record = snap.replicas.get(name)
     return VmOut(name=name, state=vm_state(snap, name), host=placement.host if placement else None,
                  desired=spec.desired.value, ha=spec.ha, reason=placement.reason if placement else "",
-                 spec=spec, placement=placement, statuses=statuses, request=snap.requests.get(name))
+                 spec=spec, placement=placement, statuses=statuses, request=snap.requests.get(name),
+                 replicas=replicas_out(record, spec.write_without_replica, now) if record else None)
+
+
+# --- replicated pools ---
+
+def age(since: float, now: float) -> float:
+    """Seconds from `since` (a writer's clock) to `now` (the API's), never negative."""
+    return round(max(0.0, now - since), 3)
+
+
+def copy_out(copy: DiskCopy, now: float | None) -> CopyOut:
+    return CopyOut(disk=copy.disk, host=copy.host, state=copy.state.value, since=copy.since,
+                   age_s=age(copy.since, now) if now is not None else None, done=copy.done, total=copy.total,
+                   progress=round(min(1.0, copy.done / copy.total), 4) if copy.total else None,
+                   reason=copy.reason)
+
+
+def protected(record: ReplicaRecord) -> bool:
+    """Every copy in sync: the VM may fail over to its peer without losing a write."""
+    return bool(record.copies) and all(c.state is CopyState.IN_SYNC for c in record.copies)
+
+
+def replicas_out(record: ReplicaRecord, write_without_replica: bool, now: float | None) -> ReplicasOut:
+    return ReplicasOut(primary=record.primary, protected=protected(record),
+                       copies=[copy_out(c, now) for c in record.copies], incoming=record.incoming,
+                       promoted_at=record.promoted_at, write_without_replica=write_without_replica)
+
+
+def pool_out(snap: Snapshot, pool: PoolSpec) -> PoolOut:
+    hosts = list(pool.hosts) if pool.kind is PoolKind.REPLICATED else \
+        sorted(name for name, spec in snap.hosts.items() if pool.name in spec.pools)
+    vms = sorted(name for name, spec in snap.specs.items() if pool.name in spec.pools)
+    return PoolOut(name=pool.name, kind=pool.kind.value, declared=pool.name in snap.pools, hosts=hosts, vms=vms,
+                   spec=pool)
 
 
 # --- services ---
@@ -115,7 +164,7 @@ def service_out(snap: Snapshot, view: ClusterView, name: str) -> ServiceOut:
 
 
 def protection(snap: Snapshot, view: ClusterView) -> Protection:
-    """The pet's mood: HA VMs and services (`core.protection.assess`)."""
+    """The pet's mood: HA VMs, services and replicated pairs (`core.protection.assess`)."""
     return assess(view, service_healths(snap, view))
 
 

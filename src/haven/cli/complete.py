@@ -59,3 +59,25 @@ def service_members(ctx: click.Context, param: click.Parameter, incomplete: str)
         return []
     return _names(ctx, f"/api/v1/services/{name}", incomplete,
                   lambda service: [str(member["name"]) for member in service["members"]])
+
+
+def pool_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    return _names(ctx, "/api/v1/pools", incomplete)
+
+
+def replica_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The hosts holding a copy of the VM named earlier on the command line (`haven vm promote db --to `)."""
+    name = ctx.params.get("name") or (ctx.args[0] if ctx.args else None)
+    if not name:
+        return []
+    return _names(ctx, f"/api/v1/vms/{name}", incomplete,
+                  lambda vm: sorted({str(c["host"]) for c in (vm.get("replicas") or {}).get("copies", [])}))
+
+
+def host_name_list(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """A comma-separated list of host names (`--hosts h1,h2`): completes the last one."""
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    taken = set(done.split(",")) if done else set()
+    return [CompletionItem(prefix + item.value) for item in host_names(ctx, param, last)
+            if item.value not in taken]

@@ -1,4 +1,4 @@
-"""CLI commands over the API: status, host ..., vm ..., events.
+"""CLI commands over the API: status, host ..., vm ..., pool ..., events.
 
 Every command takes `--api URL` (env HAVEN_API), `--token` (env HAVEN_TOKEN) and `-o/--output
 text|json`; NAME arguments complete from the API in the shell (cli/complete.py).
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from haven.cli import ops_render as render
-from haven.cli.complete import host_names, vm_names
+from haven.cli.complete import host_name_list, host_names, pool_names, replica_hosts, vm_names
 from haven.cli.follow import follow as follow_events
 from haven.cli.ops_client import (
     DEFAULT_API,
@@ -331,6 +331,105 @@ def _migration_progress(api: ApiClient, name: str, source: str, request_id: str)
     return 0, data["state"], False
 
 
+@vm.command("promote", epilog=EXIT_CODES_HELP)
+@VM_NAME
+@click.option("--to", "target", required=True, metavar="HOST", shell_complete=replica_hosts,
+              help="the host whose copy to start the VM from")
+@click.option("--accept-data-loss", is_flag=True,
+              help="start it although that copy lacks writes: the writes it lacks are lost")
+@common
+def vm_promote(name: str, target: str, accept_data_loss: bool) -> None:
+    """Start VM NAME, which runs nowhere, from its copy on a replicated pool's other host although
+    that copy lacks writes: for the day its primary's disk is gone. Says how stale the copy is
+    first; without --accept-data-loss it only says so and exits 2. Refused (exit 1) while the VM
+    runs, when the copy lacks nothing, or when the host cannot take the VM."""
+    api = client()
+    vm = api.get(f"/api/v1/vms/{name}")
+    copy = _copy_on(vm, target)
+    if copy is not None and accept_data_loss and copy["state"] != "in-sync" and vm["state"] in PROMOTABLE:
+        # stderr, so that -o json stays one document; said before anything is asked.
+        click.echo(f"the copy of VM {name} on {target} is {render.staleness(copy)}; the writes it lacks "
+                   "will be lost", err=True)
+    try:
+        answer = api.post(f"/api/v1/vms/{name}/promote", {"target": target, "accept_data_loss": accept_data_loss})
+    except CliError as error:
+        if "accept_data_loss: must be true" not in error.problems or copy is None:
+            raise
+        raise CliError(f"starting VM {name} from its copy on {target} would lose every write that copy lacks: "
+                       f"it is {render.staleness(copy)}; pass --accept-data-loss to do it anyway", EXIT_USAGE) \
+            from None
+    emit(answer, lambda: click.echo(answer["message"]))
+
+
+PROMOTABLE = ("stopped", "recovering", "error")  # core.replica.PROMOTABLE_STATES: runs nowhere
+
+
+def _copy_on(vm: dict[str, Any], host: str) -> dict[str, Any] | None:
+    """The first copy on `host` that is not in sync (the one a promotion would lose writes by)."""
+    copies = [c for c in (vm.get("replicas") or {}).get("copies", []) if c["host"] == host]
+    return next((c for c in copies if c["state"] != "in-sync"), copies[0] if copies else None)
+
+
+# -- pools --------------------------------------------------------------------------------------
+
+@click.group("pool", epilog=EXIT_CODES_HELP)
+def pool() -> None:
+    """Storage pools: shared (a directory every host reaching it sees) or replicated (two hosts'
+    local disks, mirrored synchronously)."""
+
+
+@pool.command("list", epilog=EXIT_CODES_HELP)
+@common
+def pool_list() -> None:
+    """Every pool: its kind, hosts and the VMs with a disk on it."""
+    pools = client().get("/api/v1/pools")
+    emit(pools, lambda: render.pools_table(pools))
+
+
+@pool.command("show", epilog=EXIT_CODES_HELP)
+@click.argument("name", shell_complete=pool_names)
+@common
+def pool_show(name: str) -> None:
+    """One pool."""
+    data = client().get(f"/api/v1/pools/{name}")
+    emit(data, lambda: render.pools_table([data]))
+
+
+@pool.command("create", epilog=EXIT_CODES_HELP)
+@click.argument("name")
+@click.option("--replicated", is_flag=True, help="two hosts' local disks, mirrored (name them with --hosts)")
+@click.option("--hosts", default=None, metavar="H1,H2", shell_complete=host_name_list,
+              help="the replicated pool's two hosts; each must list the pool in its pools")
+@click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the pool spec, YAML or JSON (instead of --replicated/--hosts)")
+@common
+def pool_create(name: str, replicated: bool, hosts: str | None, path: Path | None) -> None:
+    """Declare pool NAME, e.g. `haven pool create pair --replicated --hosts h1,h2`, or from a spec
+    file:
+
+    \b
+        kind: replicated
+        hosts: [h1, h2]
+    """
+    if path is not None and (replicated or hosts):
+        raise click.UsageError("give the pool in a file (-f) or with --replicated/--hosts, not both")
+    if hosts and not replicated:
+        raise click.UsageError("--hosts names the hosts of a replicated pool: add --replicated")
+    if path is not None:
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise CliError(f"cannot read {path} ({error.strerror})", EXIT_USAGE) from None
+        kind = "application/json" if path.suffix == ".json" else "application/yaml"
+        answer = client().request("PUT", f"/api/v1/pools/{name}", content=content, headers={"Content-Type": kind})
+    else:
+        body: dict[str, Any] = {"kind": "replicated" if replicated else "shared"}
+        if hosts:
+            body["hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
+        answer = client().put(f"/api/v1/pools/{name}", body)
+    emit(answer, lambda: click.echo(answer["message"]))
+
+
 # -- events -------------------------------------------------------------------------------------
 
 @click.command("events", epilog=EXIT_CODES_HELP)
@@ -355,5 +454,5 @@ def events(limit: int, follow: bool) -> None:
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to the top-level group."""
-    for command in (status, host, vm, events):
+    for command in (status, host, vm, pool, events):
         cli.add_command(command)

@@ -130,6 +130,9 @@ class ApiClient:
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body) if body is not None else self.request("POST", path)
 
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, json=body)
+
     def stream_events(self, after: str | None = None,
                       on_connect: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
         """Follow /api/v1/events/stream, yielding event objects until the server ends it.

@@ -22,7 +22,8 @@ STATE_STYLE = {"running": "green", "online": "green", "starting": "cyan", "migra
                "stopping": "yellow", "maintenance": "blue", "recovering": "dark_orange", "lost": "dark_orange",
                "error": "bold red", "fenced": "red", "stopped": "dim", "offline": "dim", "pending": "dim",
                "moving": "magenta", "down": "bold red",  # service phases
-               "healthy": "green", "booting": "cyan", "no report": "yellow"}  # member conditions
+               "healthy": "green", "booting": "cyan", "no report": "yellow",  # member conditions
+               "in-sync": "green", "syncing": "cyan", "stale": "yellow"}  # replica copies
 
 
 def console() -> Console:
@@ -147,10 +148,68 @@ def vm_detail(v: dict[str, Any], history: list[dict[str, Any]]) -> None:
     if v["request"]:
         r = v["request"]
         out.print(f"  pending:    {r['action']} {r.get('kind', '')} {r.get('target') or ''} ({r['id']})")
+    if v.get("replicas"):  # absent from an older server's answer
+        replicas_block(out, v["replicas"])
     if history:
         out.print("  history:")
         for event in history:
             out.print(f"    {event['line']}", markup=False)
+
+
+def duration(seconds: float) -> str:
+    """An age as people read it: 45 s, 12 min, 3 h 5 min, 2 d 4 h."""
+    s = int(max(0.0, seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def copy_age(c: dict[str, Any]) -> str:
+    """'since t=40.0 (1 min ago)'; the age is on the API's clock."""
+    ago = f" ({duration(c['age_s'])} ago)" if c.get("age_s") is not None else ""
+    return f"since t={c['since']:.1f}{ago}"
+
+
+def copy_state(c: dict[str, Any]) -> str:
+    """'in-sync', 'syncing 40%' (rounded down: 99.9% is not done)."""
+    if c["state"] == "syncing" and c.get("progress") is not None:
+        return f"syncing {int(c['progress'] * 100)}%"
+    return c["state"]
+
+
+def replicas_block(out: Console, r: dict[str, Any]) -> None:
+    protected = "[green]protected[/]" if r["protected"] else "[yellow]not protected[/]: a copy is not in sync"
+    out.print("  replicas:")
+    out.print(f"    primary:    {r['primary']} ({protected})")
+    for c in r["copies"]:
+        reason = f"  {escape(c['reason'])}" if c["reason"] else ""
+        out.print(f"    disk {c['disk']}:     copy on {c['host']}: "
+                  f"[{STATE_STYLE.get(c['state'], 'white')}]{copy_state(c)}[/] {copy_age(c)}{reason}")
+    if r.get("incoming"):
+        out.print(f"    incoming:   {r['incoming']} (a migration is under way)")
+    if r.get("promoted_at") is not None:
+        out.print(f"    promoted:   at t={r['promoted_at']:.1f} (the operator accepted the loss of the "
+                  "writes its copy lacked)")
+    out.print(f"    write without replica: {'yes' if r['write_without_replica'] else 'no'}")
+
+
+def staleness(c: dict[str, Any]) -> str:
+    """How stale a copy is, in a sentence's middle: 'stale since t=40.0 (1 min ago): h2 lost'."""
+    return f"{copy_state(c)} {copy_age(c)}" + (f": {c['reason']}" if c["reason"] else "")
+
+
+def pools_table(pools: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("POOL", "KIND", "HOSTS", "VMS", ""):
+        table.add_column(column)
+    for p in pools:
+        table.add_row(p["name"], p["kind"], ", ".join(p["hosts"]) or "-", ", ".join(p["vms"]) or "-",
+                      "" if p["declared"] else "[dim]not declared[/]")
+    console().print(table)
 
 
 def services_table(services: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ from typing import Literal
 from haven.core.scheduler import failure_shortfall
 from haven.core.service import Condition, Hosts, ServiceView, condition
 from haven.core.stuck import explain
+from haven.model.replica import CopyState, DiskCopy
 from haven.model.service import ACTIVE_PHASES, ServicePhase, ServiceState
 from haven.model.spec import DesiredState
 from haven.model.state import GUEST_UP_STATES, HOLDING_STATES, ClusterView, HostState, HostView, VmView
@@ -180,9 +181,12 @@ def assess(view: ClusterView, services: Iterable[ServiceHealth] = ()) -> Protect
     ok, why = can_survive(view, failures, members)
     running = [s for s in services if s.wanted]
     lonely = [_no_standby(s) for s in running if not s.standbys]
-    if not ok or lonely:
+    pairs = unprotected_pairs(view)
+    if not ok or lonely or pairs:
         worried = [f"all {len(vms)} HA VMs run, but {why}"] if not ok else []
-        return Protection("degraded", "worried", "; ".join([*worried, *([_first(lonely)] if lonely else [])]))
+        extra = [f"and {len(pairs) - 3} more"] if len(pairs) > 3 else []
+        return Protection("degraded", "worried",
+                          "; ".join([*worried, *([_first(lonely)] if lonely else []), *pairs[:3], *extra]))
     if not vms and not running:
         return Protection("protected", "content", "no HA VMs to protect")
     tolerate = f"survives {failures} host failure{'s' if failures != 1 else ''}" if failures else \
@@ -193,3 +197,24 @@ def assess(view: ClusterView, services: Iterable[ServiceHealth] = ()) -> Protect
         content.append(f"{'all ' if n > 1 else ''}{n} service{'s' if n != 1 else ''} "
                        f"run{'s' if n == 1 else ''} with a healthy standby")
     return Protection("protected", "content", "; ".join(content))
+
+
+def unprotected_pairs(view: ClusterView) -> list[str]:
+    """One sentence per running VM whose replica does not hold every acknowledged write: a
+    failover now would have to wait for its primary (replicated pools)."""
+    lines = []
+    for name, record in sorted(view.replicas.items()):
+        vm = view.vms.get(name)
+        if vm is None or vm.placement is None or vm.placement.state not in GUEST_UP_STATES:
+            continue
+        behind = [c for c in record.copies if c.state is not CopyState.IN_SYNC]
+        if behind:
+            lines.append(f"vm {name} on {record.primary} has no in-sync replica "
+                         f"({', '.join(_copy_words(c) for c in behind)})")
+    return lines
+
+
+def _copy_words(copy: DiskCopy) -> str:
+    """'disk 0 on h2 syncing (40%)', 'disk 0 on h2 stale (the replica did not answer)'."""
+    detail = f"{100 * copy.done // copy.total}%" if copy.state is CopyState.SYNCING and copy.total else copy.reason
+    return f"disk {copy.disk} on {copy.host} {copy.state.value}" + (f" ({detail})" if detail else "")

@@ -2,7 +2,7 @@
 // and writes intents (migrate, drain, resume, start, stop, acknowledge; a service's move, start,
 // stop) with the admin token.
 
-import { fmtMiB } from "./format.js";
+import { fmtAge, fmtCopy, fmtMiB } from "./format.js";
 
 const API = "/api/v1";
 const REFRESH_MS = 1000;
@@ -232,11 +232,27 @@ function vmActions(vm) {
   return actions;
 }
 
+// A VM on a replicated pool: one small badge per copy (in sync / syncing 40% / stale for 5 min).
+function replicaBadges(vm) {
+  const r = vm.replicas;
+  if (!r || !r.copies.length) return null;
+  const many = r.copies.length > 1;
+  return h("span", { class: "replicas", "data-role": "replicas", "data-protected": String(r.protected) },
+    ...r.copies.map((c) => {
+      const age = c.age_s === null || c.age_s === undefined ? "" : fmtAge(c.age_s);
+      const text = c.state === "stale" && age ? `stale for ${age}` : fmtCopy(c);
+      const title = `copy of disk ${c.disk} on ${c.host}: ${c.state} since t=${c.since.toFixed(1)}${age ? ` (${age} ago)` : ""}` +
+        `${c.reason ? `: ${c.reason}` : ""}; primary ${r.primary}${r.write_without_replica ? "; writes without replica" : ""}`;
+      return h("span", { class: `badge replica r-${c.state}`, "data-role": "replica", "data-state": c.state, title },
+        `${many ? `disk ${c.disk} ` : ""}${c.host}: ${text}`);
+    }));
+}
+
 function renderVms() {
   const rows = state.vms.map((vm) => {
     const actions = vmActions(vm);
     return h("tr", { "data-vm": vm.name },
-      h("td", {}, h("strong", {}, vm.name), vm.ha ? null : h("span", { class: "muted" }, " (not HA)")),
+      h("td", {}, h("strong", {}, vm.name), vm.ha ? null : h("span", { class: "muted" }, " (not HA)"), replicaBadges(vm)),
       h("td", {}, h("span", { class: `pill s-${vm.state}`, title: vm.reason || vm.state }, vm.state)),
       h("td", { "data-label": "on" }, vm.host || "–"),
       h("td", { class: "num", "data-label": "memory" }, fmtMiB(vm.spec.memory_mib)),

@@ -11,3 +11,20 @@ export function fmtMiB(mib) {
   if (rest * 2 > 1024 || (rest * 2 === 1024 && tenths % 2 === 1)) tenths += 1;
   return `${Math.floor(tenths / 10)}.${tenths % 10} GiB`;
 }
+
+// An age as the CLI writes it (`haven.cli.ops_render.duration`): 45 s, 12 min, 3 h 5 min, 2 d 4 h.
+export function fmtAge(seconds) {
+  const s = Math.floor(Math.max(0, seconds));
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.floor(s / 60)} min`;
+  if (s < 172800) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+// A replica copy's state as the CLI writes it (`haven.cli.ops_render.copy_state`): syncing rounds down.
+export function fmtCopy(copy) {
+  if (copy.state === "syncing" && copy.progress !== null && copy.progress !== undefined) {
+    return `syncing ${Math.floor(copy.progress * 100)}%`;
+  }
+  return copy.state === "in-sync" ? "in sync" : copy.state;
+}
