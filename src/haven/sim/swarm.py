@@ -217,9 +217,8 @@ def random_pair(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[t
     enough that a resync takes seconds), and faults aimed at the pair."""
     rng = random.Random(f"pair {seed}")
     pair = rng.sample([h.name for h in config.hosts], 2)
-    hosts = tuple(h.model_copy(update={"pools": (*h.pools, "pair")}) if h.name in pair else h for h in config.hosts)
     vms = list(config.vms)
-    names = []
+    names: list[str] = []
     for i in range(rng.randint(1, 3)):
         name = f"db{i + 1}"
         size = rng.choice((64, 64, 512, 2048))
@@ -229,6 +228,11 @@ def random_pair(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[t
                           disks=(Disk(pool="pair", size_mib=size, file=f"{name}-0.raw"),),
                           nics=(Nic(mac=f"52:54:00:02:00:{i:02x}"),)))
         names.append(name)
+    # The pair's hosts grow by what its VMs need: the cluster keeps the headroom random_cluster gave
+    # it, or admission control would rightly keep VMs stopped, which the liveness phase counts.
+    extra = sum(v.memory_mib for v in vms[len(config.vms):])
+    hosts = tuple(h.model_copy(update={"pools": (*h.pools, "pair"), "memory_mib": h.memory_mib + extra})
+                  if h.name in pair else h for h in config.hosts)
     steps: list[tuple[float, str]] = []
     for _ in range(rng.randint(1, 4)):
         t, host = round(rng.uniform(*FAULT_WINDOW), 3), rng.choice(pair)
