@@ -23,6 +23,8 @@ def copy_refusal(record: ReplicaRecord | None, host: str) -> str | None:
     """Why starting the VM on `host` could lose an acknowledged write (None when it cannot)."""
     if record is None:
         return None  # never started: no copy holds anything yet
+    if record.incoming is not None and host != record.incoming:
+        return f"a move to {record.incoming} is under way: only its copy is sure to hold every write"
     behind = record.behind(host)
     if behind is None:
         return None
