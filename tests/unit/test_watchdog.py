@@ -48,8 +48,9 @@ def test_the_watchdog_kills_the_hosts_qemus_at_the_armed_deadline(tmp_path: Path
         deadline = time.monotonic() + 1.0
         FileWatchdog(tmp_path / "watchdog.deadline").arm(deadline)
         wait_for(lambda: qemu.poll() is not None, 5.0, "the fake QEMU to be killed")
-        killed_at = time.monotonic()
-        assert deadline <= killed_at <= deadline + 0.3
+        # Never before the deadline; how soon after depends on the machine's load (seen 1.5 s
+        # late while a whole test run shared the two cores), and wait_for bounds it.
+        assert time.monotonic() >= deadline
         assert (tmp_path / "watchdog.deadline.fired").exists()
     finally:
         stop(qemu, watchdog)

@@ -104,7 +104,7 @@ class AgentLoop:
         root = self.layout.root
         lease = self.keeper.lease_id  # the read counts for this lease only: it began after the grant
         try:
-            items = [kv for prefix in ("vms/", "status/", "hosts/", "replicas/", "pools/")
+            items = [kv for prefix in ("vms/", "status/", "hosts/", "replicas/")
                      for kv in self.store.get_prefix(root + prefix)]
         except StoreError:
             self.stale = True
@@ -160,8 +160,6 @@ class AgentLoop:
                 self.addresses[parsed.host] = decoded(HostSpec, kv).address
         elif parsed.kind is KeyKind.REPLICA:
             return self.replicas.apply_record(parsed.vm, kv)
-        elif parsed.kind is KeyKind.POOL:
-            self.replicas.apply_pool(parsed.pool, kv)
         elif parsed.kind in SERVICE_KINDS:
             return self.services.on_store_change(parsed.kind)
         elif parsed.kind is KeyKind.HOST_STATE:  # a host fenced may free a data disk for our member

@@ -27,7 +27,7 @@ from haven.core.replica_agent import (
     mirrored_disks,
     plan_replication,
 )
-from haven.model.replica import CopyState, DiskCopy, PoolSpec, ReplicaRecord
+from haven.model.replica import CopyState, DiskCopy, ReplicaRecord
 from haven.model.state import LocalState
 from haven.ports.hypervisor import HypervisorError
 from haven.ports.replication import MirrorState, Replication, ReplicationError
@@ -44,7 +44,6 @@ class ReplicaRunner:
         self.host = agent.host.name
         self.records: dict[str, ReplicaRecord] = {}
         self.revs: dict[str, int] = {}  # mod revision of each record read
-        self.pools: dict[str, PoolSpec] = {}
 
     @property
     def active(self) -> bool:
@@ -56,7 +55,7 @@ class ReplicaRunner:
     # --- what we know of the store (the agent's reads and watch feed it) ---
 
     def forget_all(self) -> None:
-        self.records, self.revs, self.pools = {}, {}, {}
+        self.records, self.revs = {}, {}
 
     def apply_record(self, vm: str, kv: KeyValue | None) -> bool:
         """A record changed; True if it concerns this host."""
@@ -67,11 +66,6 @@ class ReplicaRunner:
             self.revs[vm] = kv.mod_revision
         return any(r is not None and (r.primary == self.host or any(c.host == self.host for c in r.copies))
                    for r in (old, self.records.get(vm)))
-
-    def apply_pool(self, name: str, kv: KeyValue | None) -> None:
-        self.pools.pop(name, None)
-        if kv is not None:
-            self.pools[name] = self.agent.decoded(PoolSpec, kv)
 
     # --- one round ---
 

@@ -15,7 +15,7 @@ from haven.model.state import HostState
 
 AGENT_PREFIXES = ("vms/", "status/", "hosts/",  # what the agent caches (placements, specs, peers)
                   "services/", "members/", "hoststate/",  # what wakes its service runner
-                  "replicas/", "pools/")  # and its replication runner
+                  "replicas/")  # and its replication runner
 LEADER_KEY = "manager"
 # Written by the leading manager itself, in the transaction it already knows the outcome of.
 MANAGER_OWN = ("events/", "hoststate/", "fencedev/")
