@@ -21,7 +21,7 @@ from haven.drivers.guest_agent import GuestAgent
 from haven.drivers.qemu_cmdline import VmPaths
 from haven.lab.cluster import Lab
 from haven.lab.demo import accelerator
-from haven.lab.pair import SeqWriter, read_seq
+from haven.lab.pair import SeqWriter, protected, read_seq
 from haven.lab.probe import vm_back
 from haven.lab.sampler import QemuSampler
 from haven.model.replica import CopyState
@@ -30,11 +30,6 @@ from haven.model.state import HostState, VmState
 VM = "vm1"
 WRITES = 200  # synced 4 KiB writes per latency sample
 SETTLE = {"host_settle_s": 0.0}
-
-
-def in_sync(lab: Lab) -> bool:
-    record = lab.snapshot().replicas.get(VM)
-    return bool(record and record.copies and all(c.state is CopyState.IN_SYNC for c in record.copies))
 
 
 def placed_running(lab: Lab) -> str:
@@ -76,7 +71,7 @@ def bench_pair(root: Path, runs: int) -> dict[str, Any]:
     with Lab(vms=1, pair=True, root=root, settings=SETTLE) as lab:
         out["accel"] = accelerator(lab)
         primary = placed_running(lab)
-        lab.wait(lambda s: in_sync(lab), 120, "in sync")
+        lab.wait(lambda s: protected(s, VM), 120, "in sync")
         lab.wait_answer(VM, 60)
         for _ in range(3):  # alternate, on the same VM and disk
             out["latency_replicated_ms"].append(write_latency_ms(lab, primary))
@@ -84,22 +79,21 @@ def bench_pair(root: Path, runs: int) -> dict[str, Any]:
             lab.wait(lambda s: s.replicas[VM].copies[0].state is CopyState.STALE, 30, "the copy stale")
             out["latency_local_ms"].append(write_latency_ms(lab, primary))
             lab.heal_link("h1", "h2")
-            lab.wait(lambda s: in_sync(lab), 60, "resynced")
+            lab.wait(lambda s: protected(s, VM), 60, "resynced")
         lab.cut_link("h1", "h2")
         lab.wait(lambda s: s.replicas[VM].copies[0].state is CopyState.STALE, 30, "the copy stale")
         time.sleep(10.0)
         lab.heal_link("h1", "h2")
         t0 = time.monotonic()
-        lab.wait(lambda s: in_sync(lab), 60, "resynced after the outage")
+        lab.wait(lambda s: protected(s, VM), 60, "resynced after the outage")
         out["resync_after_outage"] = round(time.monotonic() - t0, 3)
         for run in range(runs):
             primary = placed_running(lab)
-            lab.wait(lambda s: in_sync(lab), 120, "in sync")
+            lab.wait(lambda s: protected(s, VM), 120, "in sync")
             lab.wait_answer(VM, 60)
-            start = read_seq(lab.members[primary].run_dir, VM)
             with QemuSampler(lab.root / "run") as sampler:
-                with SeqWriter(lab.members[primary].run_dir, VM, start=start) as writer:
-                    lab.wait(lambda s, first=start: writer.acked >= first + 3, 60, "acknowledged writes")
+                with SeqWriter(lab.members[primary].run_dir, VM) as writer:
+                    lab.wait(lambda s, w=writer: w.acked >= w.start + 3, 60, "acknowledged writes")
                     out["pair_crash"].append(crash_rto(lab, primary))
                 survivor = placed_running(lab)
                 on_disk = read_seq(lab.members[survivor].run_dir, VM)
@@ -108,7 +102,7 @@ def bench_pair(root: Path, runs: int) -> dict[str, Any]:
             lab.power_on(primary)
             wait_online(lab, primary)
             t0 = time.monotonic()
-            lab.wait(lambda s: in_sync(lab), 120, "the returning copy resynced")
+            lab.wait(lambda s: protected(s, VM), 120, "the returning copy resynced")
             out["resync_full"].append(round(time.monotonic() - t0, 3))
             print(f"  pair run {run + 1}/{runs}: back after {out['pair_crash'][-1]:.2f} s on {survivor}, "
                   f"acked {writer.acked} on disk {on_disk}, resync {out['resync_full'][-1]:.2f} s", flush=True)

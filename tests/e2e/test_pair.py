@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from haven.lab.cluster import Lab
-from haven.lab.pair import SeqWriter, fsck_clean, read_seq
+from haven.lab.pair import SeqWriter, fsck_clean, protected, read_seq
 from haven.lab.sampler import QemuSampler
 from haven.model.replica import CopyState
 from haven.model.spec import DesiredState
@@ -41,11 +41,6 @@ def lab() -> Iterator[Lab]:
         yield running
 
 
-def in_sync(lab: Lab) -> bool:
-    record = lab.snapshot().replicas.get(VM)
-    return bool(record and record.copies and all(c.state is CopyState.IN_SYNC for c in record.copies))
-
-
 def running_on(lab: Lab, not_on: str | None = None) -> str:
     snap = lab.wait(lambda s: (p := s.placements.get(VM)) and p.state is VmState.RUNNING and p.host != not_on, 120,
                     f"{VM} running" + (f" elsewhere than {not_on}" if not_on else ""))
@@ -60,11 +55,11 @@ def healthy(lab: Lab) -> Iterator[Lab]:
     then the VM stopped cleanly and both copies checked with e2fsck, and started again."""
     lab.restore_hosts(120)
     running_on(lab)
-    lab.wait(lambda s: in_sync(lab), 120, "the copies in sync")
+    lab.wait(lambda s: protected(s, VM), 120, "the copies in sync")
     yield lab
     lab.restore_hosts(120)
     running_on(lab)
-    lab.wait(lambda s: in_sync(lab), 120, "the copies in sync again")
+    lab.wait(lambda s: protected(s, VM), 120, "the copies in sync again")
     assert lab.store is not None
     intents.set_desired(lab.store, lab.layout, VM, DesiredState.STOPPED)
     lab.wait(lambda s: s.placements[VM].state is VmState.STOPPED and not lab.qemu_hosts(VM), 120, "stopped")
@@ -97,7 +92,7 @@ def test_primary_power_cut_fails_over_to_the_in_sync_copy_with_every_acknowledge
     primary = running_on(lab)
     with QemuSampler(lab.root / "run") as sampler:
         with SeqWriter(lab.members[primary].run_dir, VM) as writer:
-            lab.wait(lambda s: writer.acked >= 10, 60, "ten acknowledged writes")
+            lab.wait(lambda s: writer.acked >= writer.start + 10, 60, "ten acknowledged writes")
             lab.crash(primary)
             lab.wait(lambda s: writer.stopped(), 60, "the writer to notice")
         survivor = running_on(lab, not_on=primary)
@@ -111,10 +106,9 @@ def test_primary_power_cut_fails_over_to_the_in_sync_copy_with_every_acknowledge
 def test_after_a_resync_the_vm_fails_over_the_other_way(healthy: Lab) -> None:
     lab = healthy  # the last test left the VM on one host and the other copy resynced by `healthy`
     primary = running_on(lab)
-    start = read_seq(lab.members[primary].run_dir, VM)
     with QemuSampler(lab.root / "run") as sampler:
-        with SeqWriter(lab.members[primary].run_dir, VM, start=start) as writer:
-            lab.wait(lambda s: writer.acked >= start + 5, 60, "acknowledged writes")
+        with SeqWriter(lab.members[primary].run_dir, VM) as writer:
+            lab.wait(lambda s: writer.acked >= writer.start + 5, 60, "acknowledged writes")
             lab.crash(primary)
             lab.wait(lambda s: writer.stopped(), 60, "the writer to notice")
         survivor = running_on(lab, not_on=primary)
@@ -127,8 +121,7 @@ def test_a_cut_link_marks_the_replica_stale_and_writes_go_on_without_a_failover(
     lab = healthy
     primary = running_on(lab)
     with QemuSampler(lab.root / "run") as sampler:
-        start = read_seq(lab.members[primary].run_dir, VM)
-        with SeqWriter(lab.members[primary].run_dir, VM, start=start) as writer:
+        with SeqWriter(lab.members[primary].run_dir, VM) as writer:
             lab.wait(lambda s: len(writer.latencies) >= 5, 60, "acknowledged writes")
             lab.cut_link("h1", "h2")
             cut_at = writer.acked
@@ -136,7 +129,7 @@ def test_a_cut_link_marks_the_replica_stale_and_writes_go_on_without_a_failover(
             assert snap.replicas[VM].copies[0].reason == "the replica did not answer"
             lab.wait(lambda s: writer.acked >= cut_at + 5, 30, "writes going on alone")
             lab.heal_link("h1", "h2")
-            lab.wait(lambda s: in_sync(lab), 60, "resynced after the link healed")
+            lab.wait(lambda s: protected(s, VM), 60, "resynced after the link healed")
             lab.wait(lambda s: writer.acked >= cut_at + 10, 30, "writes going on replicated")
         no_double_run(sampler)
     assert lab.snapshot().placements[VM].host == primary and lab.qemu_hosts(VM) == [primary]
@@ -147,8 +140,7 @@ def test_replica_host_crash_then_primary_crash_does_not_fail_over_onto_the_stale
     primary = running_on(lab)
     replica = other(primary)
     with QemuSampler(lab.root / "run") as sampler:
-        start = read_seq(lab.members[primary].run_dir, VM)
-        with SeqWriter(lab.members[primary].run_dir, VM, start=start) as writer:
+        with SeqWriter(lab.members[primary].run_dir, VM) as writer:
             lab.crash(replica)
             lab.wait(lambda s: s.replicas[VM].copies[0].state is CopyState.STALE, 30, "the copy stale")
             stale_at = writer.acked
@@ -175,8 +167,7 @@ def test_witness_down_then_a_host_crash_fails_nothing_over(healthy: Lab) -> None
     lab = healthy
     primary = running_on(lab)
     with QemuSampler(lab.root / "run") as sampler:
-        start = read_seq(lab.members[primary].run_dir, VM)
-        with SeqWriter(lab.members[primary].run_dir, VM, start=start) as writer:
+        with SeqWriter(lab.members[primary].run_dir, VM) as writer:
             lab.wait(lambda s: len(writer.latencies) >= 3, 60, "acknowledged writes")
             lab.witness(up=False)
             lab.crash(primary)

@@ -20,7 +20,7 @@ from haven.api.schemas import (
 from haven.core.events import Event
 from haven.core.protection import Protection, ServiceHealth, assess, host_state, service_health
 from haven.core.service import Hosts, ServiceView
-from haven.model.replica import CopyState, DiskCopy, ReplicaRecord
+from haven.model.replica import DiskCopy, ReplicaRecord
 from haven.model.service import ServicePhase
 from haven.model.spec import DesiredState, PoolKind, PoolSpec
 from haven.model.state import HOLDING_STATES, ClusterView, HostState, VmState
@@ -90,13 +90,8 @@ def copy_out(copy: DiskCopy, now: float | None) -> CopyOut:
                    reason=copy.reason)
 
 
-def protected(record: ReplicaRecord) -> bool:
-    """Every copy in sync: the VM may fail over to its peer without losing a write."""
-    return bool(record.copies) and all(c.state is CopyState.IN_SYNC for c in record.copies)
-
-
 def replicas_out(record: ReplicaRecord, write_without_replica: bool, now: float | None) -> ReplicasOut:
-    return ReplicasOut(primary=record.primary, protected=protected(record),
+    return ReplicasOut(primary=record.primary, protected=record.protected,
                        copies=[copy_out(c, now) for c in record.copies], incoming=record.incoming,
                        promoted_at=record.promoted_at, write_without_replica=write_without_replica)
 

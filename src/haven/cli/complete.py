@@ -50,11 +50,15 @@ def service_names(ctx: click.Context, param: click.Parameter, incomplete: str) -
     return _names(ctx, "/api/v1/services", incomplete)
 
 
+def _named_earlier(ctx: click.Context) -> str | None:
+    """The NAME argument given before the option being completed. Completing an option's value,
+    click stops parsing at that option: the name is still among the unparsed arguments then."""
+    return ctx.params.get("name") or (ctx.args[0] if ctx.args else None)
+
+
 def service_members(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """The members of the service named earlier on the command line (`haven service move db --to `)."""
-    # Completing an option's value, click stops parsing at that option: the service name is still
-    # among the unparsed arguments then.
-    name = ctx.params.get("name") or (ctx.args[0] if ctx.args else None)
+    name = _named_earlier(ctx)
     if not name:
         return []
     return _names(ctx, f"/api/v1/services/{name}", incomplete,
@@ -67,7 +71,7 @@ def pool_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> l
 
 def replica_hosts(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """The hosts holding a copy of the VM named earlier on the command line (`haven vm promote db --to `)."""
-    name = ctx.params.get("name") or (ctx.args[0] if ctx.args else None)
+    name = _named_earlier(ctx)
     if not name:
         return []
     return _names(ctx, f"/api/v1/vms/{name}", incomplete,

@@ -207,8 +207,8 @@ def unprotected_pairs(view: ClusterView) -> list[str]:
         vm = view.vms.get(name)
         if vm is None or vm.placement is None or vm.placement.state not in GUEST_UP_STATES:
             continue
-        behind = [c for c in record.copies if c.state is not CopyState.IN_SYNC]
-        if behind:
+        if not record.protected:
+            behind = [c for c in record.copies if c.state is not CopyState.IN_SYNC]
             lines.append(f"vm {name} on {record.primary} has no in-sync replica "
                          f"({', '.join(_copy_words(c) for c in behind)})")
     return lines

@@ -22,11 +22,18 @@ from haven.drivers.qemu_cmdline import VmPaths
 from haven.lab.etcd import Site
 from haven.lab.netns import LabNetwork, run_in
 from haven.model.replica import PoolKind, PoolSpec
+from haven.runtime.layout import Snapshot
 
 PAIR_HOSTS = ("h1", "h2")
 WITNESS = "w"
 POOL = PoolSpec(name="pair", kind=PoolKind.REPLICATED, hosts=PAIR_HOSTS)
 SEQ_FILE = "/mnt/disk/seq"  # where SeqWriter counts the guest's acknowledged writes
+
+
+def protected(snap: Snapshot, vm: str) -> bool:
+    """Every copy of the VM's disks in sync, as the snapshot has it."""
+    record = snap.replicas.get(vm)
+    return record is not None and record.protected
 
 
 def etcd_sites(net: LabNetwork) -> tuple[Site, ...]:
@@ -60,14 +67,15 @@ def kill_replica_servers(run_dir: Path) -> None:
 
 
 class SeqWriter:
-    """The guest's acknowledged writes, counted from outside: writes 1, 2, 3... to a file on the
-    VM's disk through the guest agent of its QEMU on `host`, each followed by `sync`; `acked` is
-    the last number whose sync returned. It stops when the guest stops answering (the number in
-    flight then was never acknowledged)."""
+    """The guest's acknowledged writes, counted from outside: writes the numbers after the one on
+    the VM's disk (`start`) to it, through the guest agent of its QEMU on the host whose run
+    directory is `run_dir`, each followed by `sync`; `acked` is the last number whose sync
+    returned. It stops when the guest stops answering (the number in flight then was never
+    acknowledged)."""
 
-    def __init__(self, run_dir: Path, vm: str, start: int = 0) -> None:
+    def __init__(self, run_dir: Path, vm: str) -> None:
         self.agent = GuestAgent(VmPaths.under(run_dir / "vms", vm).guest_agent)
-        self.acked = start
+        self.start = self.acked = read_seq(run_dir, vm)
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"writer-{vm}", daemon=True)

@@ -65,6 +65,11 @@ class ReplicaRecord(Frozen):
         copies = tuple(sorted((*(c for c in self.copies if c.disk != new.disk), new), key=lambda c: c.disk))
         return self.model_copy(update={"copies": copies})
 
+    @property
+    def protected(self) -> bool:
+        """Every copy in sync: the VM may fail over without losing a write."""
+        return bool(self.copies) and all(c.state is CopyState.IN_SYNC for c in self.copies)
+
     def holds_everything(self, host: str) -> bool:
         """May the VM start on `host` without losing an acknowledged write? On its primary, or
         where every disk's replica is in sync; during a migration only on its target."""

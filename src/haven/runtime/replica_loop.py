@@ -48,9 +48,11 @@ class ReplicaRunner:
     @property
     def active(self) -> bool:
         """Does this host mirror or serve anything (the daemon then ticks faster)?"""
-        return self.port is not None and any(
-            record.primary == self.host or any(c.host == self.host for c in record.copies)
-            for record in self.records.values())
+        return self.port is not None and any(self._concerns(record) for record in self.records.values())
+
+    def _concerns(self, record: ReplicaRecord | None) -> bool:
+        """Is this host the record's primary or a copy's host?"""
+        return record is not None and (record.primary == self.host or any(c.host == self.host for c in record.copies))
 
     # --- what we know of the store (the agent's reads and watch feed it) ---
 
@@ -64,8 +66,7 @@ class ReplicaRunner:
         if kv is not None:
             self.records[vm] = self.agent.decoded(ReplicaRecord, kv)
             self.revs[vm] = kv.mod_revision
-        return any(r is not None and (r.primary == self.host or any(c.host == self.host for c in r.copies))
-                   for r in (old, self.records.get(vm)))
+        return self._concerns(old) or self._concerns(self.records.get(vm))
 
     # --- one round ---
 
@@ -163,46 +164,39 @@ class ReplicaRunner:
     def _unchanged(self, vm: str) -> bool:
         """The record is still the one read, and our alive key the one written under our lease
         (a write-free transaction, as the start rule's)."""
-        agent = self.agent
-        state = agent.keeper.state
-        rev = self.revs.get(vm)
-        if state.lease is None or not state.alive_rev or rev is None:
-            return False
-        try:
-            current = agent.store.txn([Compare(agent.layout.replica(vm), mod_revision=rev),
-                                       Compare(agent.layout.alive(self.host), mod_revision=state.alive_rev)],
-                                      []).succeeded
-        except StoreError:
-            return False
-        if not current:
-            agent.stale = agent.changed = True
-        return current
+        return self._guarded(vm, []) is not None
 
     def _write(self, new: ReplicaRecord) -> bool:
         """Write `new` if the record is still the one read and our alive key the one written
         under our current lease. On success the cache holds it (the watch confirms it later)."""
-        agent = self.agent
-        state = agent.keeper.state
-        rev = self.revs.get(new.vm)
-        if state.lease is None or not state.alive_rev or rev is None:
-            return False
-        key = agent.layout.replica(new.vm)
-        value = new.model_dump_json()
         old = self.records.get(new.vm)  # before the write: the watch may deliver it at once
-        try:
-            result = agent.store.txn(
-                [Compare(key, mod_revision=rev), Compare(agent.layout.alive(self.host), mod_revision=state.alive_rev)],
-                [Put(key, value)])
-        except StoreError:
-            return False
-        if not result.succeeded:
-            agent.stale = agent.changed = True  # read again before deciding on it
+        revision = self._guarded(new.vm, [Put(self.agent.layout.replica(new.vm), new.model_dump_json())])
+        if revision is None:
             return False
         self.records[new.vm] = new
-        self.revs[new.vm] = result.revision
+        self.revs[new.vm] = revision
         for copy in new.copies:  # an event for each copy whose state changed
             was = old.copy_of(copy.disk) if old else None
             if was is None or was.state is not copy.state:
-                agent.event(EventKind.REPLICA, new.vm, new=copy.state.value, to_host=copy.host, count=copy.disk,
-                            reason=copy.reason)
+                self.agent.event(EventKind.REPLICA, new.vm, new=copy.state.value, to_host=copy.host,
+                                 count=copy.disk, reason=copy.reason)
         return True
+
+    def _guarded(self, vm: str, ops: list[Put]) -> int | None:
+        """Run `ops` in a transaction guarded by the VM's record as read and our alive key as
+        written under our current lease: the store's revision, or None when the guard failed (the
+        view is then read again before anything is decided on it) or the store did not answer."""
+        agent = self.agent
+        state = agent.keeper.state
+        rev = self.revs.get(vm)
+        if state.lease is None or not state.alive_rev or rev is None:
+            return None
+        try:
+            result = agent.store.txn([Compare(agent.layout.replica(vm), mod_revision=rev),
+                                      Compare(agent.layout.alive(self.host), mod_revision=state.alive_rev)], ops)
+        except StoreError:
+            return None
+        if not result.succeeded:
+            agent.stale = agent.changed = True
+            return None
+        return result.revision
