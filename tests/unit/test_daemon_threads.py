@@ -15,6 +15,7 @@ import pytest
 
 from haven.daemon.events import EventLog
 from haven.daemon.host_threads import HostThreads
+from haven.daemon.node import start_thread
 from haven.drivers.qemu_process import MonotonicClock
 from haven.model.spec import HostSpec, MigrationKind, Settings, VmSpec
 from haven.model.state import RequestAction
@@ -45,8 +46,9 @@ class Host:
         self.keeper = LeaseKeeper(spec, self.store, self.hv, self.clock, LAYOUT, settings, self.log.emit)
         self.agent = AgentLoop(self.keeper)
         manager = ManagerLoop(name, self.store, self.clock, LAYOUT, self.keeper.manager_lease, self.log.emit,
-                              fencer=fencer)
+                              fencer=fencer, spawn=start_thread)
         self.threads = HostThreads(self.keeper, self.agent, manager, settings, self.clock, LAYOUT.root)
+        manager.on_fence_result = self.threads.wake_manager.set  # as the daemon wires it
         self.hv.on_change = self.threads.wake_agent.set
 
     def start(self) -> None:
@@ -169,8 +171,8 @@ def test_random_schedules_of_threads_and_faults_never_launch_a_stale_copy(
 class FakeFencer:
     """A fence device for every host that confirms "off" (cutting the fake host's VMs) or fails."""
 
-    def __init__(self, hosts: dict[str, Host], works: bool) -> None:
-        self.hosts, self.works = hosts, works
+    def __init__(self, hosts: dict[str, Host], works: bool, hang_s: float = 0.0) -> None:
+        self.hosts, self.works, self.hang_s = hosts, works, hang_s
         self.calls: list[str] = []
 
     def has_device(self, host: str) -> bool:
@@ -178,6 +180,7 @@ class FakeFencer:
 
     def power_off(self, host: str) -> bool:
         self.calls.append(host)
+        time.sleep(self.hang_s)  # a device that takes its time (up to its timeout) to answer
         if self.works:
             for vm in self.hosts[host].hv.active():
                 self.hosts[host].hv.kill(vm)
@@ -193,9 +196,10 @@ class FakeFencer:
 GRACE_S, TICK_S = 3.0, 10.0
 
 
-def lost_to_recovery_s(works: bool) -> tuple[float, str]:
+def lost_to_recovery_s(works: bool, hang_s: float = 0.0) -> tuple[float, str]:
     """h1 manages, the VM runs on h2, h2 crashes (threads stopped, cut off from the store): the
-    time from h1's manager marking h2 lost to the VM running on h1, and h1's log."""
+    time from h1's manager marking h2 lost to the VM running on h1, and h1's log. With `hang_s`,
+    the device answers only after that long, and a VM declared meanwhile must start all the same."""
     # A manager tick far longer than the grace: only the wake after a loss can explain a recovery
     # before it. Margins are wide (a busy CI machine): the grace is what they are measured against.
     settings = SETTINGS.model_copy(update={"fence_grace_s": GRACE_S, "manager_tick_s": TICK_S})
@@ -203,7 +207,7 @@ def lost_to_recovery_s(works: bool) -> tuple[float, str]:
     operator = net.client("operator")
     operator.put(LAYOUT.config(), settings.model_dump_json())
     hosts: dict[str, Host] = {}
-    fencer = FakeFencer(hosts, works)
+    fencer = FakeFencer(hosts, works, hang_s)
     hosts["h1"] = Host("h1", net, settings, fencer)
     hosts["h2"] = Host("h2", net, settings, fencer)
     h1, h2 = hosts["h1"], hosts["h2"]
@@ -219,7 +223,10 @@ def lost_to_recovery_s(works: bool) -> tuple[float, str]:
         net.cut_off("h2")
         wait_for(lambda: '"new": "lost"' in h1.lines(), 5.0, "h2 lost")
         lost = next(e["t"] for e in map(json.loads, h1.lines().splitlines()) if e.get("new") == "lost")
-        wait_for(lambda: h1.hv.active() == ["web"], 40.0, "web running on h1")
+        if hang_s:  # the manager decides on while the device is busy
+            operator.put(LAYOUT.vm_spec("db"), VmSpec(name="db", memory_mib=256).model_dump_json())
+            wait_for(lambda: "db" in h1.hv.active(), hang_s / 2, "db started while the power fence hangs")
+        wait_for(lambda: "web" in h1.hv.active(), 40.0, "web running on h1")
         elapsed = time.monotonic() - lost
         assert fencer.calls == ["h2"]
         return elapsed, h1.lines()
@@ -244,3 +251,11 @@ def test_a_failed_power_fence_waits_for_the_grace() -> None:
     assert elapsed < (GRACE_S + TICK_S) / 2, f"recovered {elapsed:.2f} s after the loss: the manager slept until its tick"
     assert "power fence failed: timed out after 20 s; falling back to lease expiry + grace" in lines
     assert f"grace {GRACE_S:g} s" in lines
+
+
+def test_a_power_fence_that_hangs_holds_no_decision() -> None:
+    """The device takes 8 s to fail: a VM declared meanwhile starts at once, and the lost host's
+    VM comes back after the grace, as without a device, not after the device gave up."""
+    elapsed, lines = lost_to_recovery_s(works=False, hang_s=8.0)
+    assert GRACE_S <= elapsed < 8.0, f"recovered {elapsed:.2f} s after the loss"
+    assert "power fence failed" not in lines  # the device was still busy when the VM came back

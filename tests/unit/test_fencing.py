@@ -64,3 +64,45 @@ def test_a_fence_device_powers_off_a_host_that_still_runs():
     assert not h1.powered and not h1.hv.vms  # powered off: nothing runs there
     assert not any("self-fence" in line for line in cluster.log_lines())  # the device came first
     assert not cluster.world.monitor.violations
+
+
+def test_a_power_fence_answering_late_confirms_only_the_loss_it_was_asked_for():
+    """The daemon runs a power fence on a thread: its answer may come after the host was back and
+    lost again. That answer must not end the second loss's grace; the second one's answer does."""
+    from collections.abc import Callable
+
+    from haven.ports.fencer import FenceOutcome
+    from haven.runtime.layout import Layout
+    from haven.runtime.manager_loop import ManagerLoop
+    from haven.sim.store import MemoryStore
+
+    class Device:
+        def has_device(self, host: str) -> bool:
+            return True
+
+        def power_off(self, host: str) -> bool:
+            return True
+
+        def last_outcome(self, host: str) -> FenceOutcome | None:
+            return FenceOutcome(True, "off, confirmed", 0.1, "test")
+
+        def monitor(self, host: str) -> tuple[bool, str]:
+            return True, "ok"
+
+    class Clock:
+        def now(self) -> float:
+            return 1.0
+
+    jobs: list[Callable[[], None]] = []
+    store = MemoryStore(now=lambda: 1.0)
+    loop = ManagerLoop("h2", store.client("h2"), clock=Clock(), layout=Layout("t"), lease_id=lambda: 0,
+                       emit=lambda event: None, fencer=Device(), spawn=jobs.append)
+    loop._power_fence(["h1"])  # the first loss: its answer is late
+    loop._power_fence(["h1"])  # back and lost again before it came
+    first, second = jobs
+    first()
+    loop._collect_fences()
+    assert "h1" not in loop.fence_confirmed
+    second()
+    loop._collect_fences()
+    assert "h1" in loop.fence_confirmed

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 from haven.core.agent import DEAD
 from haven.daemon.config import NodeConfig, ShutdownPolicy, qemu_host_config
@@ -33,6 +35,11 @@ from haven.runtime.lease import LeaseKeeper
 from haven.runtime.manager_loop import ManagerLoop
 
 log = logging.getLogger("haven.node")
+
+
+def start_thread(job: Callable[[], None]) -> None:
+    """A power fence runs on a thread of its own: the device may take its whole timeout."""
+    threading.Thread(target=job, name="power-fence", daemon=True).start()
 
 
 def make_watchdog(config: NodeConfig, settings: Settings) -> Watchdog | None:
@@ -70,11 +77,13 @@ def run_node(config: NodeConfig) -> int:
     watchdog = make_watchdog(config, settings)
     keeper = LeaseKeeper(config.host, store, hypervisor, clock, layout, settings, events.emit, watchdog)
     fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
-    manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer)
+    manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer,
+                          spawn=start_thread)
     lease_file = LeaseFile(config.run_dir / "lease.json")
     agent = AgentLoop(keeper, guest=QemuGuest(hypervisor), replication=QemuReplication(hypervisor))
     threads = HostThreads(keeper, agent, manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
+    manager.on_fence_result = threads.wake_manager.set
     take_over(config.run_dir / "daemon.pid")
     if isinstance(watchdog, DeviceWatchdog):
         try:

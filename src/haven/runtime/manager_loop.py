@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import queue
 from collections.abc import Callable
 
 from haven.core.decision import Decision
@@ -31,14 +32,19 @@ from haven.runtime.layout import (
 from haven.runtime.service_round import ServiceInputs, as_event, decide_round, service_ops
 
 EventSink = Callable[[Event], None]
+Spawn = Callable[[Callable[[], None]], None]
 TRIM_EVERY = 200  # events written between two trims of the event log
 FULL_REFRESH_S = 30.0  # re-read everything this often even without a watch event: a safety net
+
+
+def run_inline(job: Callable[[], None]) -> None:
+    job()
 
 
 class ManagerLoop:
     def __init__(self, name: str, store: Store, clock: Clock, layout: Layout, lease_id: Callable[[], int],
                  emit: EventSink, fencer: Fencer | None = None,
-                 decoded: DecodeCache | None = None) -> None:
+                 decoded: DecodeCache | None = None, spawn: Spawn = run_inline) -> None:
         self.name = name
         self.store = store
         self.clock = clock
@@ -50,6 +56,13 @@ class ManagerLoop:
         self.leader_revision = 0  # the store revision at which we won the key
         self.since = 0.0
         self.fence_confirmed: set[str] = set()  # hosts a device powered off since they were last lost
+        # A power fence blocks for the device's round trip (up to its timeout): `spawn` runs it
+        # apart (the daemon: a thread; the simulator: at once), and its outcome comes back here,
+        # tagged with the loss it answers, for the manager's own thread to act on.
+        self.spawn = spawn
+        self.fence_requests: dict[str, int] = {}  # host -> the number of its loss being fenced now
+        self.fence_results: queue.SimpleQueue[tuple[str, int, bool, FenceOutcome | None]] = queue.SimpleQueue()
+        self.on_fence_result: Callable[[], None] = lambda: None  # wakes the manager's thread
         self.event_seq = 0
         self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
         self.view: ClusterView | None = None
@@ -139,12 +152,32 @@ class ManagerLoop:
         the next view (`HostView.fence_confirmed`), which ends the host's wait for `fence_grace_s`."""
         for host in hosts:
             self.fence_confirmed.discard(host)  # a confirmation is worth one loss, not the next one
-            if self.fencer is None or not self.fencer.has_device(host):
+            loss = self.fence_requests.get(host, 0) + 1
+            self.fence_requests[host] = loss
+            fencer = self.fencer
+            if fencer is None or not fencer.has_device(host):
                 continue
-            if self.fencer.power_off(host):
+
+            def job(host: str = host, loss: int = loss, fencer: Fencer = fencer) -> None:
+                ok = fencer.power_off(host)
+                self.fence_results.put((host, loss, ok, fencer.last_outcome(host)))
+                self.on_fence_result()
+
+            self.spawn(job)
+        self._collect_fences()
+
+    def _collect_fences(self) -> None:
+        """Act on the power fences that came back: a confirmation for the host's current loss ends
+        its wait; one for an earlier loss (the host came back and was lost again since) does not."""
+        while True:
+            try:
+                host, loss, ok, outcome = self.fence_results.get_nowait()
+            except queue.Empty:
+                return
+            if ok and self.fence_requests.get(host) == loss:
                 self.fence_confirmed.add(host)
                 self.stale = True
-            self._fence_event(host, self.fencer.last_outcome(host))
+            self._fence_event(host, outcome)
 
     def _fence_event(self, host: str, outcome: FenceOutcome | None) -> None:
         """Say what the power fence came to, in the log too: the daemon ships no manager event,
@@ -162,6 +195,7 @@ class ManagerLoop:
         self.emit(event)
 
     def step(self) -> Decision | None:
+        self._collect_fences()
         now = self.clock.now()
         if not self.leading:
             if self.leader_key_present and now - self.campaigned_at < FULL_REFRESH_S:
