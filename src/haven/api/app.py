@@ -43,6 +43,7 @@ from haven.api.schemas import (
 )
 from haven.model.service import ServiceSpec
 from haven.model.spec import PoolSpec, VmSpec
+from haven.ports.fencer import Fencer
 from haven.ports.store import Store, StoreError
 from haven.runtime.layout import Layout
 
@@ -159,16 +160,18 @@ def _install_openapi(app: FastAPI) -> None:
 
 def create_app(store: Store, layout: Layout, *, admin_token: str, read_token: str,
                clock: Callable[[], float], on_write: Callable[[], None] | None = None,
-               sim_control: SimControl | None = None) -> FastAPI:
+               sim_control: SimControl | None = None, power: Fencer | None = None) -> FastAPI:
     """The haven API over `store`. It reads the store and writes intent only.
 
     `clock` gives the time shown in the summary (virtual time in a simulation); `on_write` is
-    called after every accepted write (e.g. to wake a loop); `sim_control` adds `/api/v1/sim/...`.
+    called after every accepted write (e.g. to wake a loop); `sim_control` adds `/api/v1/sim/...`;
+    `power`, the fence devices of the node serving the API, lets an operator power a host on.
     """
     if not admin_token:
         raise ValueError("admin_token must not be empty")
     ctx = ApiContext(store=store, layout=layout, clock=clock, admin_token=admin_token,
-                     read_token=read_token, on_write=on_write, sim_control=sim_control)
+                     read_token=read_token, on_write=on_write, sim_control=sim_control,
+                     power=power)
     app = FastAPI(title="haven", version="1", docs_url=None, redoc_url=None,  # served by api.docs
                   description="High-availability cluster manager for KVM/QEMU VMs. Reads need a bearer "
                   "token (read-only or admin); writes need the admin token. Writes record intent; the "

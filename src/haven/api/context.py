@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from fastapi import HTTPException, Request
 
+from haven.ports.fencer import Fencer
 from haven.ports.store import Compare, Delete, KeyValue, Put, Store, StoreUnavailable
 from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
@@ -61,6 +62,7 @@ class ApiContext:
     read_token: str
     on_write: Callable[[], None] | None = None
     sim_control: SimControl | None = None
+    power: Fencer | None = None  # the fence devices of the node serving the API (`haven host power-on`)
     store_errors: int = 0  # store failures seen by this API process (a metric)
     open_streams: int = 0  # event streams being served now
     _errors_lock: threading.Lock = field(default_factory=threading.Lock)

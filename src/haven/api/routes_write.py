@@ -24,6 +24,7 @@ from haven.api.schemas import (
     ERRORS,
     INVALID,
     NOT_FOUND,
+    POWER_REFUSED,
     PROMOTE_REFUSED,
     SPEC_UPDATE,
     Accepted,
@@ -260,6 +261,27 @@ def drain_host(name: str, ctx: ApiContext = Depends(context),
 def resume_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     """End maintenance: the host takes VMs again."""
     return _set_maintenance(ctx, name, False)
+
+
+@router.post("/hosts/{name}/power-on", status_code=202, response_model=Accepted,
+             responses={**NOT_FOUND, **POWER_REFUSED}, tags=["write"])
+def power_on_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
+    """Switch a powered-off host on through its fence device (the one configured on the node
+    serving this API). The host rejoins once its daemon has started and taken a lease."""
+    snap = ctx.snapshot()
+    if name not in snap.hosts:
+        raise not_found("host", name)
+    if name in snap.alive:
+        raise conflict(f"host {name} is up (it holds its lease): nothing to power on")
+    if ctx.power is None or not ctx.power.has_device(name):
+        raise conflict(f"the node serving this API has no fence device for {name}: switch it on by hand, "
+                       f"or add the device to that node's fencing config")
+    done, detail = ctx.power.power_on(name)
+    if not done:
+        raise ApiProblem(502, f"host {name} was not powered on: {detail}")
+    snap = ctx.snapshot()
+    return Accepted(message=f"host {name} powered on ({detail}); it rejoins once its daemon is up",
+                    host=views.host_out(snap, snap.view(), name))
 
 
 def _promote_capacity(snap: Snapshot) -> Capacity:

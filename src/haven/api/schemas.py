@@ -278,6 +278,9 @@ READ_ERRORS: Responses = {code: answer for code, answer in ERRORS.items() if cod
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "no such VM, host or service"}}
 PROMOTE_REFUSED: Responses = {409: {"model": Problem, "description": "the promotion is not possible now: the VM "
                                      "runs, its copy lacks nothing, or the target cannot take it"}}
+POWER_REFUSED: Responses = {
+    409: {"model": Problem, "description": "the host is up, or the node serving the API has no fence device for it"},
+    502: {"model": Problem, "description": "the fence device did not switch the host on (its words)"}}
 CONFLICT: Responses = {409: {"model": Problem, "description": "not possible in the current state"}}
 DRAIN_REFUSED: Responses = {409: {"model": Problem, "description": "the drain cannot finish (one problem line per "
                                    "VM that cannot move) or the host is down; send force to drain anyway"}}

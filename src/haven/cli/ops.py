@@ -179,6 +179,34 @@ def host_resume(name: str) -> None:
     emit(answer, lambda: click.echo(answer["message"]))
 
 
+@host.command("power-on", epilog=EXIT_CODES_HELP)
+@HOST_NAME
+@click.option("--no-wait", is_flag=True, help="return once the device has switched the host on")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="seconds to wait for the host to rejoin")
+@common
+def host_power_on(name: str, no_wait: bool, timeout: float) -> None:
+    """Switch host NAME on through its fence device, then wait until it is back in the cluster
+    (unless --no-wait). For a host a power fence switched off, once it is repaired."""
+    refuse_timeout_with_no_wait(no_wait)
+    api = client()
+    answer = api.post(f"/api/v1/hosts/{name}/power-on")
+    if no_wait:
+        emit(answer, lambda: click.echo(answer["message"]))
+        return
+    click.echo(answer["message"], err=True)
+    result = render.wait(f"rejoin of {name}", 1, timeout, api, lambda: _rejoin_progress(api, name))
+    final = api.get(f"/api/v1/hosts/{name}")
+    emit({**answer, "host": final, **result},
+         lambda: click.echo(f"host {name} is {final['state']} after {render.timing(result)}"))
+
+
+def _rejoin_progress(api: ApiClient, name: str) -> tuple[int, str, bool]:
+    data = api.get(f"/api/v1/hosts/{name}")
+    back = data["alive"] and data["state"] in ("online", "maintenance")
+    return int(back), f"{name} is {data['state']}", back
+
+
 # -- VMs ----------------------------------------------------------------------------------------
 
 @click.group("vm", epilog=EXIT_CODES_HELP)

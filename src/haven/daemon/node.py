@@ -108,7 +108,8 @@ def run_node(config: NodeConfig) -> int:
         extra["fence-monitor"] = lambda: monitor.run(threads.stopping, interval)
     if config.api:
         from haven.daemon.api_server import serve_api
-        extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set)
+        extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set,
+                                          power=fencer)
     threads.start(extra)
     signals.wait()
     shut_down(ShutdownPolicy.KEEP if signals.restart.is_set() else config.shutdown, threads, hypervisor, lease_file,

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,9 +30,12 @@ from haven.daemon.watchdog import BOOT_ID_ENV, qemu_pids
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.qmp import QmpClient
 from haven.lab import pair
+from haven.lab.bmc import Bmc
 from haven.lab.etcd import EtcdCluster
 from haven.lab.guest import SERVICE_PORT, GuestImage, build_guest
 from haven.lab.netns import LabNetwork, run_in
+from haven.lab.panel import PowerPanel
+from haven.model.fencing import FencingConfig
 from haven.model.service import ServicePhase
 from haven.model.spec import Disk, HostSpec, Nic, RestartPolicy, ServiceSpec, Settings, VmSpec
 from haven.model.state import HostState, Placement, VmState
@@ -42,6 +46,7 @@ CLUSTER = "lab"
 API_PORT = 8470
 MEMBER_SLOTS = 40  # VM network address slots: HA VMs from 0, service members from here, floating IPs
 FLOATING_SLOTS = 80
+BMC_PORT = 6230  # + the host's index: each host's BMC on the management gateway
 ADMIN_TOKEN = "lab-admin-token"
 READ_TOKEN = "lab-read-token"
 
@@ -60,6 +65,7 @@ class LabHost:
     daemon: subprocess.Popen[bytes] | None = None
     watchdog: subprocess.Popen[bytes] | None = None
     boot_id: str = ""  # names this power-on: the lab's hosts share one kernel (and its boot id)
+    powered: bool = False  # what its BMC reports: off after a power cut until powered on again
 
 
 @dataclass
@@ -74,6 +80,10 @@ class Lab:
     # Every VM's; a benchmark that kills them every few seconds raises it.
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     pair: bool = False  # two hosts, a replicated pool and a witness instead of shared storage (lab.pair)
+    # A BMC per host (ipmi_sim in the root namespace, on the management network) whose chassis
+    # power is the lab's power cut and power-on, and every node's config naming them as fence
+    # devices (fence_ipmilan): power fencing as on real servers.
+    fencing: bool = False
 
     def __post_init__(self) -> None:
         self.net: LabNetwork | None = None
@@ -83,6 +93,9 @@ class Lab:
         self.members: dict[str, LabHost] = {}
         self.vm_specs: dict[str, VmSpec] = {}
         self.service_specs: dict[str, ServiceSpec] = {}
+        self.bmcs: dict[str, Bmc] = {}
+        self.panel: PowerPanel | None = None
+        self.power_lock = threading.RLock()  # a BMC switches power from the panel's thread
 
     # --- lifecycle ---
 
@@ -119,6 +132,8 @@ class Lab:
         self.store.put(self.layout.config(), settings.model_dump_json())
         if self.pair:
             self.store.put(self.layout.pool(pair.POOL.name), pair.POOL.model_dump_json())
+        if self.fencing:
+            self._start_bmcs([f"h{i + 1}" for i in range(self.hosts)])
         for i in range(self.hosts):
             self._add_host(f"h{i + 1}", guest)
         for name in self.members:
@@ -149,11 +164,29 @@ class Lab:
             guest=GuestConfig(kernel=Path(guest.kernel), initrd=Path(guest.initrd), ready_marker=guest.ready_marker,
                               disk_filesystem=guest.disk_filesystem), accel="auto", shutdown=self.shutdown,
             image_locking=False,
+            fencing=FencingConfig(devices={h: bmc.fence_device() for h, bmc in self.bmcs.items()},
+                                  monitor_interval_s=5.0) if self.bmcs else None,
             api=ApiConfig(listen=host_net.mgmt_address, port=API_PORT, admin_token=ADMIN_TOKEN,
                           read_token=READ_TOKEN) if index == 0 else None)
         config_path = run_dir / "node.yaml"
         config_path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
         self.members[name] = LabHost(name, host_net.mgmt_address, host_net.namespace, run_dir, config_path)
+
+    def _start_bmcs(self, names: list[str]) -> None:
+        """The power panel, then a BMC per host whose chassis commands go through it."""
+        assert self.net is not None
+        if self.pair:
+            raise LabError("the pair lab has no BMCs yet: fencing=True needs the shared-pool lab")
+        self.panel = PowerPanel(self.root / "run" / "panel.sock", off=self.crash, on=self.power_on,
+                                is_on=lambda h: h in self.members and self.members[h].powered,
+                                hosts=lambda: names)  # off until the lab boots it
+        self.panel.start()
+        for index, name in enumerate(names):
+            bmc = Bmc(name, self.root / "run", self.net.mgmt_gateway, BMC_PORT + index,
+                      power_off=self.panel.command("off", name), power_on=self.panel.command("on", name),
+                      power_status=self.panel.command("status", name))
+            self.bmcs[name] = bmc
+            bmc.start()
 
     def add_vm(self, name: str, k: int, priority: int = 2, memory_mib: int | None = None,
                preferred: str | None = None) -> VmSpec:
@@ -196,6 +229,7 @@ class Lab:
         booting = member.watchdog is None or member.watchdog.poll() is not None
         if booting:
             member.boot_id = uuid.uuid4().hex
+            member.powered = True
         env = {**os.environ, BOOT_ID_ENV: member.boot_id}
         with open(member.run_dir / "daemon.log", "ab") as log:  # the child writes to its own copy
             member.daemon = subprocess.Popen(
@@ -211,6 +245,12 @@ class Lab:
 
     def down(self) -> None:
         """Remove every process, namespace, bridge and run file the lab made. Idempotent."""
+        for bmc in self.bmcs.values():  # first: nothing switches a host on while the lab goes
+            bmc.stop()
+        self.bmcs.clear()
+        if self.panel is not None:
+            self.panel.stop()
+            self.panel = None
         for member in self.members.values():
             for proc in (member.daemon, member.watchdog):
                 if proc and proc.poll() is None:
@@ -231,8 +271,15 @@ class Lab:
     # --- faults ---
 
     def crash(self, host: str) -> None:
-        """A power cut: the daemon, its watchdog and its QEMUs die at the same instant."""
+        """A power cut: the daemon, its watchdog and its QEMUs die at the same instant. (A host
+        already off stays off: its BMC may cut the power of a host the lab crashed.)"""
+        with self.power_lock:
+            if self.members[host].powered:
+                self._cut_power(host)
+
+    def _cut_power(self, host: str) -> None:
         member = self.members[host]
+        member.powered = False
         pids = [p.pid for p in (member.daemon, member.watchdog) if p and p.poll() is None]
         _kill(pids + qemu_pids(member.run_dir / "vms"))
         for proc in (member.daemon, member.watchdog):
@@ -247,11 +294,16 @@ class Lab:
             self.etcd.kill_member(pair.member_index(host))
 
     def power_on(self, host: str) -> None:
-        """Boot a crashed host again: a fresh daemon and watchdog (it takes a new lease)."""
-        if self.pair:
-            assert self.etcd is not None
-            self.etcd.restart_member(pair.member_index(host), wait=False)
-        self.start_daemon(host)
+        """Boot a crashed host again: a fresh daemon and watchdog (it takes a new lease). A host
+        that is on with its daemon running stays as it is."""
+        with self.power_lock:
+            member = self.members[host]
+            if member.powered and member.daemon is not None and member.daemon.poll() is None:
+                return
+            if self.pair:
+                assert self.etcd is not None
+                self.etcd.restart_member(pair.member_index(host), wait=False)
+            self.start_daemon(host)
 
     def cut_link(self, a: str, b: str) -> None:
         """The pair's direct link goes; both hosts keep their path to the witness."""

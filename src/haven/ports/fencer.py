@@ -35,6 +35,9 @@ class Fencer(Protocol):
         """Does `host`'s device answer? A periodic check, so that a broken device shows before it
         is needed. May block for the device's timeout: run it off the manager's thread."""
 
+    def power_on(self, host: str) -> tuple[bool, str]:
+        """Switch `host` on (an operator's `haven host power-on`): done or not, and the device's words."""
+
 
 class Watchdog(Protocol):
     def arm(self, deadline: float) -> None:

@@ -382,7 +382,7 @@ def decode(layout: Layout, items: Iterable[KeyValue],
 
 
 STATE_PREFIXES = ("config", "hosts/", "hostadmin/", "hoststate/", "alive/", "manager", "vms/", "status/",
-                  "services/", "members/", "pools/", "replicas/")
+                  "services/", "members/", "pools/", "replicas/", "fencedev/")
 
 
 def read_snapshot(store: Store, layout: Layout, with_events: bool = True,

@@ -49,3 +49,9 @@ class SimFencer:
         if host in self.failing:
             return False, "the device did not answer"
         return True, "monitor ok"
+
+    def power_on(self, host: str) -> tuple[bool, str]:
+        if host not in self.devices or host in self.failing:
+            return False, "no fence device" if host not in self.devices else "the device did not answer"
+        self.cluster.hosts[host].power_on()
+        return True, "on"
