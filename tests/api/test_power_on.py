@@ -82,3 +82,14 @@ def test_a_device_that_fails_is_a_502_with_its_words(cluster: Cluster) -> None:
 def test_an_unknown_host_is_404(cluster: Cluster) -> None:
     status, _ = power_on(cluster, Device({"h9"}), "h9")
     assert status == 404
+
+
+def test_a_host_switched_off_before_its_lease_ran_out_may_be_switched_on(cluster: Cluster) -> None:
+    """Fast fencing: the host is fenced (offline) while its lease has seconds to go."""
+    from haven.model.state import HostState
+
+    cluster.put_host("h3", state=HostState.OFFLINE)  # alive key still there
+    device = Device({"h3"})
+    status, body = power_on(cluster, device, "h3")
+    assert status == 202, body
+    assert device.switched_on == ["h3"]

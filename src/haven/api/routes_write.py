@@ -40,7 +40,7 @@ from haven.core.protection import host_state
 from haven.core.replica import promote_refusal
 from haven.core.scheduler import Capacity, build_loads
 from haven.model.spec import DesiredState, VmSpec
-from haven.model.state import HostState, RequestAction, VmState
+from haven.model.state import HOST_UP, HostState, RequestAction, VmState
 from haven.ports.store import Compare, Delete, Put
 from haven.runtime import intents
 from haven.runtime.intents import IntentConflict, IntentError, revision_of
@@ -271,7 +271,8 @@ def power_on_host(name: str, ctx: ApiContext = Depends(context)) -> Accepted:
     snap = ctx.snapshot()
     if name not in snap.hosts:
         raise not_found("host", name)
-    if name in snap.alive:
+    record = snap.records.get(name)
+    if name in snap.alive and (record is None or record.state in HOST_UP):  # a fenced host's lease may linger
         raise conflict(f"host {name} is up (it holds its lease): nothing to power on")
     if ctx.power is None or not ctx.power.has_device(name):
         raise conflict(f"the node serving this API has no fence device for {name}: switch it on by hand, "

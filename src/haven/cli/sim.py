@@ -74,8 +74,9 @@ def demo(output: str) -> None:
         sys.exit(1)
 
 
-def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False) -> list[SwarmRun]:
-    run = functools.partial(run_seed, services=services, pairs=pairs)
+def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False,
+          failsafe: bool = False) -> list[SwarmRun]:
+    run = functools.partial(run_seed, services=services, pairs=pairs, failsafe=failsafe)
     if jobs <= 1:
         return [run(seed) for seed in seeds]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -91,10 +92,12 @@ def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False) 
 @click.option("--services", is_flag=True, help="Give every seed guest-cluster services and faults aimed at them.")
 @click.option("--pairs", is_flag=True, help="Give every seed a replicated pair of hosts, VMs on it and faults "
               "aimed at it.")
+@click.option("--failsafe", is_flag=True, help="Run every seed with the failsafe setting on, and store outages "
+              "(full, partial, one side back first, with hosts isolated or off meanwhile).")
 @click.option("--json", "json_flag", is_flag=True, hidden=True, help="The same as -o json (kept for scripts).")
 @OUTPUT
 def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, services: bool, pairs: bool,
-          json_flag: bool, output: str) -> None:
+          failsafe: bool, json_flag: bool, output: str) -> None:
     """Run random fault schedules; report safety and liveness violations and the worst recovery.
 
     JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, disk_double_attach,
@@ -104,12 +107,12 @@ def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, se
         raise click.UsageError("--verbose prints a timeline: it does not mix with -o json")
     started = time.perf_counter()
     if seed is not None:
-        runs = [run_seed(seed, keep_log=verbose, services=services, pairs=pairs)]
+        runs = [run_seed(seed, keep_log=verbose, services=services, pairs=pairs, failsafe=failsafe)]
         if verbose:
             click.echo("faults: " + "; ".join(f"t={t:g} {line}" for t, line in runs[0].timeline))
             click.echo("\n".join(runs[0].lines))
     else:
-        runs = _runs(range(first, first + seeds), jobs, services, pairs)
+        runs = _runs(range(first, first + seeds), jobs, services, pairs, failsafe)
     summary = summarize(runs)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:

@@ -33,7 +33,8 @@ class EventKind(StrEnum):
     MANAGER_ELECTED = "manager_elected"  # won the leader key
     MANAGER_RESUMED = "manager_resumed"  # kept its own leader key across a daemon restart
     MANAGER_DEPOSED = "manager_deposed"
-    POWER_FENCE = "power_fence"  # a lost host's device was asked to power it off: `new` off | failed
+    POWER_FENCE = "power_fence"  # a host's device was asked to power it off: `new` off | failed, or asked
+    # (a host whose heartbeats stopped, before its lease ran out)
     FENCE_DEVICE = "fence_device"  # a device's periodic check changed: `new` ok | failing
     # A host's agent.
     LOCAL_STATE = "local_state"  # this host's hypervisor reports a VM in a new state
@@ -41,6 +42,7 @@ class EventKind(StrEnum):
     LEASE_RESUMED = "lease_resumed"  # a restarted daemon carries on with its predecessor's lease
     LEASE_LOST = "lease_lost"  # the store said the lease is gone
     SELF_FENCE = "self_fence"  # the lease was not renewed in time: every local VM is killed
+    FAILSAFE = "failsafe"  # core.failsafe: `new` on (every peer is cut off from the store too) | off, `reason`
     KILLED = "killed"  # one VM killed (self-fence, stale copy, stale generation, ...)
     RETIRED = "retired"  # the paused source copy of a finished live migration ended: routine
     START_HELD_BACK = "start_held_back"  # the start rule's guard refused a launch
@@ -168,6 +170,8 @@ def render(e: Event) -> str:
         case k.POWER_FENCE:
             if e.new == "off":  # "power fence: off confirmed in 0.18 s (fence_ipmilan)"
                 return f"power fence: off confirmed in {e.seconds or 0.0:.2f} s ({e.detail})"
+            if e.new == "asked":  # before its lease ran out: "power fence: switching it off (heartbeats ...)"
+                return f"power fence: switching it off ({e.reason})"
             return f"power fence failed: {e.reason}; falling back to lease expiry + grace"
         case k.FENCE_DEVICE:
             return "fence device: ok" if e.new == "ok" else f"fence device failing: {e.reason}"
@@ -183,6 +187,10 @@ def render(e: Event) -> str:
             if e.reason and e.lease is not None:  # not the host's current lease: say which one
                 return f"lease {e.lease} expired ({e.reason})"  # "host h2: lease 7 expired (an earlier lease)"
             return "lease expired"
+        case k.FAILSAFE:
+            if e.new == "on":
+                return f"failsafe on: {e.reason}; keeping the VMs past the self-fence deadline while they say so"
+            return f"failsafe off: {e.reason}"
         case k.SELF_FENCE:
             return f"self-fence: lease not renewed in time; killing {e.count} VM(s), giving the lease up"
         case k.KILLED:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from haven.core import affinity, departure, replica
+from haven.core import affinity, departure, failsafe, replica
 from haven.core.decision import Decision, Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex
 from haven.core.migration import MigrationSteps
@@ -79,6 +79,8 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
         elif not host.alive:
             new = (HostState.LOST, "lease gone")  # expired, or given up by a self-fenced host
             decision.fence_hosts.append(name)
+        elif host.fence_confirmed:  # its heartbeats stopped and its device switched it off
+            new = (HostState.LOST, "powered off before its lease ran out")
         elif want_maintenance and record.state is HostState.ONLINE:
             new = (HostState.MAINTENANCE, "drain requested")
         elif not want_maintenance and record.state is HostState.MAINTENANCE:
@@ -86,14 +88,16 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
     elif record.state is HostState.LOST:
         # The grace runs on this manager's clock: a new manager starts it afresh.
         waited = now - max(record.since, view.manager_since)
-        if host.alive:
+        if host.alive and not host.fence_confirmed:
             new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, "rejoined")
         elif host.fence_confirmed:
             new = (HostState.FENCED, "power fence confirmed")
         elif waited >= view.settings.fence_grace_s:
+            if failsafe.holds(view.store_regained_at, now, view.settings):
+                return _failsafe_hold(record, view, now, decision)
             grace = view.settings.fence_grace_s
             new = (HostState.FENCED, f"grace {grace:g} s")
-    elif host.alive:  # fenced or offline, now back
+    elif host.alive and not host.fence_confirmed:  # fenced or offline, now back (not its switched-off lease)
         new = (HostState.MAINTENANCE if want_maintenance else HostState.ONLINE, departure.returned_reason(record))
     if new is None:
         assert record is not None
@@ -106,6 +110,22 @@ def _next_host_record(host: HostView, view: ClusterView, now: float, decision: D
     before = record.state.value if record else "unknown"
     decision.events.append(Event(now, "manager", EventKind.STATE_CHANGE, subject_kind=SubjectKind.HOST, name=name,
                                  old=before, new=state.value, reason=reason, grace_s=grace))
+    return updated
+
+
+FAILSAFE_HOLD = "failsafe: this manager's host was cut off from the store; waiting {wait:g} s after it came back"
+
+
+def _failsafe_hold(record: HostRecord, view: ClusterView, now: float, decision: Decision) -> HostRecord:
+    """A lost host stays lost while core.failsafe holds: a peer this host told "cannot reach the
+    store" may run its VMs until then. Said once (the record keeps the reason and its `since`)."""
+    reason = FAILSAFE_HOLD.format(wait=view.settings.self_fence_after_s + view.settings.failsafe_skew_s)
+    if record.reason == reason:
+        return record
+    updated = record.model_copy(update={"reason": reason})
+    decision.host_records[record.host] = updated
+    decision.events.append(Event(now, "manager", EventKind.WAITING, subject_kind=SubjectKind.HOST,
+                                 name=record.host, new=record.state.value, reason=reason))
     return updated
 
 

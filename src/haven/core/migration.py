@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from haven.core import failsafe
 from haven.core.events import Event, EventKind
 from haven.core.replica import copy_refusal
 from haven.model.spec import MigrationKind, VmSpec
@@ -159,6 +160,9 @@ class MigrationSteps:
             return
         elif refusal := copy_refusal(self.r.view.replicas.get(self.spec.name), m.target):
             self.abort_migration(m, refusal)  # its agent marked it stale since: the source stays
+        elif target_state is HostState.LOST and failsafe.holds(self.r.view.store_regained_at, self.r.now,
+                                                               self.r.settings):
+            return  # it may have taken the VM over unreported, and still run it: core.failsafe's hold
         elif target_state not in UP:
             self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
         elif target and target.state in BROKEN_LOCAL_STATES:

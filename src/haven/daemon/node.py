@@ -21,6 +21,7 @@ from haven.daemon.takeover import StopSignals, take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.fence_agent import FenceAgentFencer
+from haven.drivers.heartbeat import Heartbeats
 from haven.drivers.hw_watchdog import DeviceWatchdog, WatchdogDeviceError
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
 from haven.drivers.qemu_guest import QemuGuest
@@ -40,6 +41,26 @@ log = logging.getLogger("haven.node")
 def start_thread(job: Callable[[], None]) -> None:
     """A power fence runs on a thread of its own: the device may take its whole timeout."""
     threading.Thread(target=job, name="power-fence", daemon=True).start()
+
+
+def start_heartbeats(config: NodeConfig, settings: Settings, agent: AgentLoop,
+                     threads: HostThreads) -> Heartbeats | None:
+    """With `heartbeat_timeout_s` set, this host's heartbeats on its management address, to the
+    peers its agent knows (a manager with fence devices acts on their silence). After `take_over`: a daemon this one
+    replaces held the port until it went."""
+    if settings.heartbeat_timeout_s is None:
+        return None
+    port = settings.heartbeat_port
+    try:
+        return Heartbeats(config.host.name, config.cluster, (config.host.address, port),
+                          lambda: {host: (address, port) for host, address in dict(agent.addresses).items()},
+                          lambda: agent.keeper.lease_id,
+                          settings.heartbeat_interval_s, settings.heartbeat_timeout_s,
+                          on_silent=threads.wake_manager.set)
+    except OSError as error:  # fast fencing off; the lease does its job alone
+        log.error("heartbeats off: cannot listen on %s:%d (%s): check heartbeat_port and this host's address",
+                  config.host.address, port, error.strerror)
+        return None
 
 
 def make_watchdog(config: NodeConfig, settings: Settings) -> Watchdog | None:
@@ -106,6 +127,10 @@ def run_node(config: NodeConfig) -> int:
                                clock, time.time)
         interval = config.fencing.monitor_interval_s
         extra["fence-monitor"] = lambda: monitor.run(threads.stopping, interval)
+    heartbeats = start_heartbeats(config, settings, agent, threads)  # sent by every host, acted on by a manager
+    if heartbeats is not None:
+        manager.silent_hosts = heartbeats.silent
+        extra["heartbeats"] = lambda: heartbeats.run(threads.stopping)
     if config.api:
         from haven.daemon.api_server import serve_api
         extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set,
@@ -116,5 +141,7 @@ def run_node(config: NodeConfig) -> int:
               config.shutdown_timeout_s)
     cancel_watch()
     events.stop()
+    if heartbeats is not None:
+        heartbeats.close()
     hypervisor.close()
     return 0

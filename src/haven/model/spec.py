@@ -236,6 +236,14 @@ class Settings(Frozen):
     renew_interval_s: float | None = Field(default=None, gt=0, description="default: TTL / 4")
     self_fence_margin_s: float = Field(default=0.5, gt=0)
     fence_grace_s: float = Field(default=0.3, ge=0)
+    # Fast fencing (drivers.heartbeat): a host with a fence device whose direct heartbeats stop for
+    # this long is switched off, and its VMs restart once the device confirms, without waiting for
+    # its lease to run out. Off (None) by default: under heavy load a silent host may be healthy.
+    heartbeat_timeout_s: float | None = Field(default=None, gt=0, description="power-fence a host with a fence "
+                                              "device whose heartbeats stop this long (default: off)")
+    heartbeat_interval_s: float = Field(default=0.1, gt=0, description="how often each host sends heartbeats")
+    heartbeat_port: int = Field(default=7580, ge=1, le=65535, description="UDP port of the heartbeats on every "
+                                "host's management address")
     # Loops wake on store watches, local VM changes and deadlines; the ticks are only a safety net.
     manager_tick_s: float = Field(default=1.0, gt=0)
     agent_tick_s: float = Field(default=1.0, gt=0)
@@ -257,6 +265,12 @@ class Settings(Frozen):
     start_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=30.0, gt=0)
     event_log_size: int = Field(default=1000, ge=10)
+    # core.failsafe: keep VMs running while every host agrees that only the store is out of reach.
+    failsafe: bool = Field(default=False, description="while no host reaches the store, hosts keep their VMs "
+                           "(each asks every peer; any peer that reaches the store or does not answer ends it)")
+    failsafe_skew_s: float = Field(default=0.5, ge=0, allow_inf_nan=False,
+                                   description="clock-rate allowance added to a manager's wait after its host "
+                                   "reached the store again (with failsafe)")
 
     @property
     def renew_interval(self) -> float:
@@ -273,6 +287,17 @@ class Settings(Frozen):
             raise ValueError("self_fence_margin_s must be smaller than lease_ttl_s")
         if self.renew_interval >= self.self_fence_after_s:
             raise ValueError("renew_interval_s must be shorter than lease_ttl_s - self_fence_margin_s")
+        if self.heartbeat_timeout_s is not None and self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(f"heartbeat_timeout_s ({self.heartbeat_timeout_s:g} s) must be at least two "
+                             f"heartbeat intervals ({2 * self.heartbeat_interval_s:g} s): one lost datagram "
+                             "must not switch a host off")
+        # A full outage: a peer's last renewal may end an interval after ours, it answers "cannot"
+        # 1.5 intervals later (core.failsafe.cut_off_after), and the round must be back (0.2 s:
+        # the retry and the round's timeout) before our deadline; else the failsafe never starts.
+        if self.failsafe and 2.5 * self.renew_interval + 0.2 >= self.self_fence_after_s:
+            raise ValueError(f"failsafe needs lease_ttl_s - self_fence_margin_s ({self.self_fence_after_s:g} s) "
+                             f"longer than 2.5 renew intervals + 0.2 s ({2.5 * self.renew_interval + 0.2:g} s): "
+                             "shorten renew_interval_s or lengthen lease_ttl_s")
         return self
 
 

@@ -6,6 +6,7 @@ Every record is an immutable pydantic model stored as JSON in the coordination s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -189,7 +190,7 @@ class HostView:
     alive: bool  # its lease key exists
     record: HostRecord | None = None
     admin: HostAdmin = NO_ADMIN
-    fence_confirmed: bool = False  # a power fence reported it off
+    fence_confirmed: bool = False  # a power fence reported it off (under the lease it held then, if any)
     lease: int = 0  # the lease its alive key is bound to (0: not alive, or not known)
     leaving: Departure | None = None  # it announced a clean shutdown or reboot
     reported: bool = True  # False while statuses of an earlier lease remain: its new run has not reported yet
@@ -217,3 +218,6 @@ class ClusterView:
     # member's fencing (`model.service.ordered_kills`). Its end is restarted like a crash but not
     # charged to the VM's restart budget.
     ordered_kills: frozenset[tuple[str, int]] = frozenset()
+    # With `Settings.failsafe`: when the manager's host reached the store again after a gap (its
+    # clock; +inf while it is cut off, -inf if never): lost hosts wait for core.failsafe.hold_until.
+    store_regained_at: float = -math.inf

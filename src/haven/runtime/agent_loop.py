@@ -176,7 +176,8 @@ class AgentLoop:
             state = self.keeper.state
             last_sent = state.last_renewal_sent if state.lease else -math.inf
             now = self.clock.now()
-            kills = self_fence_kills(now, last_sent, self.settings, self.hypervisor.list())
+            # The deadline less TTL - margin: the last renewal's send time, or a failsafe round's ask
+            kills = self_fence_kills(now, self.keeper.fence_base(), self.settings, self.hypervisor.list())
             if kills is None:
                 return False
             if not self.keeper.fenced:

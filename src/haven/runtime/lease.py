@@ -4,6 +4,11 @@ The keeper is the one piece of a host's state that several threads share in the 
 thread refreshes it, the fence thread and the agent read its deadline, the manager asks for its id.
 Its few fields change under `lock`, held only to read or write them, never across a store call.
 The simulator drives the same object from virtual-clock events.
+
+With `Settings.failsafe` (core.failsafe), a `runtime.failsafe.Failsafe` set as `failsafe` asks the
+peers on each failed renewal; a complete round of "cannot reach the store" moves the deadline
+(`failsafe_round`), and the keeper's record of store round trips (`contact`) gives this host's
+answer to its peers and its manager's `store_regained_at`.
 """
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
+from haven.core import failsafe
 from haven.core.agent import DEAD, lease_valid
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.spec import HostSpec, Settings
@@ -24,6 +31,9 @@ from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor
 from haven.ports.store import Lease, LeaseLost, Store, StoreError
 from haven.runtime.layout import Layout
+
+if TYPE_CHECKING:
+    from haven.runtime.failsafe import Failsafe
 
 EventSink = Callable[[Event], None]
 RENEW_RETRY_S = 0.1  # after a failed renewal: an etcd leader change lasts ~1 s, the budget is 1.5 s
@@ -43,6 +53,9 @@ class LeaseState:
     lease: Lease | None
     last_renewal_sent: float  # host clock: send time of the last successful renewal
     alive_rev: int  # mod revision of our alive key under this lease (0: not known yet)
+    # Host clock: the ask time of the failsafe round that set the deadline (core.failsafe), if any
+    # since the last renewal; every other change of the state starts without one.
+    vouched_at: float = -math.inf
 
 
 class LeaseKeeper:
@@ -59,6 +72,9 @@ class LeaseKeeper:
         self.lock = threading.Lock()
         self._state = LeaseState(None, -math.inf, 0)
         self.fenced = False  # our VMs were killed for want of a lease; take a new one once they are gone
+        self.failsafe: Failsafe | None = None  # with Settings.failsafe: asks the peers when a renewal fails
+        self._contact = failsafe.StoreContact()  # under `lock`
+        self._failsafe_said = ""  # this outage's last failsafe event: "on", "off" or none yet (under `lock`)
 
     # --- readings (any thread) ---
 
@@ -81,8 +97,70 @@ class LeaseKeeper:
         return self.state.last_renewal_sent
 
     def deadline(self) -> float:
-        """Host clock: when the self-fence must have killed every local VM."""
-        return self.state.last_renewal_sent + self.settings.self_fence_after_s
+        """Host clock: when the self-fence must have killed every local VM (a failsafe round may
+        have moved it on)."""
+        state = self.state
+        return max(state.last_renewal_sent, state.vouched_at) + self.settings.self_fence_after_s
+
+    def fence_base(self) -> float:
+        """What `core.agent.self_fence_kills` counts from: the deadline less TTL - margin; -inf
+        without a lease (kill now)."""
+        state = self.state
+        return max(state.last_renewal_sent, state.vouched_at) if state.lease else -math.inf
+
+    # --- failsafe (core.failsafe) ---
+
+    def _contacted(self) -> None:
+        """A store round trip ended well (the store answered, whatever it said)."""
+        with self.lock:
+            self._contact = self._contact.succeeded(self.clock.now(), self.settings)
+
+    def answer(self) -> failsafe.Answer:
+        """This host's answer to a peer's "can you reach the store?"."""
+        with self.lock:
+            contact = self._contact
+        return contact.answer(self.clock.now(), self.settings)
+
+    def store_regained_at(self) -> float:
+        """For this host's manager (`ClusterView.store_regained_at`)."""
+        with self.lock:
+            contact = self._contact
+        return failsafe.regained_for_manager(contact, self.clock.now(), self.settings)
+
+    def failsafe_round(self, lease: Lease, asked_at: float, confirmed: bool, why: str) -> None:
+        """A round of questions asked at `asked_at` under `lease` came back: every peer said
+        "cannot reach" (`confirmed`), or not (`why`). Moves the deadline on and says when the
+        failsafe starts or ends. A refusal leaves the deadline where earlier rounds put it
+        (core.failsafe says why that is safe): it never moves back."""
+        now = self.clock.now()
+        with self.lock:
+            state = self._state
+            if state.lease is not lease:
+                return  # renewed, lost or given up meanwhile: nothing to extend
+            if confirmed:
+                base = max(state.last_renewal_sent, state.vouched_at)
+                after = self.settings.self_fence_after_s
+                deadline = failsafe.extended_deadline(base + after, now, asked_at, self.settings)
+                if deadline - after <= base:
+                    return  # too late (or nothing new): the deadline stands
+                self._state = dataclasses.replace(state, vouched_at=deadline - after)
+            new = "on" if confirmed else "off"
+            said, self._failsafe_said = self._failsafe_said, new
+        if confirmed and self.watchdog:  # the watchdog follows the extended deadline
+            self.watchdog.arm(self.deadline() + self.settings.self_fence_margin_s / 2)
+        if said != new:
+            self._failsafe_event(new, why, lease)
+
+    def _failsafe_event(self, new: str, reason: str, lease: Lease) -> None:
+        self.emit(Event(self.clock.now(), f"agent {self.host.name}", EventKind.FAILSAFE, subject_kind=SubjectKind.HOST,
+                        name=self.host.name, host=self.host.name, lease=lease.id, new=new, reason=reason))
+
+    def _failsafe_over(self, lease: Lease, why: str) -> None:
+        """The store answered again: the failsafe (if on) ends, the next outage starts afresh."""
+        with self.lock:
+            said, self._failsafe_said = self._failsafe_said, ""
+        if said == "on":
+            self._failsafe_event("off", why, lease)
 
     def _valid(self, state: LeaseState) -> bool:
         return state.lease is not None and lease_valid(self.clock.now(), state.last_renewal_sent, self.settings)
@@ -132,6 +210,8 @@ class LeaseKeeper:
         """Hold `state`'s lease from now on (granted or resumed): no longer fenced."""
         assert state.lease is not None
         self.fenced = False
+        with self.lock:
+            self._failsafe_said = ""  # a new lease: its first outage starts afresh
         self._set(state)
         self._event(kind, state.lease)
 
@@ -144,6 +224,7 @@ class LeaseKeeper:
             alive_rev = self._put_alive(lease, sent)
         except StoreError:
             return False
+        self._contacted()
         self._hold(LeaseState(lease, sent, alive_rev), EventKind.LEASE_GRANTED)
         return True
 
@@ -156,6 +237,7 @@ class LeaseKeeper:
             alive_rev = self._put_alive(lease, sent)
         except StoreError:
             return False
+        self._contacted()
         self._hold(LeaseState(lease, sent, alive_rev), EventKind.LEASE_RESUMED)
         return True
 
@@ -183,17 +265,23 @@ class LeaseKeeper:
             if not alive_rev:  # taken over without the store: learn our alive key's version
                 alive_rev = self._put_alive(state.lease, sent)
         except LeaseLost:
+            self._contacted()
             with self.lock:  # whatever the clock says, our VMs must die now
                 if self._state.lease is state.lease:
                     self._state = LeaseState(None, -math.inf, 0)
+            self._failsafe_over(state.lease, "the store answers again")
             self._event(EventKind.LEASE_LOST, state.lease)
             return Renewal.LOST
         except StoreError:
+            if self.failsafe is not None:
+                self.failsafe.ask(state.lease)
             return Renewal.FAILED
+        self._contacted()
         with self.lock:
             if self._state.lease is not state.lease:
                 return Renewal.FAILED  # given up meanwhile: nothing to renew any more
         self._set(LeaseState(state.lease, sent, alive_rev))
+        self._failsafe_over(state.lease, "the store answers again")
         return Renewal.OK if was_valid else Renewal.REGAINED
 
     def _active_vms(self) -> bool:

@@ -7,22 +7,24 @@ lease (or was deposed) cannot write (docs/DESIGN.md section 3).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 from haven.core.decision import Decision
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.core.index import ClusterIndex, changed_vms
 from haven.core.manager import decide
-from haven.model.state import ClusterView
+from haven.model.state import HOST_UP, ClusterView
 from haven.ports.clock import Clock
 from haven.ports.fencer import FenceOutcome, Fencer
 from haven.ports.store import Compare, EventType, Put, Store, StoreError, WatchEvent
 from haven.runtime.layout import (
     DecodeCache,
     Layout,
+    Snapshot,
     decision_ops,
     encode_event,
     leader_guard,
@@ -44,7 +46,9 @@ def run_inline(job: Callable[[], None]) -> None:
 class ManagerLoop:
     def __init__(self, name: str, store: Store, clock: Clock, layout: Layout, lease_id: Callable[[], int],
                  emit: EventSink, fencer: Fencer | None = None,
-                 decoded: DecodeCache | None = None, spawn: Spawn = run_inline) -> None:
+                 decoded: DecodeCache | None = None, spawn: Spawn = run_inline,
+                 store_regained_at: Callable[[], float] = lambda: -math.inf,
+                 silent_hosts: Callable[[], Mapping[str, int]] = dict) -> None:
         self.name = name
         self.store = store
         self.clock = clock
@@ -55,13 +59,20 @@ class ManagerLoop:
         self.leader_value: str | None = None
         self.leader_revision = 0  # the store revision at which we won the key
         self.since = 0.0
-        self.fence_confirmed: set[str] = set()  # hosts a device powered off since they were last lost
+        # Hosts a device powered off -> the lease each held when asked (0: none). A confirmation
+        # stands for that lease only: a host back under a new one is up (`_confirmed`).
+        self.fence_confirmed: dict[str, int] = {}
+        # Hosts whose direct heartbeats stopped -> the lease their last one named (the daemon's
+        # `drivers.heartbeat`, the simulator's network): one still up under that lease and with a
+        # fence device is switched off without waiting for the lease to run out.
+        self.silent_hosts = silent_hosts
         # A power fence blocks for the device's round trip (up to its timeout): `spawn` runs it
         # apart (the daemon: a thread; the simulator: at once), and its outcome comes back here,
         # tagged with the loss it answers, for the manager's own thread to act on.
         self.spawn = spawn
-        self.fence_requests: dict[str, int] = {}  # host -> the number of its loss being fenced now
-        self.fence_results: queue.SimpleQueue[tuple[str, int, bool, FenceOutcome | None]] = queue.SimpleQueue()
+        self.fence_requests: dict[str, tuple[int, int]] = {}  # host -> (the number of its loss, its lease then)
+        self.fence_results: queue.SimpleQueue[tuple[str, tuple[int, int], bool, FenceOutcome | None]] = (
+            queue.SimpleQueue())
         self.on_fence_result: Callable[[], None] = lambda: None  # wakes the manager's thread
         self.event_seq = 0
         self.decoded = decoded if decoded is not None else DecodeCache()  # loops reading one store may share one
@@ -72,6 +83,7 @@ class ManagerLoop:
         self.read_at = 0.0
         self.leader_key_present = False
         self.campaigned_at = -math.inf
+        self.store_regained_at = store_regained_at  # LeaseKeeper.store_regained_at: core.failsafe's hold
 
     @property
     def leading(self) -> bool:
@@ -134,7 +146,7 @@ class ManagerLoop:
                 return None
             self.read_at = now
             self.services = ServiceInputs.of(snapshot)
-            self._update_index(snapshot.view(self.since, self.fence_confirmed))
+            self._update_index(snapshot.view(self.since, self._confirmed(snapshot)))
         return self.view
 
     def observe_leader_key(self, event: WatchEvent) -> None:
@@ -146,21 +158,28 @@ class ManagerLoop:
             self.leader_value = None
             self.emit(self._office(EventKind.MANAGER_DEPOSED, self.clock.now()))
 
-    def _power_fence(self, hosts: list[str]) -> None:
-        """Cut the power of hosts just found lost, once the decision saying so was written (or may
-        have been; a manager the leader guard refused powers nothing off). A confirmation goes into
-        the next view (`HostView.fence_confirmed`), which ends the host's wait for `fence_grace_s`."""
+    def _confirmed(self, snapshot: Snapshot) -> list[str]:
+        """Hosts whose power fence stands: off since, or still under the lease they held then."""
+        return [host for host, lease in self.fence_confirmed.items()
+                if host not in snapshot.alive_keys or snapshot.alive_keys[host][0] == lease]
+
+    def _power_fence(self, hosts: Collection[str]) -> None:
+        """Cut the power of hosts just found lost (or silent), once the decision saying so was
+        written (or may have been; a manager the leader guard refused powers nothing off). A
+        confirmation goes into the next view (`HostView.fence_confirmed`), which ends the host's
+        wait for `fence_grace_s`."""
         for host in hosts:
-            self.fence_confirmed.discard(host)  # a confirmation is worth one loss, not the next one
-            loss = self.fence_requests.get(host, 0) + 1
-            self.fence_requests[host] = loss
+            self.fence_confirmed.pop(host, None)  # a confirmation is worth one loss, not the next one
+            view_host = self.view.hosts.get(host) if self.view else None
+            request = (self.fence_requests.get(host, (0, 0))[0] + 1, view_host.lease if view_host else 0)
+            self.fence_requests[host] = request
             fencer = self.fencer
             if fencer is None or not fencer.has_device(host):
                 continue
 
-            def job(host: str = host, loss: int = loss, fencer: Fencer = fencer) -> None:
+            def job(host: str = host, request: tuple[int, int] = request, fencer: Fencer = fencer) -> None:
                 ok = fencer.power_off(host)
-                self.fence_results.put((host, loss, ok, fencer.last_outcome(host)))
+                self.fence_results.put((host, request, ok, fencer.last_outcome(host)))
                 self.on_fence_result()
 
             self.spawn(job)
@@ -171,13 +190,30 @@ class ManagerLoop:
         its wait; one for an earlier loss (the host came back and was lost again since) does not."""
         while True:
             try:
-                host, loss, ok, outcome = self.fence_results.get_nowait()
+                host, request, ok, outcome = self.fence_results.get_nowait()
             except queue.Empty:
                 return
-            if ok and self.fence_requests.get(host) == loss:
-                self.fence_confirmed.add(host)
+            if ok and self.fence_requests.get(host) == request:
+                self.fence_confirmed[host] = request[1]
                 self.stale = True
             self._fence_event(host, outcome)
+
+    def _fence_silent_hosts(self, view: ClusterView) -> None:
+        """Switch off hosts whose heartbeats stopped while they hold their lease, if they have a
+        fence device: a confirmed "off" recovers their VMs at once, long before the lease would
+        run out. Once per lease: a device that failed is not asked again until the host is lost."""
+        if self.fencer is None:
+            return
+        for host, lease in self.silent_hosts().items():
+            hv = view.hosts.get(host)
+            if (host == self.name or hv is None or not hv.alive or hv.lease != lease or hv.record is None
+                    or hv.record.state not in HOST_UP or not self.fencer.has_device(host)
+                    or self.fence_requests.get(host, (0, -1))[1] == hv.lease):
+                continue  # not up under the lease it fell silent under, no device, or already asked
+            event = Event(self.clock.now(), "manager", EventKind.POWER_FENCE, subject_kind=SubjectKind.HOST,
+                          name=host, new="asked", reason="its heartbeats stopped")
+            self._write_event(event)
+            self._power_fence([host])
 
     def _fence_event(self, host: str, outcome: FenceOutcome | None) -> None:
         """Say what the power fence came to, in the log too: the daemon ships no manager event,
@@ -187,6 +223,9 @@ class ManagerLoop:
                       new="off" if ok else "failed", seconds=round(outcome.elapsed_s, 3) if outcome else None,
                       detail=outcome.device if ok and outcome else "",
                       reason="" if ok else outcome.detail if outcome else "no outcome reported")
+        self._write_event(event)
+
+    def _write_event(self, event: Event) -> None:
         if self.leader_value is not None:
             with contextlib.suppress(StoreError):
                 self.store.txn(leader_guard(self.layout, self.leader_value),
@@ -207,6 +246,9 @@ class ManagerLoop:
         if view is None:
             return None
         assert self.index is not None
+        if view.settings.failsafe:  # read after the snapshot: core.failsafe's argument needs that order
+            view = dataclasses.replace(view, store_regained_at=self.store_regained_at())
+        self._fence_silent_hosts(view)
         decision = decide(view, now, self.index)
         # Services after VMs: on the host records this very decision settles.
         services = decide_round(self.services, view, decision, now) if self.services.specs else None

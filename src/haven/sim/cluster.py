@@ -8,8 +8,11 @@ change or a deadline wakes them, and a slow periodic tick is the safety net.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 
+from haven.core import failsafe
+from haven.core.decision import Decision
 from haven.core.departure import resolve
 from haven.core.events import Event, EventKind, SubjectKind
 from haven.model.replica import ReplicaRecord
@@ -17,17 +20,19 @@ from haven.model.spec import ClusterConfig, HostSpec, Settings
 from haven.model.state import Departure, Placement, VmState
 from haven.ports.store import WatchEvent
 from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.failsafe import Failsafe
 from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.leaving import Leaving
 from haven.runtime.manager_loop import ManagerLoop
 from haven.runtime.service_loop import TICK_S as SERVICE_TICK_S
-from haven.runtime.wake import lost_host_rechecks, route
+from haven.runtime.wake import GRACE_EPSILON_S, lost_host_rechecks, route
 from haven.sim.fencer import SimFencer
 from haven.sim.guest import SimGuest, command_table
 from haven.sim.hypervisor import FakeHypervisor, SimTimings
 from haven.sim.loop import EventLoop, HostClock, Timer
+from haven.sim.peers import SimPeerLink
 from haven.sim.store import MemoryStore, MemoryStoreClient
 from haven.sim.world import World
 
@@ -103,6 +108,7 @@ class SimHost:
         self.manager: ManagerLoop | None = None
         self.fence_monitor: FenceMonitor | None = None
         self.leaving: Leaving | None = None  # a clean shutdown or reboot under way
+        self.reported_silent: set[str] = set()  # peers whose heartbeats the last tick found stopped
 
     @property
     def settings(self) -> Settings:
@@ -124,6 +130,8 @@ class SimHost:
         self._every(lambda: self.settings.renew_interval + self.renew_delay, self._renew, offset)
         self._every(lambda: self.settings.agent_tick_s, self.wake_agent, offset)
         self._every(lambda: self.settings.manager_tick_s, self.wake_manager, offset + 0.0005)
+        if self.settings.heartbeat_timeout_s is not None:  # the daemon's heartbeat thread
+            self._every(lambda: self.settings.heartbeat_interval_s, self._heartbeat, offset)
         if c.fencer.devices:  # the daemon's monitor thread, on every host: only a leader checks
             self._every(lambda: c.timings.fence_monitor_s, self._check_fence_devices, offset)
         if self.cluster.config.services:  # pings and checks fall due with time (none without services)
@@ -138,8 +146,15 @@ class SimHost:
                                   self.watchdog)
         self.agent = AgentLoop(self.keeper, c.decoded, guest=self.guest, replication=self.hv.replication)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
-                                   fencer=c.fencer, decoded=c.decoded)
+                                   fencer=c.fencer, decoded=c.decoded, store_regained_at=self.keeper.store_regained_at)
+        if self.settings.failsafe:
+            agent = self.agent
+            self.keeper.failsafe = Failsafe(self.keeper, SimPeerLink(self), lambda: agent.addresses.keys(),
+                                            self._deadline_moved)
         manager = self.manager
+        manager.on_fence_result = self.wake_manager
+        if self.settings.heartbeat_timeout_s is not None:
+            manager.silent_hosts = lambda: c.silent_for(self.name)
         self.fence_monitor = FenceMonitor(c.fencer, c.fencer.devices, self.client, c.layout,
                                           lambda: manager.leader_value, c.log, self.clock, lambda: c.loop.now)
         for cancel in self.unwatch:
@@ -288,6 +303,24 @@ class SimHost:
         elif not self.hung:
             self._agent_step()
 
+    def _deadline_moved(self) -> None:
+        """A failsafe round moved the deadline (on or back): one timer for the deadline in force."""
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+        self._at_deadline()
+
+    def _heartbeat(self) -> None:
+        """`drivers.heartbeat` on virtual time: a datagram to every peer the network lets through
+        (a powered-off peer hears nothing), then a wake-up for the manager if a peer fell silent."""
+        c = self.cluster
+        for peer in c.hosts.values():
+            if peer is not self and peer.powered and c.world.network.hosts_connected(self.name, peer.name):
+                c.heard[(peer.name, self.name)] = (peer.clock.now(), self.keeper.lease_id if self.keeper else 0)
+        silent = set(c.silent_for(self.name))
+        if silent - self.reported_silent:
+            self.wake_manager()
+        self.reported_silent = silent
+
     def _agent_step(self) -> None:
         assert self.agent is not None
         self.agent.step()
@@ -303,6 +336,18 @@ class SimHost:
         for name, wait in lost_host_rechecks(decision, self.manager.fence_confirmed,
                                              self.settings.fence_grace_s).items():
             self._soon(f"fence {name}", self._manager_step, wait)
+        if self.settings.failsafe and decision is not None:
+            self._after_failsafe_hold(decision)
+
+    def _after_failsafe_hold(self, decision: Decision) -> None:
+        """Decide again right when core.failsafe's hold on a lost host ends (the daemon: on its tick)."""
+        assert self.keeper is not None
+        held = any(event.kind is EventKind.WAITING and event.subject_kind is SubjectKind.HOST
+                   for event in decision.events)
+        regained = self.keeper.store_regained_at()
+        if held and math.isfinite(regained):
+            wait = failsafe.hold_until(regained, self.settings) - self.clock.now() + GRACE_EPSILON_S
+            self._soon("failsafe hold", self._manager_step, max(0.0, wait))
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         """The daemon's wake policy (`runtime.wake.route`), on virtual time."""
@@ -338,6 +383,8 @@ class SimCluster:
         self.events: list[Event] = []
         self._requests = 0
         self.fencer = SimFencer(self, fence_devices)
+        # (receiver, sender) -> the receiver's clock at the last heartbeat, and the lease it named
+        self.heard: dict[tuple[str, str], tuple[float, int]] = {}
         self.lease_hosts: dict[int, str] = {}  # every lease a host held, for the log
         self.operator = self.store.client("operator", lambda: not self.world.network.store_down)
         self.operator.put(self.layout.config(), self.settings.model_dump_json())
@@ -355,6 +402,16 @@ class SimCluster:
             self.hosts[host].hv.adopt_running(specs[vm], 1)
         for sim_host in self.hosts.values():
             sim_host.power_on()
+
+    def silent_for(self, receiver: str) -> dict[str, int]:
+        """Peers `receiver` heard before whose heartbeats stopped `heartbeat_timeout_s` ago (by its
+        clock) -> the lease their last heartbeat named."""
+        timeout = self.settings.heartbeat_timeout_s
+        if timeout is None:
+            return {}
+        now = self.hosts[receiver].clock.now()
+        return {sender: lease for (to, sender), (at, lease) in self.heard.items()
+                if to == receiver and now - at >= timeout}
 
     @property
     def now(self) -> float:

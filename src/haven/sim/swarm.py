@@ -14,6 +14,9 @@ floating-IP invariants are counted (`disk_double_attach`, `ip_double_raise`: mus
 a replicated disk's copy that lacks an acknowledged write is counted too (`acknowledged_writes_lost`:
 must be 0). With `pairs`, two hosts of each seed also hold a replicated pool with one to three HA
 VMs on it, and faults aimed at the pair (its link cut, either host lost, moves between them).
+With `failsafe`, every seed runs with `Settings.failsafe` on and gets store outages of its own
+(`random_store_outages`): full ones, the store out of every host's reach (leases expire), one side
+regaining it first, single hosts cut from it, and hosts isolated or powered off meanwhile.
 """
 from __future__ import annotations
 
@@ -62,6 +65,7 @@ class SwarmRun:
     services: bool = False  # run with random_services
     acknowledged_writes_lost: int = 0
     pairs: bool = False  # run with random_pair
+    failsafe: bool = False  # run with Settings.failsafe and random_store_outages
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -250,6 +254,48 @@ def random_pair(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[t
     return config.model_copy(update={"hosts": hosts, "vms": tuple(vms), "pools": (pool,)}), steps
 
 
+# The swarm's clocks run at 0.85..1.15 of true speed: a manager's wait must cover a peer's extension,
+# TTL - margin on the slowest clock against TTL - margin + skew on the fastest (core.failsafe).
+SWARM_FAILSAFE_SKEW_S = 0.6
+
+
+def random_store_outages(seed: int, config: ClusterConfig) -> tuple[ClusterConfig, list[tuple[float, str]]]:
+    """Failsafe on, and one to three store outages of several kinds (a stream of its own)."""
+    rng = random.Random(f"failsafe {seed}")
+    settings = config.settings.model_copy(update={"failsafe": True, "failsafe_skew_s": SWARM_FAILSAFE_SKEW_S})
+    hosts = [h.name for h in config.hosts]
+    steps: list[tuple[float, str]] = []
+    for _ in range(rng.randint(1, 3)):
+        t = round(rng.uniform(*FAULT_WINDOW), 3)
+        length = round(rng.uniform(1.0, 10.0), 3)
+        end = round(t + length, 3)
+        host = rng.choice(hosts)
+        kind = rng.choice(("down", "down", "unreachable", "one-side", "cut", "down+isolate", "down+power"))
+        if kind == "down":  # etcd without quorum: leases keep, restarted on return
+            steps += [(t, "store down"), (end, "store up")]
+        elif kind == "unreachable":  # etcd fine, nobody reaches it: leases expire meanwhile
+            steps += [(t, f"partition {' '.join(hosts)} | store"), (end, "heal all")]
+        elif kind == "one-side":  # as above, then some hosts reach it again before the others
+            side = rng.sample(hosts, rng.randint(1, len(hosts) - 1))
+            rest = [h for h in hosts if h not in side]
+            back = round(t + rng.uniform(0.5, length), 3)
+            steps += [(t, f"partition {' '.join(hosts)} | store"),
+                      (back, f"partition {' '.join(side)} | {' '.join(rest)} store"),
+                      (round(back + length, 3), "heal all")]
+        elif kind == "cut":  # one host loses the store, its peers do not
+            steps += [(t, f"cut {host} from store"), (end, f"heal {host}")]
+        elif kind == "down+isolate":  # during an outage, one host loses its peers too
+            others = " ".join(h for h in hosts if h != host)
+            at = round(t + rng.uniform(0.0, length), 3)
+            steps += [(t, "store down"), (at, f"partition {host} | {others} store"), (end, "store up"),
+                      (round(end + rng.uniform(0.0, 5.0), 3), f"heal {host}")]
+        else:  # during an outage, one host loses its power
+            at = round(t + rng.uniform(0.0, length), 3)
+            steps += [(t, "store down"), (at, f"power off {host}"), (end, "store up"),
+                      (round(end + rng.uniform(0.0, 5.0), 3), f"power on {host}")]
+    return config.model_copy(update={"settings": settings}), steps
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
     for service in config.services:
@@ -261,7 +307,8 @@ def heal_everything(config: ClusterConfig) -> list[str]:
     return lines
 
 
-def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: bool = False) -> SwarmRun:
+def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: bool = False,
+             failsafe: bool = False) -> SwarmRun:
     rng = random.Random(seed)
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
@@ -273,6 +320,9 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: b
     if pairs:
         config, pair_faults = random_pair(seed, config)
         departures = departures + pair_faults
+    if failsafe:
+        config, outages = random_store_outages(seed, config)
+        departures = departures + outages
     timeline = [(0.0, f"fence fails {host}") for host in failing] + sorted(timeline + departures, key=lambda s: s[0])
     cluster = SimCluster(config, fence_devices=devices)
     for at, line in timeline:
@@ -301,7 +351,7 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: b
     return SwarmRun(seed, list(monitor.violations), liveness, recovery, timeline,
                     cluster.log_lines() + monitor.violations if keep_log else [], devices,
                     monitor.disk_double_attach, monitor.ip_double_raise, services,
-                    acknowledged_writes_lost=monitor.acknowledged_writes_lost, pairs=pairs)
+                    acknowledged_writes_lost=monitor.acknowledged_writes_lost, pairs=pairs, failsafe=failsafe)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
@@ -356,6 +406,6 @@ def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
         "acknowledged_writes_lost": sum(r.acknowledged_writes_lost for r in runs),
         "failing_seeds": failing[:20],
         "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''}"
-                   f"{' --pairs' if r.pairs else ''} --verbose"
+                   f"{' --pairs' if r.pairs else ''}{' --failsafe' if r.failsafe else ''} --verbose"
                    for r in failing_runs[:5]],
     }
