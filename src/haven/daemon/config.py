@@ -4,12 +4,12 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from haven.drivers.qemu_boot import DirectBoot
 from haven.drivers.qemu_config import QemuHostConfig
 from haven.drivers.tap import bridge_taps
-from haven.model.fencing import FencingConfig
+from haven.model.fencing import FencingConfig, check_private
 from haven.model.load import load_yaml_file, validate
 from haven.model.spec import HostSpec, Settings
 
@@ -64,6 +64,15 @@ class NodeConfig(BaseModel):
                                 "that a fencing bug shows as a double run instead of a lock error")
     fencing: FencingConfig | None = Field(default=None, description="power-fence devices this node's manager "
                                           "may use, per host (checked at load: agent installed, secrets private)")
+    peer_key_file: Path | None = Field(default=None, description="a secret shared by every host (mode 0600): "
+                                       "the daemons' own link (heartbeats, failsafe) signs every datagram with it")
+
+    @field_validator("peer_key_file")
+    @classmethod
+    def _private_key(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            check_private(path, "peer key file")
+        return path
 
     @model_validator(mode="after")
     def _one_watchdog(self) -> NodeConfig:

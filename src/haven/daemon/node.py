@@ -21,8 +21,8 @@ from haven.daemon.takeover import StopSignals, take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.fence_agent import FenceAgentFencer
-from haven.drivers.heartbeat import Heartbeats
 from haven.drivers.hw_watchdog import DeviceWatchdog, WatchdogDeviceError
+from haven.drivers.peer_udp import UdpPeerLink
 from haven.drivers.qemu import MonotonicClock, QemuHypervisor
 from haven.drivers.qemu_guest import QemuGuest
 from haven.drivers.qemu_replication import QemuReplication
@@ -30,6 +30,7 @@ from haven.model.spec import Settings
 from haven.ports.fencer import Watchdog
 from haven.ports.hypervisor import Hypervisor, HypervisorError
 from haven.runtime.agent_loop import AgentLoop
+from haven.runtime.failsafe import Failsafe
 from haven.runtime.fence_monitor import FenceMonitor
 from haven.runtime.layout import Layout, read_settings
 from haven.runtime.lease import LeaseKeeper
@@ -43,23 +44,24 @@ def start_thread(job: Callable[[], None]) -> None:
     threading.Thread(target=job, name="power-fence", daemon=True).start()
 
 
-def start_heartbeats(config: NodeConfig, settings: Settings, agent: AgentLoop,
-                     threads: HostThreads) -> Heartbeats | None:
-    """With `heartbeat_timeout_s` set, this host's heartbeats on its management address, to the
-    peers its agent knows (a manager with fence devices acts on their silence). After `take_over`: a daemon this one
-    replaces held the port until it went."""
-    if settings.heartbeat_timeout_s is None:
+def start_peer_link(config: NodeConfig, settings: Settings, agent: AgentLoop,
+                    threads: HostThreads) -> UdpPeerLink | None:
+    """The daemons' own link on this host's management address (heartbeats, the failsafe's
+    question), when the cluster uses either. After `take_over`: a daemon this one replaces held the
+    port until it went. None if it cannot listen: fast fencing is off and this host's failsafe asks
+    no one (so it self-fences as without it), which costs availability, not safety."""
+    if settings.heartbeat_timeout_s is None and not settings.failsafe:
         return None
-    port = settings.heartbeat_port
+    port = settings.peer_port
+    keeper = agent.keeper
     try:
-        return Heartbeats(config.host.name, config.cluster, (config.host.address, port),
-                          lambda: {host: (address, port) for host, address in dict(agent.addresses).items()},
-                          lambda: agent.keeper.lease_id,
-                          settings.heartbeat_interval_s, settings.heartbeat_timeout_s,
-                          on_silent=threads.wake_manager.set)
-    except OSError as error:  # fast fencing off; the lease does its job alone
-        log.error("heartbeats off: cannot listen on %s:%d (%s): check heartbeat_port and this host's address",
-                  config.host.address, port, error.strerror)
+        key = config.peer_key_file.read_bytes().strip() if config.peer_key_file else None
+        return UdpPeerLink(config.host.name, config.cluster, (config.host.address, port),
+                           lambda: {host: (address, port) for host, address in dict(agent.addresses).items()},
+                           keeper.answer, lease=lambda: keeper.lease_id, key=key)
+    except OSError as error:
+        log.error("peer link off: cannot listen on %s:%d or read its key (%s): check peer_port, this host's "
+                  "address and peer_key_file", config.host.address, port, error.strerror)
         return None
 
 
@@ -98,8 +100,9 @@ def run_node(config: NodeConfig) -> int:
     watchdog = make_watchdog(config, settings)
     keeper = LeaseKeeper(config.host, store, hypervisor, clock, layout, settings, events.emit, watchdog)
     fencer = FenceAgentFencer(config.fencing.devices) if config.fencing else None
+    # The failsafe's hold (core.failsafe) holds whenever the cluster sets failsafe, link or not.
     manager = ManagerLoop(config.host.name, store, clock, layout, keeper.manager_lease, events.emit, fencer=fencer,
-                          spawn=start_thread)
+                          spawn=start_thread, store_regained_at=keeper.store_regained_at)
     lease_file = LeaseFile(config.run_dir / "lease.json")
     agent = AgentLoop(keeper, guest=QemuGuest(hypervisor), replication=QemuReplication(hypervisor))
     threads = HostThreads(keeper, agent, manager, settings, clock, layout.root,
@@ -127,10 +130,14 @@ def run_node(config: NodeConfig) -> int:
                                clock, time.time)
         interval = config.fencing.monitor_interval_s
         extra["fence-monitor"] = lambda: monitor.run(threads.stopping, interval)
-    heartbeats = start_heartbeats(config, settings, agent, threads)  # sent by every host, acted on by a manager
-    if heartbeats is not None:
-        manager.silent_hosts = heartbeats.silent
-        extra["heartbeats"] = lambda: heartbeats.run(threads.stopping)
+    link = start_peer_link(config, settings, agent, threads)
+    if link is not None and settings.heartbeat_timeout_s is not None:  # sent by every host, acted on by a manager
+        timeout = settings.heartbeat_timeout_s
+        manager.silent_hosts = lambda: link.silent(timeout)
+        extra["heartbeats"] = lambda: link.run_heartbeats(threads.stopping, settings.heartbeat_interval_s, timeout,
+                                                          threads.wake_manager.set)
+    if link is not None and settings.failsafe:
+        keeper.failsafe = Failsafe(keeper, link, lambda: dict(agent.addresses).keys(), threads.wake_fence.set)
     if config.api:
         from haven.daemon.api_server import serve_api
         extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set,
@@ -141,7 +148,7 @@ def run_node(config: NodeConfig) -> int:
               config.shutdown_timeout_s)
     cancel_watch()
     events.stop()
-    if heartbeats is not None:
-        heartbeats.close()
+    if link is not None:
+        link.close()
     hypervisor.close()
     return 0

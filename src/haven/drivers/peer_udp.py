@@ -1,14 +1,23 @@
-"""UdpPeerLink: the failsafe's question over the management network (ports.peers, core.failsafe).
+"""UdpPeerLink: the daemons' own link over the management network, apart from the store.
 
-One datagram each way, JSON: a question {"q": "store?", "cluster", "from", "nonce"} and an answer
-{"a": "reaches"|"cannot", "cluster", "from", "nonce"}. A peer answers from its keeper's record
-(`LeaseKeeper.answer`) on a thread of its own; a daemon that is stopped or hung answers nothing,
-which is what the failsafe wants (no answer ends it). With a `key` (the same on every host),
-every datagram carries an HMAC-SHA256 of its body and a datagram whose HMAC does not match is
-dropped: a forged "cannot" would keep a host's VMs running while the store is up.
+It carries two things, both as one JSON datagram on one UDP port per host (`Settings.peer_port`):
 
-`ask` blocks its caller for at most the round's timeout (the renew thread: a round is 0.1 s).
-Not wired into the daemon yet: the node config must give each host's management address and port.
+- **Heartbeats** (fast fencing): every daemon sends {"hb": host, "lease": id} to every peer each
+  `heartbeat_interval_s` and records when it last heard each peer. The leading manager asks
+  `silent()`: peers heard before but not for `heartbeat_timeout_s`, with the lease their last
+  heartbeat named; it acts only on a host still up under that lease, and only through a fence
+  device's confirmed power-off (`ManagerLoop._fence_silent_hosts`). A heartbeat never lets
+  anything run: a lost one costs at most a needless power-off, a forged one only delays a fast
+  fence until the lease runs out. A peer never heard is not silent (a manager that starts after a
+  host died, or a firewall that drops heartbeats, falls back to lease expiry).
+- **The failsafe's question** (ports.peers, core.failsafe): {"q": "store?", "nonce"} and the answer
+  {"a": "reaches"|"cannot", "nonce"}, from the keeper's record (`LeaseKeeper.answer`) on the
+  receiving thread; a daemon that is stopped or hung answers nothing, which ends the failsafe.
+
+With a `key` (the same on every host: `NodeConfig.peer_key_file`) every datagram carries an
+HMAC-SHA256 of its body and one whose HMAC does not match is dropped: a forged "cannot" would keep
+a host's VMs running while the store is up. `ask` blocks its caller (the renew thread) for at most
+the round's timeout.
 """
 from __future__ import annotations
 
@@ -31,17 +40,22 @@ from haven.ports.peers import Answers
 log = logging.getLogger("haven.peers")
 Address = tuple[str, int]
 MAX_DATAGRAM = 2048
-POLL_S = 0.2
+POLL_S = 0.2  # the receiver's wait between checks for `close`
 
 
 class UdpPeerLink:
     def __init__(self, host: str, cluster: str, bind: Address, addresses: Callable[[], Mapping[str, Address]],
-                 answer: Callable[[], Answer], key: bytes | None = None) -> None:
+                 answer: Callable[[], Answer], lease: Callable[[], int] = lambda: 0, key: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.cluster = cluster
         self.addresses = addresses  # peer host -> where its link listens (from the host specs)
         self.answer = answer
+        self.lease = lease  # this host's lease now (0: none), named in its heartbeats
         self.key = key
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.heard: dict[str, tuple[float, int]] = {}  # peer -> its last heartbeat's arrival, and lease
         self.server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.server.bind(bind)
         self.server.settimeout(POLL_S)  # to notice `close`
@@ -54,7 +68,7 @@ class UdpPeerLink:
     # --- the wire ---
 
     def _pack(self, body: dict[str, Any]) -> bytes:
-        data = json.dumps(body, sort_keys=True).encode()
+        data = json.dumps({**body, "cluster": self.cluster, "from": self.host}, sort_keys=True).encode()
         if self.key is None:
             return data
         return hmac.new(self.key, data, hashlib.sha256).hexdigest().encode() + b" " + data
@@ -69,11 +83,11 @@ class UdpPeerLink:
             body = json.loads(data)
         except ValueError:
             return None
-        if not isinstance(body, dict) or body.get("cluster") != self.cluster:
+        if not isinstance(body, dict) or body.get("cluster") != self.cluster or not isinstance(body.get("from"), str):
             return None
         return body
 
-    # --- answering ---
+    # --- receiving: heartbeats and questions ---
 
     def _serve(self) -> None:
         while not self.closed.is_set():
@@ -84,16 +98,48 @@ class UdpPeerLink:
             except OSError:
                 return  # closed
             body = self._unpack(datagram)
-            if body is None or body.get("q") != "store?" or not isinstance(body.get("nonce"), str):
+            if body is None:
                 continue
-            try:
-                said = self.answer()
-            except Exception:  # an answer we cannot give is no answer (logged): the asker counts it as silence
-                log.exception("failsafe answer failed")
-                continue
-            reply = {"a": said.value, "cluster": self.cluster, "from": self.host, "nonce": body["nonce"]}
-            with contextlib.suppress(OSError):
-                self.server.sendto(self._pack(reply), sender)
+            if isinstance(body.get("hb"), int):  # a heartbeat: the lease its sender holds
+                with self.lock:
+                    self.heard[body["from"]] = (self.clock(), body["hb"])
+            elif body.get("q") == "store?" and isinstance(body.get("nonce"), str):
+                self._answer(body["nonce"], sender)
+
+    def _answer(self, nonce: str, sender: Address) -> None:
+        try:
+            said = self.answer()
+        except Exception:  # an answer we cannot give is no answer (logged): the asker counts it as silence
+            log.exception("failsafe answer failed")
+            return
+        with contextlib.suppress(OSError):
+            self.server.sendto(self._pack({"a": said.value, "nonce": nonce}), sender)
+
+    # --- heartbeats ---
+
+    def silent(self, timeout_s: float) -> dict[str, int]:
+        """Peers heard before whose heartbeats stopped `timeout_s` ago or more -> the lease their
+        last heartbeat named."""
+        now = self.clock()
+        with self.lock:
+            return {peer: lease for peer, (at, lease) in self.heard.items() if now - at >= timeout_s}
+
+    def run_heartbeats(self, stopping: threading.Event, interval_s: float, timeout_s: float,
+                       on_silent: Callable[[], None]) -> None:
+        """The sender (a daemon thread): a heartbeat to every peer each interval, and `on_silent`
+        (wake the manager) when a peer falls silent."""
+        reported: set[str] = set()
+        while not stopping.wait(interval_s):
+            message = self._pack({"hb": self.lease()})
+            for peer, address in list(self.addresses().items()):
+                if peer != self.host:
+                    with contextlib.suppress(OSError):  # unreachable now: it will be silent
+                        self.server.sendto(message, address)
+            silent = set(self.silent(timeout_s))
+            if silent - reported:
+                log.info("heartbeats stopped: %s", ", ".join(sorted(silent - reported)))
+                on_silent()
+            reported = silent
 
     # --- asking ---
 
@@ -102,7 +148,7 @@ class UdpPeerLink:
         nonce = os.urandom(8).hex()
         addresses = self.addresses()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            question = self._pack({"q": "store?", "cluster": self.cluster, "from": self.host, "nonce": nonce})
+            question = self._pack({"q": "store?", "nonce": nonce})
             for peer in peers:
                 if peer in addresses:
                     with contextlib.suppress(OSError):  # unreachable now: silent

@@ -236,14 +236,14 @@ class Settings(Frozen):
     renew_interval_s: float | None = Field(default=None, gt=0, description="default: TTL / 4")
     self_fence_margin_s: float = Field(default=0.5, gt=0)
     fence_grace_s: float = Field(default=0.3, ge=0)
-    # Fast fencing (drivers.heartbeat): a host with a fence device whose direct heartbeats stop for
+    # Fast fencing (drivers.peer_udp's heartbeats): a host with a fence device whose direct heartbeats stop for
     # this long is switched off, and its VMs restart once the device confirms, without waiting for
     # its lease to run out. Off (None) by default: under heavy load a silent host may be healthy.
     heartbeat_timeout_s: float | None = Field(default=None, gt=0, description="power-fence a host with a fence "
                                               "device whose heartbeats stop this long (default: off)")
     heartbeat_interval_s: float = Field(default=0.1, gt=0, description="how often each host sends heartbeats")
-    heartbeat_port: int = Field(default=7580, ge=1, le=65535, description="UDP port of the heartbeats on every "
-                                "host's management address")
+    peer_port: int = Field(default=7580, ge=1, le=65535, description="UDP port of the daemons' own link "
+                           "(heartbeats, the failsafe's question) on every host's management address")
     # Loops wake on store watches, local VM changes and deadlines; the ticks are only a safety net.
     manager_tick_s: float = Field(default=1.0, gt=0)
     agent_tick_s: float = Field(default=1.0, gt=0)

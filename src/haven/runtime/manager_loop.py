@@ -63,7 +63,7 @@ class ManagerLoop:
         # stands for that lease only: a host back under a new one is up (`_confirmed`).
         self.fence_confirmed: dict[str, int] = {}
         # Hosts whose direct heartbeats stopped -> the lease their last one named (the daemon's
-        # `drivers.heartbeat`, the simulator's network): one still up under that lease and with a
+        # `drivers.peer_udp`, the simulator's network): one still up under that lease and with a
         # fence device is switched off without waiting for the lease to run out.
         self.silent_hosts = silent_hosts
         # A power fence blocks for the device's round trip (up to its timeout): `spawn` runs it

@@ -310,7 +310,7 @@ class SimHost:
         self._at_deadline()
 
     def _heartbeat(self) -> None:
-        """`drivers.heartbeat` on virtual time: a datagram to every peer the network lets through
+        """`drivers.peer_udp` heartbeats on virtual time: a datagram to every peer the network lets through
         (a powered-off peer hears nothing), then a wake-up for the manager if a peer fell silent."""
         c = self.cluster
         for peer in c.hosts.values():
