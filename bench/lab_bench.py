@@ -3,6 +3,7 @@
     sudo python3 bench/lab_bench.py [--runs 10] [--live-runs 5] [--quick-runs 5] [--idle-s 60] [--load-s 60]
     sudo python3 bench/lab_bench.py --only idle --json artifacts/idle.json   # one section alone
     sudo python3 bench/lab_bench.py --only guest-cluster --json artifacts/gc.json
+    sudo python3 bench/lab_bench.py --only fencing --json artifacts/fencing.json
 
 - RTO: host power cut -> the VM's service answers again elsewhere (HTTP from a client namespace,
   new boot counter), median and max over --runs crashes (the host is powered on again between
@@ -27,6 +28,13 @@
   killed member <= 1.5 s under TCG and at most half the plain VM's restart; a member's host crash at
   most half the plain VM's; the data disk never open in two QEMUs, the floating IP never on two MACs.
 
+- Fencing (issue 12, bench/fencing_bench.py), three labs with a BMC per host (ipmi_sim, fence_ipmilan):
+  a power cut with the host's device working and with it stopped (crash -> the new QEMU started,
+  same run), the IPMI off + confirmation time; with fast fencing (heartbeats, 0.3 s) the cut ->
+  new QEMU started and a host isolated while the process table is sampled; with the failsafe,
+  every etcd member killed for 10 s. Goals: cut -> start <= 1.0 s with power fencing; 0 samples
+  with a VM on two hosts; 0 VMs stopped by a store outage.
+
 Every figure prints beside its goal and the anchors. The machine is shared and noisy: the load
 average is printed with the results. `--json FILE` also writes every sample and a `summary` object whose keys other tools read (keep them stable):
 rto_median_s, rto_max_s, rto_excl_boot_median_s, rto_excl_boot_max_s; live_blackout_median_ms,
@@ -37,7 +45,9 @@ load_hosts_marked_lost, load_watchdog_firings; guest_cluster: {runs, service_rto
 service_rto_guest_hang_s, service_rto_host_crash_s, vm_restart_rto_s, vm_host_crash_rto_s,
 disk_double_attach, ip_double_answer}; pair: {runs, write_latency_ms_local, write_latency_ms_replicated,
 write_latency_ms_replicated_10ms_link, failover_rto_s, shared_failover_rto_s, acknowledged_writes_lost,
-double_runs, resync_s_64mib_full, resync_s_after_10s_outage} (each section's keys only when it ran).
+double_runs, resync_s_64mib_full, resync_s_after_10s_outage}; fencing: {runs, power_fence_s, crash_rto_with_power_fencing_s,
+crash_rto_lease_only_s, cut_to_start_with_power_fencing_s, isolated_host_double_runs, store_outage_vm_stops}
+(each section's keys only when it ran).
 """
 from __future__ import annotations
 
@@ -347,6 +357,7 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=3)
     parser.add_argument("--gc-runs", type=int, default=5, help="rounds of each failure for the guest cluster")
     parser.add_argument("--pair-runs", type=int, default=5, help="power cuts of the pair (and of the shared lab)")
+    parser.add_argument("--fencing-runs", type=int, default=5, help="rounds of each fencing measurement")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample and the summary here")
     parser.add_argument("--only", choices=SECTIONS, action="append", default=None,
                         help="run only this section (repeatable); default: all")
@@ -369,8 +380,8 @@ def main() -> int:
         return 1
 
 
-SECTIONS = ("idle", "load", "rto", "live", "quick", "guest-cluster", "pair")
-VM_SECTIONS = SECTIONS[:-2]  # these share one lab of HA VMs; the guest cluster and the pair get their own
+SECTIONS = ("idle", "load", "rto", "live", "quick", "guest-cluster", "pair", "fencing")
+VM_SECTIONS = SECTIONS[:-3]  # these share one lab of HA VMs; the others get their own
 
 
 def run(args: argparse.Namespace, root: Path) -> int:
@@ -389,6 +400,11 @@ def run(args: argparse.Namespace, root: Path) -> int:
         say(f"pair: two hosts and a witness, no shared storage, {args.pair_runs} power cuts; then the same on a "
             "shared pool ...")
         results["pair"] = bench_pair(root, args.pair_runs)
+    if "fencing" in sections:
+        from fencing_bench import bench_fencing  # bench/, beside this file
+        say(f"fencing: a BMC per host; {args.fencing_runs} rounds with and without a device, with fast fencing, "
+            "with the failsafe ...")
+        results["fencing"] = bench_fencing(root, args.fencing_runs)
     results["load_average_end"] = load_average()
     summary = report(args, results)
     if args.json:
@@ -453,6 +469,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         summary |= report_guest_cluster(results["guest_cluster"])
     if "pair" in results:
         summary |= report_pair(results["pair"])
+    if "fencing" in results:
+        summary |= report_fencing(results["fencing"])
     print(f"\n{accel} guests; machine load average at the end: {results['load_average_end']}; anchors from "
           "LAB-NOTES.md and vendor docs.")
     return summary
@@ -730,6 +748,33 @@ def report_pair(pair: dict[str, Any]) -> dict[str, Any]:
                      "acknowledged_writes_lost": pair["lost"], "double_runs": pair["double_runs"],
                      "resync_s_64mib_full": median_or_none(pair["resync_full"]),
                      "resync_s_after_10s_outage": pair.get("resync_after_outage")}}
+
+
+GOAL_CUT_TO_START_S = 1.0
+
+
+def report_fencing(f: dict[str, Any]) -> dict[str, Any]:
+    device, lease = median_or_none(f["with_device"]), median_or_none(f["lease_only"])
+    fast, off = median_or_none(f["fast"]), median_or_none(f["power_fence_s"])
+    rows = [
+        ("IPMI power off + status confirmed", med_max(f["power_fence_s"]), "", None, "fence_ipmilan against ipmi_sim"),
+        ("crash -> QEMU started, device working", med_max(f["with_device"]), "", None,
+         "lost at lease expiry; restarted on the confirmed off or the grace, whichever comes first"),
+        ("crash -> QEMU started, device stopped", med_max(f["lease_only"]), "", None, "lease expiry + grace"),
+        ("cut -> QEMU started, fast fencing", med_max(f["fast"]), f"<= {GOAL_CUT_TO_START_S:g} s",
+         None if fast is None else fast <= GOAL_CUT_TO_START_S, "heartbeats silent 0.3 s, then off confirmed; "
+         "Pacemaker tuned: 3.24 s (LAB-NOTES)"),
+        ("samples with a VM on two hosts, isolated host", str(f["isolated_double_runs"]), "0",
+         f["isolated_double_runs"] == 0, f"{f['isolated_runs']} isolations, process table every 15 ms"),
+        ("VMs stopped by a 10 s store outage (failsafe)", str(f["store_outage_vm_stops"]), "0",
+         f["store_outage_vm_stops"] == 0, f"{f['store_outages']} outages, every etcd member killed"),
+    ]
+    print_rows(f"Fencing over {len(f['with_device'])} rounds", rows)
+    return {"fencing": {"runs": len(f["with_device"]), "power_fence_s": off,
+                        "crash_rto_with_power_fencing_s": device, "crash_rto_lease_only_s": lease,
+                        "cut_to_start_with_power_fencing_s": fast,
+                        "isolated_host_double_runs": f["isolated_double_runs"],
+                        "store_outage_vm_stops": f["store_outage_vm_stops"]}}
 
 
 if __name__ == "__main__":

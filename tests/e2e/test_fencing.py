@@ -22,11 +22,9 @@ import pytest
 
 from haven.core.events import EventKind, SubjectKind
 from haven.lab.cluster import ADMIN_TOKEN, API_PORT, Lab
-from haven.lab.demo import events_since, first
+from haven.lab.demo import events_since, fences_settled, first
 from haven.lab.sampler import QemuSampler
-from haven.model.spec import MigrationKind
-from haven.model.state import HostState, RequestAction, VmState
-from haven.runtime import intents
+from haven.model.state import HostState, VmState
 
 MISSING = [b for b in ("qemu-system-x86_64", "etcd", "ip", "ipmi_sim", "ipmitool", "fence_ipmilan")
            if shutil.which(b, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
@@ -54,21 +52,8 @@ def healthy(lab: Lab) -> Lab:
             bmc.start()
     lab.restore_hosts(60)
     lab.wait_all_running(120)
-    spread(lab)
+    lab.spread_vms(120)
     return lab
-
-
-def spread(lab: Lab) -> None:
-    """One VM on each host at least (live migrations): a crashed host has a VM to bring back."""
-    for host in sorted(lab.members):
-        placements = lab.snapshot().placements
-        if any(p.host == host for p in placements.values()):
-            continue
-        crowded = max(sorted(lab.members), key=lambda h: sum(p.host == h for p in placements.values()))
-        vm = next(v for v, p in sorted(placements.items()) if p.host == crowded)
-        intents.request(lab.store, lab.layout, vm, RequestAction.MIGRATE, MigrationKind.LIVE, host)
-        lab.wait(lambda s: s.placements[vm].host == host and s.placements[vm].state is VmState.RUNNING, 120,
-                 f"{vm} moved to {host}")
 
 
 def victim(lab: Lab) -> tuple[str, str]:
@@ -149,8 +134,8 @@ def test_a_broken_fence_device_falls_back_to_lease_expiry_and_grace_and_says_so(
     assert reason == f"grace {GRACE_S:g} s"
     assert fenced - lost >= GRACE_S
     # The agent gives up at its deadline (the lab's device: 10 s), after the VM is back.
-    lab.wait(lambda s: "failed" in power_fences(lab, host, since), 30, "the power fence's outcome")
-    assert "off" not in power_fences(lab, host, since)
+    lab.wait(lambda s: fences_settled(lab, host, since), 40, "every power fence's outcome")
+    assert "failed" in power_fences(lab, host, since) and "off" not in power_fences(lab, host, since)
     # The periodic check says so too, before the device is needed again.
     lab.wait(lambda s: (c := s.fence_checks.get(host)) is not None and not c.ok, 30, f"{host}'s device failing")
 

@@ -50,3 +50,17 @@ def test_without_failsafe_nobody_asks():
     apply_fault(cluster, "store down")
     cluster.advance_to(8.0)
     assert len([line for line in _kills(cluster) if "killed" in line]) == 3
+
+
+def test_a_renewal_overdue_is_due_for_asking_whatever_the_renewal_itself_is_doing():
+    """The daemon's failsafe thread asks on this, not on a failed renewal: a real store client
+    takes its whole deadline to fail (1 s at the defaults), longer than the failsafe can wait."""
+    cluster = _cluster()
+    keeper = cluster.hosts["h1"].keeper
+    assert keeper is not None and keeper.failsafe_due() is None  # renewing fine
+    apply_fault(cluster, "store down")
+    cluster.advance_to(5.0 + cluster.settings.renew_interval + 0.01)
+    assert keeper.failsafe_due() is keeper.lease
+    apply_fault(cluster, "store up")
+    cluster.advance_to(8.0)
+    assert keeper.failsafe_due() is None

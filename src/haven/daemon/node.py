@@ -137,7 +137,9 @@ def run_node(config: NodeConfig) -> int:
         extra["heartbeats"] = lambda: link.run_heartbeats(threads.stopping, settings.heartbeat_interval_s, timeout,
                                                           threads.wake_manager.set)
     if link is not None and settings.failsafe:
-        keeper.failsafe = Failsafe(keeper, link, lambda: dict(agent.addresses).keys(), threads.wake_fence.set)
+        failsafe = keeper.failsafe = Failsafe(keeper, link, lambda: dict(agent.addresses).keys(),
+                                              threads.wake_fence.set)
+        extra["failsafe"] = lambda: failsafe.run(threads.stopping)
     if config.api:
         from haven.daemon.api_server import serve_api
         extra["api"] = lambda: serve_api(config, store, layout, manager_wake=threads.wake_manager.set,

@@ -37,8 +37,9 @@ from haven.lab.netns import LabNetwork, run_in
 from haven.lab.panel import PowerPanel
 from haven.model.fencing import FencingConfig
 from haven.model.service import ServicePhase
-from haven.model.spec import Disk, HostSpec, Nic, RestartPolicy, ServiceSpec, Settings, VmSpec
-from haven.model.state import HostState, Placement, VmState
+from haven.model.spec import Disk, HostSpec, MigrationKind, Nic, RestartPolicy, ServiceSpec, Settings, VmSpec
+from haven.model.state import HostState, Placement, RequestAction, VmState
+from haven.runtime import intents
 from haven.runtime.layout import Layout, Snapshot, read_snapshot
 
 DEFAULT_ROOT = Path("/var/lib/haven-lab")
@@ -416,6 +417,23 @@ class Lab:
             if member.daemon is None or member.daemon.poll() is not None:
                 self.power_on(name)
         self.wait_all_online(timeout)
+
+    def spread_vms(self, timeout: float) -> None:
+        """At least one VM on every host (live migrations from the most crowded): a crash of any
+        host then has a VM to bring back. Needs as many HA VMs as hosts."""
+        assert self.store is not None
+        for host in sorted(self.members):
+            placements = self.snapshot().placements
+            if any(p.host == host for p in placements.values()):
+                continue
+            crowded = max(sorted(self.members), key=lambda h: sum(p.host == h for p in placements.values()))
+            vm = next(v for v, p in sorted(placements.items()) if p.host == crowded and v in self.ha_vms)
+            intents.request(self.store, self.layout, vm, RequestAction.MIGRATE, MigrationKind.LIVE, host)
+
+            def moved(snap: Snapshot, vm: str = vm, host: str = host) -> bool:
+                return (p := snap.placements[vm]).host == host and p.state is VmState.RUNNING
+
+            self.wait(moved, timeout, f"{vm} moved to {host}")
 
     def wait_all_running(self, timeout: float) -> None:
         self.wait(lambda snap: all((p := snap.placements.get(vm)) and p.state is VmState.RUNNING

@@ -105,6 +105,17 @@ def first(events: list[Event], kind: EventKind, about: tuple[SubjectKind, str], 
     return None
 
 
+def fences_settled(lab: Lab, host: str, since: float) -> bool:
+    """Has every power fence of `host` asked since `since` come back (confirmed or failed)? One is
+    asked for each silence (`asked`) and each loss at lease expiry; a BMC restarted while an agent
+    still retries would switch off a host powered on meanwhile."""
+    events = [e for e in events_since(lab, since) if (e.subject_kind, e.name) == (SubjectKind.HOST, host)]
+    asked = sum(e.kind is EventKind.POWER_FENCE and e.new == "asked" for e in events) + sum(
+        e.kind is EventKind.STATE_CHANGE and e.new == HostState.LOST and e.reason == "lease gone" for e in events)
+    done = sum(e.kind is EventKind.POWER_FENCE and e.new in ("off", "failed") for e in events)
+    return done >= asked
+
+
 def wait_healthy(lab: Lab, timeout: float = 180.0) -> None:
     """Every host online with its lease, every VM running and answering."""
     lab.wait_all_online(timeout)

@@ -1,8 +1,10 @@
 """The failsafe's asking side (core.failsafe): on a failed renewal, ask every peer, one round at a time.
 
-The keeper calls `ask` from its renewal (the daemon's renew thread, the simulator's renew event);
-the answers come back through `PeerLink` on whatever thread it uses and go to
-`LeaseKeeper.failsafe_round`, which moves the deadline. `on_change` then tells the runtime that
+The keeper calls `ask` from a failed renewal (the simulator's renew event, where a call to an
+unreachable store fails at once); the daemon also asks from `run`, every round's timeout while a
+renewal is overdue (a real store client may take its whole deadline to fail). The answers come
+back through `PeerLink` on whatever thread it uses and go to `LeaseKeeper.failsafe_round`, which
+moves the deadline. `on_change` then tells the runtime that
 the deadline moved, possibly back (the daemon wakes its fence thread, the simulator its deadline
 timer): a round that ends the failsafe may make the self-fence due at once.
 """
@@ -56,3 +58,10 @@ class Failsafe:
                else failsafe.refusal(peers, answers))
         self.keeper.failsafe_round(lease, asked_at, confirmed, why)
         self.on_change()
+
+    def run(self, stopping: threading.Event) -> None:
+        """The daemon's failsafe thread: ask each round's length while this host's renewal is overdue."""
+        while not stopping.wait(ROUND_TIMEOUT_S):
+            lease = self.keeper.failsafe_due()
+            if lease is not None:
+                self.ask(lease)

@@ -121,6 +121,16 @@ class LeaseKeeper:
             contact = self._contact
         return contact.answer(self.clock.now(), self.settings)
 
+    def failsafe_due(self) -> Lease | None:
+        """The lease to ask the peers about now: held, and its renewal overdue (no store round
+        trip for a renew interval). The daemon asks on its own beat: a failing renewal may take
+        the store client's whole deadline (1 s at the defaults) to fail, far too slow to ask on."""
+        state = self.state
+        with self.lock:
+            last_ok = self._contact.last_ok
+        overdue = self.clock.now() - last_ok > self.settings.renew_interval
+        return state.lease if self.settings.failsafe and state.lease is not None and overdue else None
+
     def store_regained_at(self) -> float:
         """For this host's manager (`ClusterView.store_regained_at`)."""
         with self.lock:
