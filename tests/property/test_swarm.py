@@ -76,3 +76,12 @@ def test_a_migration_target_lost_under_the_failsafe_is_waited_for():
     reach); the target, alone and still within its extension, was lost when the store came back.
     Aborting back to the source then ran the VM twice: it must wait for the hold."""
     assert not run_seed(784, failsafe=True).safety
+
+
+def test_a_live_migration_switched_over_unreported_is_not_aborted_onto_the_source_copy():
+    """Seed 262 (pairs, failsafe): the store went down just after a live migration on the pair
+    switched over, unreported; both hosts self-fenced, and the target was fenced when the store
+    came back. Aborting back to the source restarted the VM on a copy that lacked the target's
+    writes: the copy rule keeps it for the target (tests/scenarios/pair-store-down-after-handover)."""
+    run = run_seed(262, pairs=True, failsafe=True)
+    assert run.acknowledged_writes_lost == 0 and not run.safety, run.safety

@@ -21,7 +21,7 @@ from haven.core.replica_agent import (
 from haven.core.round import Round
 from haven.model.replica import CopyState, DiskCopy, PoolKind, PoolSpec, ReplicaRecord
 from haven.model.spec import ClusterConfig, Disk, MigrationKind, VmSpec
-from haven.model.state import HostState, LocalState, Migration, Placement, VmState
+from haven.model.state import HostState, LocalState, Migration, Placement, VmState, VmStatus
 from haven.ports.hypervisor import LocalVm
 from haven.ports.replication import MirrorPhase, MirrorState
 
@@ -37,8 +37,10 @@ def record(state: CopyState, primary: str = "h1", copy_host: str = "h2") -> Repl
                          generation=1)
 
 
-def pair_view(placement: Placement | None, rec: ReplicaRecord | None, alive=None, records=None, since=0.0):
-    v = view(HOSTS, [VM], {"db": placement} if placement else {}, alive=alive, records=records, since=since)
+def pair_view(placement: Placement | None, rec: ReplicaRecord | None, alive=None, records=None, since=0.0,
+              statuses=()):
+    v = view(HOSTS, [VM], {"db": placement} if placement else {}, alive=alive, records=records, since=since,
+             statuses=statuses)
     return replace(v, pools={"pair": POOL}, replicas={"db": rec} if rec else {})
 
 
@@ -200,3 +202,57 @@ def test_a_migration_to_the_replica_makes_it_the_only_safe_host_until_it_ends():
     record_primaries(replace(v, replicas={"db": incoming}), done, 3.0)
     assert done.replicas["db"].primary == "h2" and done.replicas["db"].incoming is None
     assert done.replicas["db"].copies[0].host == "h1" and done.replicas["db"].copies[0].state is CopyState.STALE
+
+
+LIVE_TO_H2 = Placement(vm="db", state=VmState.MIGRATING, host="h1", generation=1,
+                       migration=Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2,
+                                           started=1.0))
+
+
+def target_failed(source: LocalState | None, target: HostState = HostState.FENCED,
+                  target_status: LocalState | None = None, rec: ReplicaRecord | None = None) -> Decision:
+    """A live migration h1 -> h2 whose target failed (gone, or its QEMU broken) while the source
+    reports `source` (None: nothing)."""
+    rec = rec or record(CopyState.IN_SYNC).model_copy(update={"incoming": "h2"})
+    statuses = [VmStatus(vm="db", host=host, generation=generation, state=state)
+                for host, generation, state in (("h1", 1, source), ("h2", 2, target_status)) if state]
+    states = {"h1": HostState.ONLINE, "h2": target, "h3": HostState.ONLINE}
+    alive = {"h1", "h3"} | ({"h2"} if target is HostState.ONLINE else set())
+    return decide(pair_view(LIVE_TO_H2, rec, alive=alive, records=states, statuses=statuses), now=10.0)
+
+
+@pytest.mark.parametrize("source", [None, LocalState.STOPPED, LocalState.CRASHED])
+def test_a_live_migration_whose_target_is_gone_is_not_aborted_onto_a_source_that_runs_it_no_more(source):
+    """The source may have switched over unreported (then died: a self-fence), and the target
+    written alone since: the copy rule keeps the VM off the source; it waits for the target."""
+    decision = target_failed(source)
+    placed = decision.placements["db"]
+    assert (placed.state, placed.host, placed.generation) == (VmState.RECOVERING, "h2", 2)
+    assert "not back on h1: a move to h2 is under way" in decision.events[-1].reason
+    assert "db" not in decision.replicas  # still `incoming`: only h2 may take it
+    waiting = decide(pair_view(placed, record(CopyState.IN_SYNC).model_copy(update={"incoming": "h2"}),
+                               alive={"h1", "h3"},
+                               records={"h1": HostState.ONLINE, "h2": HostState.OFFLINE, "h3": HostState.ONLINE}),
+                     now=11.0)
+    assert waiting.placements["db"].state is VmState.RECOVERING and waiting.placements["db"].host is None
+
+
+@pytest.mark.parametrize("source", [LocalState.RUNNING, LocalState.MIGRATING_OUT])
+def test_a_live_migration_whose_target_is_gone_goes_back_to_a_source_that_still_runs_it(source):
+    """No switchover yet (the guest runs on the source): the target never wrote alone."""
+    placed = target_failed(source).placements["db"]
+    assert (placed.state, placed.host, placed.generation) == (VmState.RUNNING, "h1", 1)
+
+
+def test_a_live_migration_of_a_vm_without_a_replica_record_goes_back_to_its_source():
+    placed = decide(replace(pair_view(LIVE_TO_H2, None, alive={"h1", "h3"},
+                                      records={"h1": HostState.ONLINE, "h2": HostState.FENCED,
+                                               "h3": HostState.ONLINE}), pools={}), now=10.0).placements["db"]
+    assert (placed.state, placed.host) == (VmState.RUNNING, "h1")
+
+
+def test_a_live_migration_whose_target_crashed_after_the_source_died_restarts_on_the_target():
+    decision = target_failed(LocalState.STOPPED, HostState.ONLINE, LocalState.CRASHED)
+    placed = decision.placements["db"]
+    assert (placed.state, placed.host, placed.generation) == (VmState.STARTING, "h2", 3)
+    assert decision.replicas["db"].primary == "h2" and decision.replicas["db"].incoming is None

@@ -12,6 +12,7 @@ from haven.core.events import Event, EventKind
 from haven.core.replica import copy_refusal
 from haven.model.spec import MigrationKind, VmSpec
 from haven.model.state import (
+    ACTIVE_LOCAL_STATES,
     BROKEN_LOCAL_STATES,
     ENDED_LOCAL_STATES,
     HostState,
@@ -164,9 +165,9 @@ class MigrationSteps:
                                                                self.r.settings):
             return  # it may have taken the VM over unreported, and still run it: core.failsafe's hold
         elif target_state not in UP:
-            self.abort_migration(m, f"target {m.target} {target_state.value if target_state else 'gone'}")
+            self.back_to_source(m, source, f"target {m.target} {target_state.value if target_state else 'gone'}")
         elif target and target.state in BROKEN_LOCAL_STATES:
-            self.abort_migration(m, f"target failed: {target.detail or target.state.value}")
+            self.back_to_source(m, source, f"target failed: {target.detail or target.state.value}")
         elif source and source.state in BROKEN_LOCAL_STATES:
             self.restart(f"{source.state.value} on {m.source} during a live migration", m.source, True)
         elif source is None or source.state is LocalState.STOPPED:
@@ -181,6 +182,30 @@ class MigrationSteps:
             self.abort_migration(m, source.detail or "failed on the source")
         elif self.r.now - m.started > self.r.settings.migration_timeout_s:
             self.abort_migration(m, f"timeout after {self.r.settings.migration_timeout_s:g} s")
+
+    def back_to_source(self, m: Migration, source: VmStatus | None, why: str) -> None:
+        """A live migration's target failed or is gone: abort, back to the source, if that loses no
+        write. It does not while the guest still runs on the source (no switchover yet: the target
+        never wrote alone). A source that runs it no more (killed by a self-fence, say) may have
+        switched over unreported, and the target written alone since: then the copy rule
+        (core.replica, whose record names the target `incoming`) decides, not this branch. Refused,
+        the VM restarts on the target if it is up, or waits for it (an operator may `promote`)."""
+        if source is not None and source.state in ACTIVE_LOCAL_STATES:
+            self.abort_migration(m, why)
+            return
+        refusal = copy_refusal(self.r.view.replicas.get(self.spec.name), m.source)
+        if refusal is None:  # not replicated, or the source's copy holds every write
+            self.abort_migration(m, why)
+            return
+        why = f"{why}; not back on {m.source}: {refusal}"
+        if self.r.host_state(m.target) in UP:
+            # From the target's generation, as after a handover: its old QEMU's status is not a new start's.
+            self.change(host=m.target, generation=m.generation)
+            self.restart(why, m.target, False)
+        else:  # on_recovering waits for its fence, then for a host the copy rule allows
+            self.change(self.moved(VmState.MIGRATING.value, VmState.RECOVERING.value, from_host=m.target,
+                                   reason=why),
+                        state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
 
     def quick_migration(self, m: Migration) -> None:
         if self.p.host == m.target:  # phase 2: restoring on the target
