@@ -41,7 +41,7 @@ rto_median_s, rto_max_s, rto_excl_boot_median_s, rto_excl_boot_max_s; live_black
 live_blackout_max_ms, live_http_failures, live_worst_request_ms; quick_stop_to_serving_median_s,
 quick_stop_to_serving_max_s; idle_daemon_cpu_pct, idle_watchdog_cpu_pct, idle_etcd_cpu_pct,
 idle_daemon_plus_watchdog_cpu_pct, idle_control_plane_cpu_pct_per_host; load_self_fences,
-load_hosts_marked_lost, load_watchdog_firings; guest_cluster: {runs, service_rto_vm_crash_s,
+load_hosts_marked_lost, load_watchdog_firings, load_power_fences; guest_cluster: {runs, service_rto_vm_crash_s,
 service_rto_guest_hang_s, service_rto_host_crash_s, vm_restart_rto_s, vm_host_crash_rto_s,
 disk_double_attach, ip_double_answer}; pair: {runs, write_latency_ms_local, write_latency_ms_replicated,
 write_latency_ms_replicated_10ms_link, failover_rto_s, shared_failover_rto_s, acknowledged_writes_lost,
@@ -339,6 +339,8 @@ def bench_load(lab: Lab, window: float, hogs: int) -> dict[str, Any]:
                                  and e.subject_kind is SubjectKind.HOST and e.new == HostState.LOST),
         "alive_keys_expired": counter.alive_deleted,
         "watchdog_firings": watchdog_firings(lab) - fired0,
+        "power_fences": sum(1 for e in events if e.kind is EventKind.POWER_FENCE and e.new in ("asked", "off")
+                            and e.subject_kind is SubjectKind.HOST),
         "vms_moved_or_restarted": moved,
         "load_average": load_average(),
     }
@@ -358,6 +360,9 @@ def main() -> int:
     parser.add_argument("--gc-runs", type=int, default=5, help="rounds of each failure for the guest cluster")
     parser.add_argument("--pair-runs", type=int, default=5, help="power cuts of the pair (and of the shared lab)")
     parser.add_argument("--fencing-runs", type=int, default=5, help="rounds of each fencing measurement")
+    parser.add_argument("--profile", choices=("default", "fast"), default="default",
+                        help="timings of the shared VM lab (idle, load, rto, live, quick): fast = a 1 s lease, a "
+                        "tuned etcd and fast fencing through a BMC per host (haven.lab.cluster.FAST_SETTINGS)")
     parser.add_argument("--json", type=Path, default=None, help="also write every sample and the summary here")
     parser.add_argument("--only", choices=SECTIONS, action="append", default=None,
                         help="run only this section (repeatable); default: all")
@@ -419,8 +424,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
 
 def run_vm_sections(args: argparse.Namespace, root: Path, sections: list[str], results: dict[str, Any],
                     started: float) -> None:
-    say(f"lab: 3 hosts, {args.vms} VMs of 128 MiB")
-    with Lab(hosts=3, vms=args.vms, root=root, memory_mib=128) as lab:
+    fast = args.profile == "fast"
+    say(f"lab: 3 hosts, {args.vms} VMs of 128 MiB, {args.profile} timings")
+    with Lab(hosts=3, vms=args.vms, root=root, memory_mib=128, fast=fast, fencing=fast) as lab:
         wait_healthy(lab)
         settings = lab.snapshot().settings
         results["accel"] = accelerator(lab)
@@ -600,20 +606,22 @@ def report_idle(idle: dict[str, Any]) -> dict[str, Any]:
 
 def report_load(load: dict[str, Any]) -> dict[str, Any]:
     bad = load["self_fences"] + load["leases_lost_agent"] + load["hosts_marked_lost"] + load["watchdog_firings"] \
-        + len(load["alive_keys_expired"])
+        + len(load["alive_keys_expired"]) + load["power_fences"]
     rows = [
         ("self-fences", str(load["self_fences"]), "0", load["self_fences"] == 0, ""),
         ("leases lost (agents)", str(load["leases_lost_agent"]), "0", load["leases_lost_agent"] == 0, ""),
         ("alive keys expired", str(len(load["alive_keys_expired"])), "0", not load["alive_keys_expired"], ""),
         ("hosts marked lost by the manager", str(load["hosts_marked_lost"]), "0", load["hosts_marked_lost"] == 0, ""),
         ("watchdog firings", str(load["watchdog_firings"]), "0", load["watchdog_firings"] == 0, ""),
+        ("power fences (heartbeats silent or lease gone)", str(load["power_fences"]), "0", load["power_fences"] == 0,
+         "only with fence devices (--profile fast)"),
         ("VMs moved or restarted", ", ".join(load["vms_moved_or_restarted"]) or "none", "none",
          not load["vms_moved_or_restarted"], ""),
     ]
     print_rows(f"false self-fencing: {load['window_s']:g} s idle under {load['hogs']} busy loops (load average "
                f"{load['load_average']}) -> {'none' if bad == 0 else 'SOME'}", rows)
     return {"load_self_fences": load["self_fences"], "load_hosts_marked_lost": load["hosts_marked_lost"],
-            "load_watchdog_firings": load["watchdog_firings"]}
+            "load_watchdog_firings": load["watchdog_firings"], "load_power_fences": load["power_fences"]}
 
 
 

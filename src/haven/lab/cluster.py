@@ -48,6 +48,13 @@ API_PORT = 8470
 MEMBER_SLOTS = 40  # VM network address slots: HA VMs from 0, service members from here, floating IPs
 FLOATING_SLOTS = 80
 BMC_PORT = 6230  # + the host's index: each host's BMC on the management gateway
+# The fast timing profile (docs/DESIGN.md section 4): a 1 s lease on an etcd tuned to allow it
+# (its shortest lease is about 1.5 election timeouts), store calls that give up sooner, and fast
+# fencing. Soaked under CPU load by `bench/lab_bench.py --only load --profile fast`.
+FAST_SETTINGS = {"lease_ttl_s": 1.0, "self_fence_margin_s": 0.3, "renew_interval_s": 0.2, "fence_grace_s": 0.2,
+                 "heartbeat_timeout_s": 0.3}
+FAST_ETCD_MS = (50, 500)  # heartbeat interval, election timeout
+FAST_STORE_TIMEOUT_S = 0.2
 ADMIN_TOKEN = "lab-admin-token"
 READ_TOKEN = "lab-read-token"
 
@@ -85,6 +92,7 @@ class Lab:
     # power is the lab's power cut and power-on, and every node's config naming them as fence
     # devices (fence_ipmilan): power fencing as on real servers.
     fencing: bool = False
+    fast: bool = False  # the fast timing profile (FAST_SETTINGS over `settings`, a tuned etcd); needs fencing
 
     def __post_init__(self) -> None:
         self.net: LabNetwork | None = None
@@ -126,10 +134,12 @@ class Lab:
             self.hosts = len(pair.PAIR_HOSTS)
             self.etcd = EtcdCluster(self.root / "run" / "etcd", sites=pair.etcd_sites(self.net))
         else:
-            self.etcd = EtcdCluster(self.root / "run" / "etcd", members=3, host=self.net.mgmt_gateway)
+            heartbeat_ms, election_ms = FAST_ETCD_MS if self.fast else (100, 1000)
+            self.etcd = EtcdCluster(self.root / "run" / "etcd", members=3, host=self.net.mgmt_gateway,
+                                    heartbeat_ms=heartbeat_ms, election_ms=election_ms)
         self.etcd.start()
         self.store = EtcdStore(self.etcd.endpoints, timeout=1.0)
-        settings = Settings(**self.settings)
+        settings = Settings(**(FAST_SETTINGS | self.settings if self.fast else self.settings))
         self.store.put(self.layout.config(), settings.model_dump_json())
         if self.pair:
             self.store.put(self.layout.pool(pair.POOL.name), pair.POOL.model_dump_json())
@@ -164,7 +174,7 @@ class Lab:
             run_dir=run_dir, watchdog_file=run_dir / "watchdog.deadline", vm_bridge=host_net.bridge,
             guest=GuestConfig(kernel=Path(guest.kernel), initrd=Path(guest.initrd), ready_marker=guest.ready_marker,
                               disk_filesystem=guest.disk_filesystem), accel="auto", shutdown=self.shutdown,
-            image_locking=False,
+            image_locking=False, store_timeout_s=FAST_STORE_TIMEOUT_S if self.fast else 0.5,
             fencing=FencingConfig(devices={h: bmc.fence_device() for h, bmc in self.bmcs.items()},
                                   monitor_interval_s=5.0) if self.bmcs else None,
             api=ApiConfig(listen=host_net.mgmt_address, port=API_PORT, admin_token=ADMIN_TOKEN,
