@@ -48,7 +48,7 @@ class Host:
         manager = ManagerLoop(name, self.store, self.clock, LAYOUT, self.keeper.manager_lease, self.log.emit,
                               fencer=fencer, spawn=start_thread)
         self.threads = HostThreads(self.keeper, self.agent, manager, settings, self.clock, LAYOUT.root)
-        manager.on_fence_result = self.threads.wake_manager.set  # as the daemon wires it
+        manager.fencing.on_result = self.threads.wake_manager.set  # as the daemon wires it
         self.hv.on_change = self.threads.wake_agent.set
 
     def start(self) -> None:

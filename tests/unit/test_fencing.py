@@ -97,12 +97,11 @@ def test_a_power_fence_answering_late_confirms_only_the_loss_it_was_asked_for():
     store = MemoryStore(now=lambda: 1.0)
     loop = ManagerLoop("h2", store.client("h2"), clock=Clock(), layout=Layout("t"), lease_id=lambda: 0,
                        emit=lambda event: None, fencer=Device(), spawn=jobs.append)
-    loop._power_fence(["h1"])  # the first loss: its answer is late
-    loop._power_fence(["h1"])  # back and lost again before it came
+    fencing = loop.fencing
+    fencing.fence(["h1"], None)  # the first loss: its answer is late
+    fencing.fence(["h1"], None)  # back and lost again before it came
     first, second = jobs
     first()
-    loop._collect_fences()
-    assert "h1" not in loop.fence_confirmed
+    assert not fencing.collect() and "h1" not in loop.fence_confirmed
     second()
-    loop._collect_fences()
-    assert "h1" in loop.fence_confirmed
+    assert fencing.collect() and "h1" in loop.fence_confirmed

@@ -107,7 +107,7 @@ def run_node(config: NodeConfig) -> int:
     agent = AgentLoop(keeper, guest=QemuGuest(hypervisor), replication=QemuReplication(hypervisor))
     threads = HostThreads(keeper, agent, manager, settings, clock, layout.root,
                           on_lease=lambda: lease_file.save(keeper.state))
-    manager.on_fence_result = threads.wake_manager.set
+    manager.fencing.on_result = threads.wake_manager.set
     take_over(config.run_dir / "daemon.pid")
     if isinstance(watchdog, DeviceWatchdog):
         try:
@@ -133,7 +133,7 @@ def run_node(config: NodeConfig) -> int:
     link = start_peer_link(config, settings, agent, threads)
     if link is not None and settings.heartbeat_timeout_s is not None:  # sent by every host, acted on by a manager
         timeout = settings.heartbeat_timeout_s
-        manager.silent_hosts = lambda: link.silent(timeout)
+        manager.fencing.silent_hosts = lambda: link.silent(timeout)
         extra["heartbeats"] = lambda: link.run_heartbeats(threads.stopping, settings.heartbeat_interval_s, timeout,
                                                           threads.wake_manager.set)
     if link is not None and settings.failsafe:

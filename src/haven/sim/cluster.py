@@ -152,9 +152,9 @@ class SimHost:
             self.keeper.failsafe = Failsafe(self.keeper, SimPeerLink(self), lambda: agent.addresses.keys(),
                                             self._deadline_moved)
         manager = self.manager
-        manager.on_fence_result = self.wake_manager
+        manager.fencing.on_result = self.wake_manager
         if self.settings.heartbeat_timeout_s is not None:
-            manager.silent_hosts = lambda: c.silent_for(self.name)
+            manager.fencing.silent_hosts = lambda: c.silent_for(self.name)
         self.fence_monitor = FenceMonitor(c.fencer, c.fencer.devices, self.client, c.layout,
                                           lambda: manager.leader_value, c.log, self.clock, lambda: c.loop.now)
         for cancel in self.unwatch:
