@@ -4,7 +4,9 @@ Three labs in one run, each with a BMC per host (ipmi_sim, real IPMI) driven by 
 - default timings, no fast fencing: per run, a power cut of a non-manager host with its BMC
   working (lost at lease expiry -> power-off confirmed -> restart, no grace), and one with its BMC
   stopped (lost at lease expiry -> the grace): the crash RTO excluding guest boot with and without
-  a working device, side by side; the IPMI off + confirmation time from the manager's events.
+  a working device, side by side; the IPMI off + confirmation time from the manager's events; and
+  a power cut of the manager's own host: its lost -> fenced wait beside the others' (a new
+  manager takes over first).
 - fast fencing (heartbeat_timeout_s FAST_TIMEOUT_S): per run, a power cut timed to the new QEMU's
   start (cut -> start), and a host isolated (alive, cut from the store and its peers) while the
   process table is sampled every 15 ms: samples with a VM's QEMU on two hosts.
@@ -37,16 +39,18 @@ def back_on(lab: Lab, host: str) -> None:
     lab.spread_vms(120)
 
 
-def victim(lab: Lab) -> str:
-    """A host running a VM, not the manager's: no one would hear its heartbeats stop."""
+def victim(lab: Lab, manager: bool = False) -> str:
+    """A host running a VM: the manager's if `manager`, else another (no one would hear the
+    manager's heartbeats stop)."""
     snap = lab.snapshot()
-    return next(h for h in sorted(lab.members, reverse=True) if h != snap.manager
+    return next(h for h in sorted(lab.members, reverse=True) if (h == snap.manager) == manager
                 and any(p.host == h for p in snap.placements.values()))
 
 
-def crash(lab: Lab, with_device: bool) -> tuple[CrashSample, float | None]:
-    """A power cut of a non-manager host running a VM: the sample, and the power-off's IPMI time."""
-    host = victim(lab)
+def crash(lab: Lab, with_device: bool, manager: bool = False) -> tuple[CrashSample, float | None]:
+    """A power cut of a host running a VM (the manager's if `manager`): the sample, and the
+    power-off's IPMI time."""
+    host = victim(lab, manager)
     bmc = lab.bmcs[host]
     if not with_device:
         bmc.stop()
@@ -93,6 +97,7 @@ def store_outage(lab: Lab) -> int:
 
 def bench_fencing(root: Path, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {"with_device": [], "lease_only": [], "power_fence_s": [], "fast": [],
+                           "fencing_wait": [], "fencing_wait_manager_crashed": [],
                            "isolated_double_runs": 0, "isolated_runs": 0, "store_outage_vm_stops": 0,
                            "store_outages": 0}
     with Lab(hosts=3, vms=3, root=root, fencing=True, settings=SETTLE) as lab:
@@ -105,8 +110,13 @@ def bench_fencing(root: Path, runs: int) -> dict[str, Any]:
                 out["power_fence_s"].append(off)
             lease_only, _ = crash(lab, with_device=False)
             out["lease_only"].append(lease_only.excl_boot)
+            takeover, _ = crash(lab, with_device=True, manager=True)  # a new manager must take over first
+            for got, key in ((sample, "fencing_wait"), (takeover, "fencing_wait_manager_crashed")):
+                if got.fencing is not None:
+                    out[key].append(got.fencing)
             print(f"  run {run + 1}/{runs}: crash -> QEMU started {sample.excl_boot:.2f} s with the device "
-                  f"(IPMI off+confirm {off} s), {lease_only.excl_boot:.2f} s without", flush=True)
+                  f"(IPMI off+confirm {off} s, lost -> fenced {sample.fencing} s), {lease_only.excl_boot:.2f} s "
+                  f"without; the manager's host: lost -> fenced {takeover.fencing} s", flush=True)
     shutil.rmtree(root / "run", ignore_errors=True)
     fast = {**SETTLE, "heartbeat_timeout_s": FAST_TIMEOUT_S}
     with Lab(hosts=3, vms=3, root=root, fencing=True, settings=fast) as lab:

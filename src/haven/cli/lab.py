@@ -70,8 +70,12 @@ def lab() -> None:
               help="guest-cluster services of the demo application, two members (128 MiB each) on two hosts")
 @click.option("--pair", is_flag=True, help="two hosts and a witness, no shared storage: the VMs' disks are "
               "replicated between the hosts (--hosts is then 2)")
+@click.option("--fencing", is_flag=True, help="a BMC per host (ipmi_sim, real IPMI) that fence_ipmilan switches: "
+              "power fencing, `haven host power-on`")
+@click.option("--fast", is_flag=True, help="the fast timing profile (a 1 s lease, a tuned etcd, fast fencing on "
+              "heartbeats); implies --fencing")
 @OUTPUT
-def up(hosts: int, vms: int, services: int, pair: bool, output: str) -> None:
+def up(hosts: int, vms: int, services: int, pair: bool, fencing: bool, fast: bool, output: str) -> None:
     """Bring the lab up and leave it running (a detached supervisor keeps it).
 
     JSON: {state_file, hosts: {name: {address, namespace}}, vms: {name: {address, mac}}, api: {url,
@@ -80,6 +84,8 @@ def up(hosts: int, vms: int, services: int, pair: bool, output: str) -> None:
 
     _need_root()
     _need_tools()
+    if pair and (fencing or fast):
+        raise LabCliError("--fencing and --fast need the shared-pool lab: drop --pair")
     state = read_state()
     if state is not None:
         if supervisor_alive(state):
@@ -90,7 +96,8 @@ def up(hosts: int, vms: int, services: int, pair: bool, output: str) -> None:
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "haven.cli.main", "lab", "supervise", "--hosts", str(hosts),
-                                 "--vms", str(vms), "--services", str(services), *(["--pair"] if pair else [])],
+                                 "--vms", str(vms), "--services", str(services), *(["--pair"] if pair else []),
+                                 *(["--fencing"] if fencing else []), *(["--fast"] if fast else [])],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd="/")
     with_services = f", {services} services" if services else ""
@@ -376,12 +383,14 @@ def witness(state: str) -> None:
 @click.option("--vms", type=click.IntRange(0, 20), default=3)
 @click.option("--services", type=click.IntRange(0, 8), default=0)
 @click.option("--pair", is_flag=True)
-def supervise(hosts: int, vms: int, services: int, pair: bool) -> None:
+@click.option("--fencing", is_flag=True)
+@click.option("--fast", is_flag=True)
+def supervise(hosts: int, vms: int, services: int, pair: bool, fencing: bool, fast: bool) -> None:
     """Keep a lab running (started detached by `haven lab up`)."""
     _need_root()
     from haven.lab.supervisor import Supervisor
 
-    raise SystemExit(Supervisor(hosts, vms, services=services, pair=pair).run())
+    raise SystemExit(Supervisor(hosts, vms, services=services, pair=pair, fencing=fencing or fast, fast=fast).run())
 
 
 @lab.command("demo")

@@ -125,8 +125,9 @@ class _Abort(BaseException):
 
 class Supervisor:
     def __init__(self, hosts: int, vms: int, root: Path = ROOT, memory_mib: int = 128, services: int = 0,
-                 pair: bool = False) -> None:
-        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib, services=services, pair=pair)
+                 pair: bool = False, fencing: bool = False, fast: bool = False) -> None:
+        self.lab = Lab(hosts=hosts, vms=vms, root=root, memory_mib=memory_mib, services=services, pair=pair,
+                       fencing=fencing, fast=fast)
         self.started = time.time()
         self.stop = threading.Event()
         self.commands: queue.Queue[tuple[dict[str, Any], queue.Queue[dict[str, Any]]]] = queue.Queue()
