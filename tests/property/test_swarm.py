@@ -85,3 +85,47 @@ def test_a_live_migration_switched_over_unreported_is_not_aborted_onto_the_sourc
     writes: the copy rule keeps it for the target (tests/scenarios/pair-store-down-after-handover)."""
     run = run_seed(262, pairs=True, failsafe=True)
     assert run.acknowledged_writes_lost == 0 and not run.safety, run.safety
+
+
+def test_a_live_migration_whose_target_restarted_after_the_switchover_ends():
+    """Seed 506 (pairs, failsafe): a live migration from h3 to h4 switched over as the store went
+    down; h4 self-fenced and came back under a new lease, its agent set up a fresh incoming QEMU,
+    and the VM stayed migrating for good (h3 said migrated, h4 incoming). The target recorded
+    under another lease than when the move began cannot hold the guest: it starts afresh there
+    (tests/scenarios/migration-target-restarts-after-switchover)."""
+    run = run_seed(506, pairs=True, failsafe=True)
+    assert not run.liveness and not run.safety and run.acknowledged_writes_lost == 0, run.liveness + run.safety
+
+
+def test_a_migration_aborted_on_the_sources_stale_word_after_a_fast_fence_restarts_the_vm():
+    """Seed 436 (pairs, fast fencing): a live migration switched over while the store was down;
+    its target was switched off on its heartbeats before the source's "migrated" landed, so the
+    migration was aborted back to a source that no longer ran the guest. The VM was "running" there
+    with nothing running it, and a drain's migration off it stayed "migrating" for good
+    (tests/scenarios/power-fence-heartbeats-migration-target)."""
+    run = run_seed(436, pairs=True, fast_fencing=True)
+    assert not run.liveness and not run.safety, run.liveness + run.safety
+
+
+FAST_FENCING_SEEDS = range(60)
+
+
+def test_swarm_seeds_with_fast_fencing_are_safe_and_live():
+    """Every host with a fence device and heartbeats (some devices failing, some slow), with
+    hung daemons, host-to-host cuts and short power cycles."""
+    runs = [run_seed(seed, fast_fencing=True, keep_log=True) for seed in FAST_FENCING_SEEDS]
+    summary = summarize(runs)
+    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
+    assert summary["safety_violations"] == 0, problems
+    assert summary["liveness_violations"] == 0, problems
+    # not vacuous: hosts were switched off on their heartbeats and recovered before their lease ran out
+    assert sum("powered off before its lease ran out" in line for run in runs for line in run.lines) > 10
+
+
+def test_swarm_seeds_with_fast_fencing_and_failsafe_or_a_pair_are_safe_and_live():
+    runs = ([run_seed(seed, fast_fencing=True, failsafe=True) for seed in range(20)]
+            + [run_seed(seed, fast_fencing=True, pairs=True) for seed in range(20)])
+    summary = summarize(runs)
+    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
+    assert summary["safety_violations"] == 0 and summary["liveness_violations"] == 0, problems
+    assert summary["acknowledged_writes_lost"] == 0, problems

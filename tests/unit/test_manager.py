@@ -385,3 +385,45 @@ def test_a_member_without_room_beside_its_group_moves_the_group_live_where_all_f
                        settings=Settings(host_failures_to_tolerate=0)), now=1.0)
     assert set(held.placements) == {"cache"} and held.placements["cache"].state is VmState.STOPPED
     assert held.placements["cache"].reason.startswith("cannot start: kept with group app on h1")
+
+
+def _handed_over_to(target_lease_now: int) -> tuple:
+    """A live migration h1 -> h2 begun while h2 was up under lease 5; h1 says it handed over, h2
+    reports a QEMU still waiting for the guest; h2 recorded up under `target_lease_now`."""
+    migration = Migration(kind=MigrationKind.LIVE, source="h1", target="h2", generation=2, started=1.0,
+                          target_lease=5)
+    p = Placement(vm="a", state=VmState.MIGRATING, host="h1", generation=1, migration=migration)
+    statuses = [VmStatus(vm="a", host="h1", generation=1, state=LocalState.MIGRATED),
+                VmStatus(vm="a", host="h2", generation=2, state=LocalState.INCOMING)]
+    cluster = view(HOSTS, [VmSpec(name="a")], {"a": p}, statuses=statuses)
+    h2 = cluster.hosts["h2"]
+    assert h2.record is not None
+    hosts = {**cluster.hosts, "h2": replace(h2, lease=target_lease_now,
+                                            record=h2.record.model_copy(update={"lease": target_lease_now}))}
+    return decide(replace(cluster, hosts=hosts), now=3.0), p
+
+
+def test_a_live_migration_whose_target_restarted_after_the_switchover_starts_it_afresh_there():
+    decision, _ = _handed_over_to(7)
+    p = decision.placements["a"]
+    assert (p.state, p.host, p.generation, p.migration) == (VmState.STARTING, "h2", 2, None)
+    assert "host h2 restarted after the switchover" in decision.events[-1].message
+
+
+def test_a_target_under_the_same_lease_that_has_not_reported_running_yet_is_waited_for():
+    decision, _ = _handed_over_to(5)  # its report may simply lag the source's
+    assert "a" not in decision.placements
+
+
+def test_a_vm_whose_qemu_handed_it_over_after_an_abort_restarts_once_the_target_runs_it_no_more():
+    # An aborted live migration h1 -> h2 (gen 2) had switched over: h1's QEMU says migrated at the
+    # generation the VM is placed at there. Nothing runs on h1.
+    handed = VmStatus(vm="a", host="h1", generation=1, state=LocalState.MIGRATED)
+    vms, placements = [VmSpec(name="a")], {"a": running("a", "h1")}
+    waiting = VmStatus(vm="a", host="h2", generation=2, state=LocalState.INCOMING)  # may run it, cut off
+    assert "a" not in decide(view(HOSTS, vms, placements, statuses=[handed, waiting]), now=5.0).placements
+    lost = {"h1": HostState.ONLINE, "h2": HostState.LOST, "h3": HostState.ONLINE}
+    assert "a" not in decide(view(HOSTS, vms, placements, alive={"h1", "h3"}, records=lost, since=5.0,
+                                  statuses=[handed]), now=5.1).placements  # h2 lost, not fenced yet
+    restarted = decide(view(HOSTS, vms, placements, statuses=[handed]), now=5.0).placements["a"]
+    assert (restarted.state, restarted.generation) == (VmState.STARTING, 2)

@@ -75,8 +75,8 @@ def demo(output: str) -> None:
 
 
 def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False,
-          failsafe: bool = False) -> list[SwarmRun]:
-    run = functools.partial(run_seed, services=services, pairs=pairs, failsafe=failsafe)
+          failsafe: bool = False, fast_fencing: bool = False) -> list[SwarmRun]:
+    run = functools.partial(run_seed, services=services, pairs=pairs, failsafe=failsafe, fast_fencing=fast_fencing)
     if jobs <= 1:
         return [run(seed) for seed in seeds]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -94,25 +94,29 @@ def _runs(seeds: range, jobs: int, services: bool = False, pairs: bool = False,
               "aimed at it.")
 @click.option("--failsafe", is_flag=True, help="Run every seed with the failsafe setting on, and store outages "
               "(full, partial, one side back first, with hosts isolated or off meanwhile).")
+@click.option("--fast-fencing", is_flag=True, help="Give every host a fence device and every seed heartbeats "
+              "(heartbeat_timeout_s 0.3-0.5 s), failing devices in some, and faults that stop heartbeats.")
 @click.option("--json", "json_flag", is_flag=True, hidden=True, help="The same as -o json (kept for scripts).")
 @OUTPUT
 def swarm(seeds: int, first: int, seed: int | None, verbose: bool, jobs: int, services: bool, pairs: bool,
-          failsafe: bool, json_flag: bool, output: str) -> None:
+          failsafe: bool, fast_fencing: bool, json_flag: bool, output: str) -> None:
     """Run random fault schedules; report safety and liveness violations and the worst recovery.
 
     JSON: {runs, safety_violations, liveness_violations, worst_recovery_s, disk_double_attach,
-    ip_double_raise, acknowledged_writes_lost, failing_seeds, replay, seconds}."""
+    ip_double_raise, acknowledged_writes_lost, healthy_hosts_switched_off, failing_seeds, replay, seconds}
+    (healthy_hosts_switched_off: power fences that cut a host whose daemon ran and reached the store)."""
     as_json = json_flag or output == "json"
     if as_json and verbose:
         raise click.UsageError("--verbose prints a timeline: it does not mix with -o json")
     started = time.perf_counter()
     if seed is not None:
-        runs = [run_seed(seed, keep_log=verbose, services=services, pairs=pairs, failsafe=failsafe)]
+        runs = [run_seed(seed, keep_log=verbose, services=services, pairs=pairs, failsafe=failsafe,
+                         fast_fencing=fast_fencing)]
         if verbose:
             click.echo("faults: " + "; ".join(f"t={t:g} {line}" for t, line in runs[0].timeline))
             click.echo("\n".join(runs[0].lines))
     else:
-        runs = _runs(range(first, first + seeds), jobs, services, pairs, failsafe)
+        runs = _runs(range(first, first + seeds), jobs, services, pairs, failsafe, fast_fencing)
     summary = summarize(runs)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from haven.core.scheduler import HostLoad, occupied_hosts
 from haven.model.spec import DesiredState, VmSpec
-from haven.model.state import ENDED_LOCAL_STATES, ClusterView, VmState, VmView
+from haven.model.state import ENDED_LOCAL_STATES, ClusterView, LocalState, VmState, VmView
 
 
 def needs_turn(vm: VmView, failback: bool) -> bool:
@@ -23,7 +23,8 @@ def needs_turn(vm: VmView, failback: bool) -> bool:
     if p.state is VmState.RUNNING:
         status = vm.statuses.get(p.host) if p.host else None
         return (vm.spec.desired is not DesiredState.RUNNING
-                or (status is not None and status.generation == p.generation and status.state in ENDED_LOCAL_STATES)
+                or (status is not None and status.generation == p.generation
+                    and (status.state in ENDED_LOCAL_STATES or status.state is LocalState.MIGRATED))
                 or (vm.spec.fails_back(failback) and bool(vm.spec.preferred_hosts)
                     and vm.spec.preference_rank(p.host) > 0)
                 or p.drained_from is not None)  # it may go back to a resumed host

@@ -20,6 +20,7 @@ from haven.core.round import Round, settle_s
 from haven.core.scheduler import Selection, admission_problem, plan_balance
 from haven.model.spec import DesiredState, MigrationKind, VmSpec
 from haven.model.state import (
+    ACTIVE_LOCAL_STATES,
     ENDED_LOCAL_STATES,
     ClusterView,
     HostRecord,
@@ -394,6 +395,8 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
                         state=VmState.STOPPING)
         elif status and status.state in ENDED_LOCAL_STATES:
             self.restart(f"{status.state.value} on {host}", host, True)
+        elif status and status.state is LocalState.MIGRATED:
+            self.handed_over(host)
         elif self.r.host_state(host) is HostState.MAINTENANCE:
             self.leave_draining_host(host)
         elif ((self.spec.affinity_group and self.rejoin_group(host))
@@ -401,6 +404,21 @@ class _VmStep(MigrationSteps, PlannedMoves, departure.DepartureSteps):
             return  # rejoining its group, or going back to the host a drain moved it from
         elif self.spec.fails_back(self.r.settings.failback):
             self.fail_back(host)
+
+    def handed_over(self, host: str) -> None:
+        """Placed here at this generation, yet its QEMU here handed the guest over to a migration
+        target: a live migration the manager aborted because its target was lost, on a word from
+        this host ("migrating out") that was out of date (the switchover happened, unreported, the
+        store out of reach), or that timed out as the switchover came. Nothing runs here: the guest
+        went to that target. Start it again as after a crash once that target runs it no more: no
+        host is lost (a lost one is fenced, or back under a new lease, first), and no other host
+        reports it active or incoming (a target cut off from the store may run it while its last
+        word there is "incoming", until its lease goes)."""
+        if any(record.state is HostState.LOST for record in self.r.records.values()) or any(
+                other != host and (status.state in ACTIVE_LOCAL_STATES or status.state is LocalState.INCOMING)
+                for other, status in self.vm.statuses.items()):
+            return
+        self.restart(f"handed over from {host} by a live migration that was aborted", host, True)
 
     def on_stopping(self) -> None:
         state = self.r.host_state(self.p.host)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from haven.core import failsafe
 from haven.core.events import Event, EventKind
 from haven.core.replica import copy_refusal
-from haven.model.spec import MigrationKind, VmSpec
+from haven.model.spec import DesiredState, MigrationKind, VmSpec
 from haven.model.state import (
     ACTIVE_LOCAL_STATES,
     BROKEN_LOCAL_STATES,
@@ -87,6 +87,7 @@ class MigrationSteps:
         def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection: ...
         def host_trouble(self) -> bool: ...
         def restart(self, why: str, failed_host: str, prefer_same: bool) -> None: ...
+        def recover(self, why: str, prefer: str | None = None) -> None: ...
         def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None,
                      kind: EventKind = EventKind.STATE_CHANGE, **facts: Any) -> None: ...
 
@@ -104,8 +105,10 @@ class MigrationSteps:
 
     def begin_migration(self, kind: MigrationKind, target: str, reason: str) -> None:
         assert self.p.host is not None
+        record = self.r.records.get(target)
         migration = Migration(kind=kind, source=self.p.host, target=target,
-                              generation=self.p.generation + 1, started=self.r.now, reason=reason)
+                              generation=self.p.generation + 1, started=self.r.now, reason=reason,
+                              target_lease=record.lease if record else 0)
         self.change(self.said(EventKind.MIGRATION_STARTED, old=VmState.RUNNING.value, new=VmState.MIGRATING.value,
                               migration=kind, from_host=self.p.host, to_host=target,
                               generation=migration.generation, reason=reason),
@@ -157,6 +160,8 @@ class MigrationSteps:
                 self.change(self.moved(VmState.MIGRATING.value, VmState.RECOVERING.value, from_host=m.target,
                                        reason=f"target {m.target} lost after handover"),
                             state=VmState.RECOVERING, migration=None, host=m.target, generation=m.generation)
+            elif self.target_restarted(m):  # up, not running it: its new run never held the guest
+                self.restart_on_target(m)
         elif self.host_trouble():
             return
         elif refusal := copy_refusal(self.r.view.replicas.get(self.spec.name), m.target):
@@ -182,6 +187,29 @@ class MigrationSteps:
             self.abort_migration(m, source.detail or "failed on the source")
         elif self.r.now - m.started > self.r.settings.migration_timeout_s:
             self.abort_migration(m, f"timeout after {self.r.settings.migration_timeout_s:g} s")
+
+    def target_restarted(self, m: Migration) -> bool:
+        """Is the target recorded up under another lease than when the move began? Then the run
+        that received the guest is gone: it went down (a self-fence, a power cycle) and came back
+        before the manager saw it lost, and nothing its new run set up ever held the guest."""
+        record = self.r.records.get(m.target)
+        return bool(m.target_lease) and record is not None and record.lease not in (0, m.target_lease)
+
+    def restart_on_target(self, m: Migration) -> None:
+        """The source handed the guest over to a target that restarted since (its new run may be
+        waiting for a guest that will never come): start it afresh on the target, at the target's
+        generation, as for a host that restarted unseen (core.departure). Nowhere else: the target
+        is where the guest went, the one copy that holds every write (core.replica's `incoming`),
+        and any QEMU of this generation is there, under its agent, which runs one at most."""
+        why = f"host {m.target} restarted after the switchover of a live migration from {m.source}"
+        if self.spec.desired is not DesiredState.RUNNING or not self.spec.ha:
+            self.recover(why)  # stopped, or an error for a priority-0 VM: as for a lost host
+            return
+        self.change(self.moved(VmState.MIGRATING.value, VmState.STARTING.value, host=m.target,
+                               generation=m.generation, priority=self.spec.priority,
+                               reason=f"{why}: starting it there again"),
+                    state=VmState.STARTING, host=m.target, generation=m.generation, migration=None,
+                    restore_from=None, reason="")
 
     def back_to_source(self, m: Migration, source: VmStatus | None, why: str) -> None:
         """A live migration's target failed or is gone: abort, back to the source, if that loses no

@@ -86,6 +86,10 @@ class Migration(Record):
     generation: int  # the generation the VM gets on the target
     started: float
     reason: str = "operator request"
+    # The lease the target was recorded up under when the move began (its HostRecord's): a target
+    # recorded under another one since restarted, and its run that could hold the guest is gone.
+    # 0: not known (a record written before the field existed).
+    target_lease: int = 0
 
     @property
     def attempt(self) -> str:

@@ -148,6 +148,11 @@ class ManagerLoop:
         if self.fencing.collect():
             self.stale = True
 
+    def _silent_and_up(self, view: ClusterView) -> bool:
+        """Does a host whose heartbeats stopped hold, as last read, the lease they named?"""
+        return any(host != self.name and (known := view.hosts.get(host)) is not None and known.alive
+                   and known.lease == lease for host, lease in self.fencing.silent_hosts().items())
+
     def _write_event(self, event: Event) -> None:
         """A manager event of its own, into the log: the daemon ships no manager event, so it is
         written here, under the leader guard like every manager write."""
@@ -168,6 +173,10 @@ class ManagerLoop:
             self.campaigned_at = now
             if not self.campaign():
                 return None
+        if self.view is not None and self._silent_and_up(self.view):
+            # Fast fencing switches off on what the store says now, read in this very step: a manager
+            # cut off from the store (and so, likely, from its peers' heartbeats) switches no one off.
+            self.stale = True
         view = self._current_view(now)
         if view is None:
             return None

@@ -26,6 +26,7 @@ from haven.runtime.layout import DecodeCache, Layout
 from haven.runtime.lease import RENEW_RETRY_S, LeaseKeeper, Renewal
 from haven.runtime.leaving import Leaving
 from haven.runtime.manager_loop import ManagerLoop
+from haven.runtime.power_fencing import run_inline
 from haven.runtime.service_loop import TICK_S as SERVICE_TICK_S
 from haven.runtime.wake import GRACE_EPSILON_S, lost_host_rechecks, route
 from haven.sim.fencer import SimFencer
@@ -146,7 +147,8 @@ class SimHost:
                                   self.watchdog)
         self.agent = AgentLoop(self.keeper, c.decoded, guest=self.guest, replication=self.hv.replication)
         self.manager = ManagerLoop(self.name, self.client, self.clock, c.layout, self.keeper.manager_lease, c.log,
-                                   fencer=c.fencer, decoded=c.decoded, store_regained_at=self.keeper.store_regained_at)
+                                   fencer=c.fencer, decoded=c.decoded, store_regained_at=self.keeper.store_regained_at,
+                                   spawn=self._spawn_fence if c.timings.fence_delay_s > 0 else run_inline)
         if self.settings.failsafe:
             agent = self.agent
             self.keeper.failsafe = Failsafe(self.keeper, SimPeerLink(self), lambda: agent.addresses.keys(),
@@ -155,6 +157,10 @@ class SimHost:
         manager.fencing.on_result = self.wake_manager
         if self.settings.heartbeat_timeout_s is not None:
             manager.fencing.silent_hosts = lambda: c.silent_for(self.name)
+        # A new run's peer link (drivers.peer_udp) has heard no one yet: a peer is silent only
+        # once this run heard it, not for what an earlier run (before a power cut) heard.
+        c.heard = {pair: heard for pair, heard in c.heard.items() if pair[0] != self.name}
+        self.reported_silent = set()
         self.fence_monitor = FenceMonitor(c.fencer, c.fencer.devices, self.client, c.layout,
                                           lambda: manager.leader_value, c.log, self.clock, lambda: c.loop.now)
         for cancel in self.unwatch:
@@ -163,6 +169,11 @@ class SimHost:
         # for the store to step through on every event, in the same order as one watch per prefix.
         self.watch_broken = False
         self.unwatch = [c.store.watch_stream(c.layout.root, self._on_watch_event, self._watch_connected)]
+
+    def _spawn_fence(self, job: Callable[[], None]) -> None:
+        """The daemon's power-fence thread: the device answers `fence_delay_s` later, whatever
+        became of the manager that asked meanwhile (its answer then wakes no one)."""
+        self.cluster.loop.after(self.cluster.timings.fence_delay_s, job)
 
     def restart_daemon(self) -> None:
         """The daemon restarts (a crash and a restart, or an upgrade) while its VMs keep running:

@@ -26,6 +26,9 @@ class SimFencer:
         self.devices = set(devices)  # hosts with a fencing device
         self.failing: set[str] = set()  # hosts whose device does not work now
         self._last_off: dict[str, FenceOutcome] = {}
+        # Power-offs of a host that was fine (its daemon running, the store in reach): what a false
+        # alarm costs, e.g. fast fencing on heartbeats that stopped on the manager's side only.
+        self.healthy_switched_off = 0
 
     def has_device(self, host: str) -> bool:
         return host in self.devices
@@ -36,7 +39,10 @@ class SimFencer:
         if host in self.failing:
             self._last_off[host] = FenceOutcome(False, "the device did not answer", 0.0, DEVICE)
             return False
-        self.cluster.hosts[host].power_off()
+        target = self.cluster.hosts[host]
+        if target.powered and not target.hung and target.reaches_store():
+            self.healthy_switched_off += 1
+        target.power_off()
         self._last_off[host] = FenceOutcome(True, "off, confirmed by status", 0.0, DEVICE)
         return True
 

@@ -37,6 +37,9 @@ class SimTimings:
     watch_reconnect_s: float = 0.5
     hotplug_s: float = 0.2  # a disk hot-plug or unplug, until QEMU confirms it
     fence_monitor_s: float = 60.0  # the leading manager checks every fence device this often
+    # A power fence's round trip: the host goes off, and the answer comes back, this long after the
+    # manager asked (0: at once, in the manager's own step; the daemon runs it on a thread).
+    fence_delay_s: float = 0.0
     sync_mib_s: float = 200.0  # a replicated disk's full copy to its replica (sim.replication)
     write_interval_s: float = 0.1  # a running guest writes to each replicated disk this often
 

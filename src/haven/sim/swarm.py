@@ -17,6 +17,12 @@ VMs on it, and faults aimed at the pair (its link cut, either host lost, moves b
 With `failsafe`, every seed runs with `Settings.failsafe` on and gets store outages of its own
 (`random_store_outages`): full ones, the store out of every host's reach (leases expire), one side
 regaining it first, single hosts cut from it, and hosts isolated or powered off meanwhile.
+With `fast_fencing`, every host has a power-fencing device and `Settings.heartbeat_timeout_s` is
+set (`random_fast_fencing`): the leading manager switches off a host whose heartbeats stop while it
+holds its lease. Devices fail from the start in some seeds and stop or start working during the
+faults in others, and more heartbeat-stopping faults are added (hung daemons, host-to-host cuts that
+leave the store reachable, power cuts shorter or longer than the lease), again from a stream of
+their own.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from haven.runtime.layout import read_snapshot
 from haven.sim.cluster import SimCluster
 from haven.sim.faults import apply_fault
 from haven.sim.guest import GuestState
+from haven.sim.hypervisor import SimTimings
 
 FAULT_WINDOW = (5.0, 40.0)
 HEAL_AT = 50.0
@@ -66,6 +73,8 @@ class SwarmRun:
     acknowledged_writes_lost: int = 0
     pairs: bool = False  # run with random_pair
     failsafe: bool = False  # run with Settings.failsafe and random_store_outages
+    fast_fencing: bool = False  # run with random_fast_fencing
+    healthy_switched_off: int = 0  # SimFencer.healthy_switched_off: needless power-offs (not a violation)
 
 
 def random_cluster(rng: random.Random) -> ClusterConfig:
@@ -296,6 +305,53 @@ def random_store_outages(seed: int, config: ClusterConfig) -> tuple[ClusterConfi
     return config.model_copy(update={"settings": settings}), steps
 
 
+@dataclass
+class FastFencing:
+    config: ClusterConfig
+    devices: list[str]
+    steps: list[tuple[float, str]]
+    fence_delay_s: float  # SimTimings.fence_delay_s: the device's round trip
+
+
+def random_fast_fencing(seed: int, config: ClusterConfig) -> FastFencing:
+    """Fast fencing on: every host has a fence device, heartbeats time out after 0.3 to 0.5 s,
+    and in half the seeds a device takes up to 3 s to switch a host off and answer. Some seeds
+    start with a device failing, some break or repair devices during the faults; and faults that
+    stop a host's heartbeats while it keeps (or may keep) its lease: hung daemons, cuts between two
+    hosts (the store still in reach of both), a host cut from its peers but not from the store,
+    power cuts (some shorter than the lease, around the heartbeat timeout)."""
+    rng = random.Random(f"fast fencing {seed}")
+    timeout = round(rng.uniform(0.3, 0.5), 3)
+    delay = round(rng.uniform(0.05, 3.0), 3) if rng.random() < 0.5 else 0.0
+    settings = config.settings.model_copy(update={"heartbeat_timeout_s": timeout})
+    hosts = [h.name for h in config.hosts]
+    steps: list[tuple[float, str]] = []
+    if rng.random() < 0.3:  # broken from the start (and repaired in some seeds)
+        host = rng.choice(hosts)
+        steps.append((0.0, f"fence fails {host}"))
+        if rng.random() < 0.5:
+            steps.append((round(rng.uniform(*FAULT_WINDOW), 3), f"fence works {host}"))
+    for _ in range(rng.randint(1, 4)):
+        t = round(rng.uniform(*FAULT_WINDOW), 3)
+        host = rng.choice(hosts)
+        length = round(rng.uniform(0.2, 8.0), 3)
+        kind = rng.choice(("hang", "hang", "peer-cut", "peer-cut", "peers-only", "power", "fence-breaks"))
+        if kind == "hang":
+            steps += [(t, f"hang {host}"), (round(t + length, 3), f"unhang {host}")]
+        elif kind == "peer-cut":  # two hosts lose each other, both still reach the store
+            other = rng.choice([h for h in hosts if h != host])
+            steps += [(t, f"cut {host} from {other}"), (round(t + length, 3), f"heal {host}")]
+        elif kind == "peers-only":  # one host loses every peer, not the store
+            steps += [(t, f"partition {host} store | {' '.join(h for h in hosts if h != host)} store"),
+                      (round(t + length, 3), "heal all")]
+        elif kind == "power":
+            length = round(rng.uniform(0.05, 1.5), 3) if rng.random() < 0.5 else length
+            steps += [(t, f"power off {host}"), (round(t + length, 3), f"power on {host}")]
+        else:  # a device breaks for a while, and may be needed meanwhile
+            steps += [(t, f"fence fails {host}"), (round(t + length, 3), f"fence works {host}")]
+    return FastFencing(config.model_copy(update={"settings": settings}), hosts, steps, delay)
+
+
 def heal_everything(config: ClusterConfig) -> list[str]:
     lines = ["heal all", "store up"]
     for service in config.services:
@@ -308,7 +364,7 @@ def heal_everything(config: ClusterConfig) -> list[str]:
 
 
 def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: bool = False,
-             failsafe: bool = False) -> SwarmRun:
+             failsafe: bool = False, fast_fencing: bool = False) -> SwarmRun:
     rng = random.Random(seed)
     config = random_cluster(rng)
     timeline = random_faults(rng, config)
@@ -323,8 +379,14 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: b
     if failsafe:
         config, outages = random_store_outages(seed, config)
         departures = departures + outages
+    timings = SimTimings()
+    if fast_fencing:
+        fast = random_fast_fencing(seed, config)
+        config, devices, failing = fast.config, fast.devices, []
+        departures = departures + fast.steps
+        timings = SimTimings(fence_delay_s=fast.fence_delay_s)
     timeline = [(0.0, f"fence fails {host}") for host in failing] + sorted(timeline + departures, key=lambda s: s[0])
-    cluster = SimCluster(config, fence_devices=devices)
+    cluster = SimCluster(config, timings, fence_devices=devices)
     for at, line in timeline:
         cluster.advance_to(min(at, HEAL_AT))
         if at < HEAL_AT:
@@ -351,7 +413,8 @@ def run_seed(seed: int, keep_log: bool = False, services: bool = False, pairs: b
     return SwarmRun(seed, list(monitor.violations), liveness, recovery, timeline,
                     cluster.log_lines() + monitor.violations if keep_log else [], devices,
                     monitor.disk_double_attach, monitor.ip_double_raise, services,
-                    acknowledged_writes_lost=monitor.acknowledged_writes_lost, pairs=pairs, failsafe=failsafe)
+                    acknowledged_writes_lost=monitor.acknowledged_writes_lost, pairs=pairs, failsafe=failsafe,
+                    fast_fencing=fast_fencing, healthy_switched_off=cluster.fencer.healthy_switched_off)
 
 
 def _acknowledge_errors(cluster: SimCluster, config: ClusterConfig) -> None:
@@ -404,8 +467,10 @@ def summarize(runs: list[SwarmRun]) -> dict[str, Any]:
         "disk_double_attach": sum(r.disk_double_attach for r in runs),
         "ip_double_raise": sum(r.ip_double_raise for r in runs),
         "acknowledged_writes_lost": sum(r.acknowledged_writes_lost for r in runs),
+        "healthy_hosts_switched_off": sum(r.healthy_switched_off for r in runs),
         "failing_seeds": failing[:20],
         "replay": [f"haven sim swarm --seed {r.seed}{' --services' if r.services else ''}"
-                   f"{' --pairs' if r.pairs else ''}{' --failsafe' if r.failsafe else ''} --verbose"
+                   f"{' --pairs' if r.pairs else ''}{' --failsafe' if r.failsafe else ''}"
+                   f"{' --fast-fencing' if r.fast_fencing else ''} --verbose"
                    for r in failing_runs[:5]],
     }
