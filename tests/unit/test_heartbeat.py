@@ -54,3 +54,16 @@ def test_heartbeats_without_the_key_or_of_another_cluster_are_ignored() -> None:
         wait_for(lambda: "h2" in h1.heard, 2.0, "the good heartbeat")
         time.sleep(0.1)
         assert set(h1.heard) == {"h2"}
+
+
+def test_a_daemon_going_for_a_restart_is_not_silent_while_it_said_it_would_be_away() -> None:
+    peers: dict[str, Address] = {}
+    wakes: list[str] = []
+    with beating("h1", peers, wakes) as (h1, _), beating("h2", peers, wakes) as (h2, h2_stopping):
+        peers.update({"h1": h1.address, "h2": h2.address})
+        wait_for(lambda: "h2" in h1.heard, 2.0, "h2 heard")
+        h2_stopping.set()
+        h2.announce_away(1.0)  # the restart's handover
+        time.sleep(3 * TIMEOUT_S)
+        assert h1.silent(TIMEOUT_S) == {}, "counted silent during the announced restart"
+        wait_for(lambda: h1.silent(TIMEOUT_S) == {"h2": 20}, 3.0, "silent once the absence ran out")

@@ -17,7 +17,7 @@ from haven.daemon.events import EventLog
 from haven.daemon.host_threads import HostThreads
 from haven.daemon.lease_file import LeaseFile
 from haven.daemon.shutdown import shut_down
-from haven.daemon.takeover import StopSignals, take_over
+from haven.daemon.takeover import TAKEOVER_TIMEOUT_S, StopSignals, take_over
 from haven.daemon.watchdog import FileWatchdog
 from haven.drivers.etcd_store import EtcdStore
 from haven.drivers.fence_agent import FenceAgentFencer
@@ -37,6 +37,9 @@ from haven.runtime.lease import LeaseKeeper
 from haven.runtime.manager_loop import ManagerLoop
 
 log = logging.getLogger("haven.node")
+# A restart's handover (the new run is loaded before it asks the old one to go) takes well under
+# this; fast fencing does not count the host silent meanwhile.
+RESTART_AWAY_S = TAKEOVER_TIMEOUT_S + 5.0
 
 
 def start_thread(job: Callable[[], None]) -> None:
@@ -146,6 +149,8 @@ def run_node(config: NodeConfig) -> int:
                                           power=fencer)
     threads.start(extra)
     signals.wait()
+    if link is not None and signals.restart.is_set():  # the next run takes over: not dead, only away
+        link.announce_away(RESTART_AWAY_S)
     shut_down(ShutdownPolicy.KEEP if signals.restart.is_set() else config.shutdown, threads, hypervisor, lease_file,
               config.shutdown_timeout_s)
     cancel_watch()

@@ -2,8 +2,10 @@
 
 It carries two things, both as one JSON datagram on one UDP port per host (`Settings.peer_port`):
 
-- **Heartbeats** (fast fencing): every daemon sends {"hb": host, "lease": id} to every peer each
-  `heartbeat_interval_s` and records when it last heard each peer. The leading manager asks
+- **Heartbeats** (fast fencing): every daemon sends {"hb": lease} to every peer each
+  `heartbeat_interval_s` and records when it last heard each peer. A daemon going for a restart
+  (the next run takes over and keeps the VMs) says so first ({"hb": lease, "away": seconds}): its
+  peers do not count it silent until that long has passed. The leading manager asks
   `silent()`: peers heard before but not for `heartbeat_timeout_s`, with the lease their last
   heartbeat named; it acts only on a host still up under that lease, and only through a fence
   device's confirmed power-off (`ManagerLoop._fence_silent_hosts`). A heartbeat never lets
@@ -41,6 +43,7 @@ log = logging.getLogger("haven.peers")
 Address = tuple[str, int]
 MAX_DATAGRAM = 2048
 POLL_S = 0.2  # the receiver's wait between checks for `close`
+MAX_AWAY_S = 60.0  # the longest absence a restarting daemon may announce
 
 
 class UdpPeerLink:
@@ -101,8 +104,10 @@ class UdpPeerLink:
             if body is None:
                 continue
             if isinstance(body.get("hb"), int):  # a heartbeat: the lease its sender holds
+                away = body.get("away")
+                later = float(away) if isinstance(away, (int, float)) and 0 < away <= MAX_AWAY_S else 0.0
                 with self.lock:
-                    self.heard[body["from"]] = (self.clock(), body["hb"])
+                    self.heard[body["from"]] = (self.clock() + later, body["hb"])
             elif body.get("q") == "store?" and isinstance(body.get("nonce"), str):
                 self._answer(body["nonce"], sender)
 
@@ -140,6 +145,16 @@ class UdpPeerLink:
                 log.info("heartbeats stopped: %s", ", ".join(sorted(silent - reported)))
                 on_silent()
             reported = silent
+
+    def announce_away(self, seconds: float) -> None:
+        """Tell every peer this daemon is going for a restart: not silent before `seconds` have
+        passed (sent twice: a datagram may be lost)."""
+        message = self._pack({"hb": self.lease(), "away": seconds})
+        for _ in range(2):
+            for peer, address in list(self.addresses().items()):
+                if peer != self.host:
+                    with contextlib.suppress(OSError):
+                        self.server.sendto(message, address)
 
     # --- asking ---
 

@@ -87,15 +87,25 @@ class PowerFencing:
     def fence_silent(self, view: ClusterView) -> None:
         """Switch off hosts whose heartbeats stopped while they hold their lease, if they have a
         fence device: a confirmed off recovers their VMs at once, long before the lease would run
-        out. Once per lease: a device that failed is not asked again until the host is lost."""
+        out. Once per lease: a device that failed is not asked again until the host is lost. Only
+        while this host hears a strict majority of the hosts up: a two-host cluster, or a manager
+        whose own link broke, waits for the lease."""
         if self.fencer is None:
             return
-        for host, lease in self.silent_hosts().items():
-            known = view.hosts.get(host)
-            if (host == self.name or known is None or not known.alive or known.lease != lease
-                    or known.record is None or known.record.state not in HOST_UP
-                    or not self.fencer.has_device(host) or self.requests.get(host, (0, -1))[1] == known.lease):
-                continue  # not up under the lease it fell silent under, no device, or already asked
+        silent = {host: lease for host, lease in self.silent_hosts().items()
+                  if host != self.name and (known := view.hosts.get(host)) is not None and known.alive
+                  and known.lease == lease}  # still up under the lease its last heartbeat named
+        up = sum(known.alive for known in view.hosts.values())
+        if 2 * (up - len(silent)) <= up:
+            # This host no longer hears a strict majority of those up (itself included): more
+            # likely its own link broke (or it just woke from a pause and has not read the
+            # heartbeats waiting for it) than half the cluster died. The lease decides then.
+            return
+        for host, lease in silent.items():
+            known = view.hosts[host]
+            if (known.record is None or known.record.state not in HOST_UP or not self.fencer.has_device(host)
+                    or self.requests.get(host, (0, -1))[1] == lease):
+                continue  # not up, no device, or already asked for this lease
             self.write_event(Event(self.clock.now(), "manager", EventKind.POWER_FENCE, subject_kind=SubjectKind.HOST,
                                    name=host, new="asked", reason="its heartbeats stopped"))
             self.fence([host], view)
