@@ -32,6 +32,12 @@ def fake_qemu(host_dir: Path, vm: str) -> subprocess.Popen[bytes]:
     return proc
 
 
+def in_sigtimedwait(pid: int) -> bool:
+    """Is process `pid` asleep in the kernel's sigtimedwait (/proc/PID/wchan)? (Its SigBlk shows
+    nothing then: the kernel unblocks the signals waited for while it waits.)"""
+    return Path(f"/proc/{pid}/wchan").read_text().startswith("do_sigtimedwait")
+
+
 def stop(*procs: subprocess.Popen) -> None:  # type: ignore[type-arg]
     for proc in procs:
         if proc.poll() is None:
@@ -78,7 +84,9 @@ def test_sigterm_stops_the_watchdog_at_once(tmp_path: Path, monkeypatch: pytest.
     watchdog = start_watchdog(tmp_path, "boot-a")
     try:
         FileWatchdog(tmp_path / "watchdog.deadline").arm(time.monotonic() + 60.0)  # a long sleep ahead
-        time.sleep(1.0)  # let it start and go to sleep
+        # Asleep in sigtimedwait, where it takes SIGTERM itself (a loaded machine may take seconds
+        # to get there; a signal sent before would kill the interpreter still starting).
+        wait_for(lambda: in_sigtimedwait(watchdog.pid), 30.0, "the watchdog asleep in sigtimedwait")
         sent = time.monotonic()
         watchdog.send_signal(signal.SIGTERM)
         watchdog.wait(5)

@@ -86,6 +86,7 @@ class MigrationSteps:
         def moved(self, old: str, new: str, **facts: Any) -> Event: ...
         def select(self, exclude: tuple[str, ...] = (), prefer: str | None = None) -> Selection: ...
         def host_trouble(self) -> bool: ...
+        def note(self, reason: str) -> None: ...
         def restart(self, why: str, failed_host: str, prefer_same: bool) -> None: ...
         def recover(self, why: str, prefer: str | None = None) -> None: ...
         def start_on(self, host: str, before: str, why: str, restarts: tuple[float, ...] | None = None,
@@ -218,10 +219,18 @@ class MigrationSteps:
         switched over unreported, and the target written alone since: then the copy rule
         (core.replica, whose record names the target `incoming`) decides, not this branch. Refused,
         the VM restarts on the target if it is up, or waits for it (an operator may `promote`)."""
+        record = self.r.view.replicas.get(self.spec.name)
         if source is not None and source.state in ACTIVE_LOCAL_STATES:
+            if record is not None and source.state is LocalState.MIGRATING_OUT:
+                # With copies "migrating out" is not proof enough: it may be the last word of a
+                # source that switched over while the store was out of reach (a fast fence can act
+                # before its "migrated" lands). Its next word says: running (the move failed: back
+                # there) or migrated (the copy rule decides).
+                self.note(f"{why}; waiting for {m.source} to say whether the guest left")
+                return
             self.abort_migration(m, why)
             return
-        refusal = copy_refusal(self.r.view.replicas.get(self.spec.name), m.source)
+        refusal = copy_refusal(record, m.source)
         if refusal is None:  # not replicated, or the source's copy holds every write
             self.abort_migration(m, why)
             return
