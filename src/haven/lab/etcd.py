@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,11 +41,23 @@ def _kill_all_at_exit() -> None:
 atexit.register(_kill_all_at_exit)
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel picked with bind(0) is
+# one an outgoing connection may take before etcd binds it (seen: "address already in use" while
+# other tests ran beside a fresh-clone run); a listener's port from here is taken only by another
+# listener.
+LISTEN_PORTS = (20000, 32767)
+
+
 def _free_port(host: str) -> int:
-    # Racy in theory (another process may take it before etcd binds); fine for tests.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(*LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise EtcdError(f"no free port on {host} between {LISTEN_PORTS[0]} and {LISTEN_PORTS[1]}")
 
 
 def _die_with_parent() -> None:
