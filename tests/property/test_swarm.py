@@ -4,17 +4,23 @@ A failure names the seeds; `haven sim swarm --seed N --verbose` replays one.
 """
 from __future__ import annotations
 
-from haven.sim.swarm import run_seed, summarize
+from haven.sim.swarm import SwarmRun, run_seed, summarize
 
 SEEDS = range(100)
 
 
-def test_swarm_seeds_are_safe_and_live():
-    summary = summarize([run_seed(seed) for seed in SEEDS])
-    assert summary["runs"] == len(SEEDS)
+def safe_and_live(runs: list[SwarmRun]) -> tuple[dict, str]:
+    """Assert no seed broke safety or liveness; the summary and the replay hint, for more checks."""
+    summary = summarize(runs)
     problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
     assert summary["safety_violations"] == 0, problems
     assert summary["liveness_violations"] == 0, problems
+    return summary, problems
+
+
+def test_swarm_seeds_are_safe_and_live():
+    summary, _ = safe_and_live([run_seed(seed) for seed in SEEDS])
+    assert summary["runs"] == len(SEEDS)
 
 
 def test_a_seed_replays_exactly():
@@ -26,10 +32,7 @@ SERVICE_SEEDS = range(40)
 
 
 def test_swarm_seeds_with_services_are_safe_and_live_and_never_attach_a_disk_twice():
-    summary = summarize([run_seed(seed, services=True) for seed in SERVICE_SEEDS])
-    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
-    assert summary["safety_violations"] == 0, problems
-    assert summary["liveness_violations"] == 0, problems
+    summary, problems = safe_and_live([run_seed(seed, services=True) for seed in SERVICE_SEEDS])
     assert summary["disk_double_attach"] == 0 and summary["ip_double_raise"] == 0, problems
 
 
@@ -38,10 +41,7 @@ PAIR_SEEDS = range(60)
 
 def test_swarm_seeds_with_a_replicated_pair_never_lose_an_acknowledged_write():
     runs = [run_seed(seed, pairs=True) for seed in PAIR_SEEDS]
-    summary = summarize(runs)
-    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
-    assert summary["safety_violations"] == 0, problems
-    assert summary["liveness_violations"] == 0, problems
+    summary, problems = safe_and_live(runs)
     assert summary["acknowledged_writes_lost"] == 0, problems
 
 
@@ -57,10 +57,7 @@ FAILSAFE_SEEDS = range(60)
 
 
 def test_swarm_seeds_with_failsafe_and_store_outages_are_safe_and_live():
-    summary = summarize([run_seed(seed, failsafe=True) for seed in FAILSAFE_SEEDS])
-    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
-    assert summary["safety_violations"] == 0, problems
-    assert summary["liveness_violations"] == 0, problems
+    safe_and_live([run_seed(seed, failsafe=True) for seed in FAILSAFE_SEEDS])
 
 
 def test_the_failsafe_swarm_catches_a_manager_that_does_not_hold(monkeypatch):
@@ -114,10 +111,7 @@ def test_swarm_seeds_with_fast_fencing_are_safe_and_live():
     """Every host with a fence device and heartbeats (some devices failing, some slow), with
     hung daemons, host-to-host cuts and short power cycles."""
     runs = [run_seed(seed, fast_fencing=True, keep_log=True) for seed in FAST_FENCING_SEEDS]
-    summary = summarize(runs)
-    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
-    assert summary["safety_violations"] == 0, problems
-    assert summary["liveness_violations"] == 0, problems
+    safe_and_live(runs)
     # not vacuous: hosts were switched off on their heartbeats and recovered before their lease ran out
     assert sum("powered off before its lease ran out" in line for run in runs for line in run.lines) > 10
 
@@ -125,7 +119,5 @@ def test_swarm_seeds_with_fast_fencing_are_safe_and_live():
 def test_swarm_seeds_with_fast_fencing_and_failsafe_or_a_pair_are_safe_and_live():
     runs = ([run_seed(seed, fast_fencing=True, failsafe=True) for seed in range(20)]
             + [run_seed(seed, fast_fencing=True, pairs=True) for seed in range(20)])
-    summary = summarize(runs)
-    problems = f"failing seeds {summary['failing_seeds']}; replay with: {summary['replay']}"
-    assert summary["safety_violations"] == 0 and summary["liveness_violations"] == 0, problems
+    summary, problems = safe_and_live(runs)
     assert summary["acknowledged_writes_lost"] == 0, problems

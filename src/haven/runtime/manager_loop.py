@@ -145,6 +145,10 @@ class ManagerLoop:
 
     def _fence(self, hosts: list[str]) -> None:
         self.fencing.fence(hosts, self.view)
+        self._collect_fences()
+
+    def _collect_fences(self) -> None:
+        """The power-offs that came back; a host confirmed off means the store must be read again."""
         if self.fencing.collect():
             self.stale = True
 
@@ -164,8 +168,7 @@ class ManagerLoop:
         self.emit(event)
 
     def step(self) -> Decision | None:
-        if self.fencing.collect():
-            self.stale = True
+        self._collect_fences()
         now = self.clock.now()
         if not self.leading:
             if self.leader_key_present and now - self.campaigned_at < FULL_REFRESH_S:
@@ -184,8 +187,7 @@ class ManagerLoop:
         if view.settings.failsafe:  # read after the snapshot: core.failsafe's argument needs that order
             view = dataclasses.replace(view, store_regained_at=self.store_regained_at())
         self.fencing.fence_silent(view)
-        if self.fencing.collect():  # the simulator's devices answer at once; `on_result` wakes us
-            self.stale = True
+        self._collect_fences()  # the simulator's devices answer at once; `on_result` wakes us
         decision = decide(view, now, self.index)
         # Services after VMs: on the host records this very decision settles.
         services = decide_round(self.services, view, decision, now) if self.services.specs else None
